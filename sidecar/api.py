@@ -1,0 +1,76 @@
+"""The control API's JSON shapes, built in one place (documented in README).
+
+Nothing here may carry a key or anything derived from one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .health import Source
+from .runtime import Runtime
+from .upstream import NodeState
+
+
+def _wall(monotonic_at: float | None) -> float | None:
+    """A monotonic reading as a Unix timestamp, for humans and other processes."""
+    if monotonic_at is None:
+        return None
+    return round(time.time() - (time.monotonic() - monotonic_at), 3)
+
+
+def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> dict[str, Any]:
+    health = node.health
+    cfg = node.config
+    return {
+        "name": cfg.name,
+        "url": cfg.url,
+        "priority": cfg.priority,
+        "weight": cfg.weight,
+        "state": health.state,
+        "manual": "down" if health.manual_down else "auto",
+        "serving": serving,
+        "reason": health.reason,
+        "changed_at": _wall(health.changed_at),
+        "blocked_until": _wall(health.blocked_until) if health.blocked_until > now else None,
+        "trial_at": _wall(health.trial_at),
+        "active": {
+            "enabled": cfg.checks.active is not None,
+            "counters": health.counters[Source.ACTIVE].as_dict(),
+            "last_probe": node.last_probe,
+        },
+        "passive": {"enabled": cfg.checks.passive is not None, "counters": health.counters[Source.PASSIVE].as_dict()},
+        "traffic": node.stats.snapshot(now, uptime),
+    }
+
+
+def status(runtime: Runtime) -> dict[str, Any]:
+    upstream = runtime.upstream
+    serving = upstream.serving()
+    now = upstream.clock()
+    config = runtime.config
+    return {
+        "sidecar": {
+            "version": runtime.version,
+            "pid": runtime.pid,
+            "uptime_s": round(runtime.uptime, 3),
+            "started_at": round(runtime.started, 3),
+            "listen": f"http://{config.server.listen}/v1",
+            "config_path": config.path,
+            "config_loaded_at": round(runtime.config_loaded_at, 3),
+            "control_socket": runtime.control_socket,
+        },
+        "serving": serving and serving.name,
+        "nodes": [node_status(n, n is serving, now, runtime.uptime) for n in upstream.nodes],
+    }
+
+
+def manual_answer(runtime: Runtime, node: NodeState) -> dict[str, Any]:
+    serving = runtime.upstream.serving()
+    return {
+        "node": node.name,
+        "manual": "down" if node.health.manual_down else "auto",
+        "state": node.health.state,
+        "serving": serving and serving.name,
+    }

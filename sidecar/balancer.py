@@ -1,0 +1,88 @@
+"""Node selection: priority levels, smooth weighted round-robin, trials, panic.
+
+Pure: it reads health objects and a clock value, opens no sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from .health import Health
+
+
+class SmoothWeighted:
+    """nginx's smooth weighted round-robin: deterministic and burst-free.
+
+    Works over a candidate set that may change between picks (nodes excluded by
+    health or by an earlier attempt of the same request).
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[int, int] = {}
+
+    def pick(self, candidates: Sequence[tuple[int, int]]) -> int:
+        total = 0
+        best = -1
+        best_weight = 0
+        current = self.current
+        for key, weight in candidates:
+            value = current.get(key, 0) + weight
+            current[key] = value
+            total += weight
+            if best < 0 or value > best_weight:
+                best, best_weight = key, value
+        current[best] -= total
+        return best
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int
+    panic: bool = False
+    trial: bool = False
+
+
+class Balancer:
+    """Chooses the node for the next attempt of a request."""
+
+    def __init__(self, priorities: Sequence[int], weights: Sequence[int], health: Sequence[Health]) -> None:
+        self.weights = list(weights)
+        self.health = list(health)
+        order = sorted(range(len(priorities)), key=lambda i: -priorities[i])
+        levels: dict[int, list[int]] = {}
+        for i in order:
+            levels.setdefault(priorities[i], []).append(i)
+        self.levels = list(levels.values())
+        self.rr = [SmoothWeighted() for _ in self.levels]
+        self.panic_order = order
+
+    def choose(self, tried: Collection[int], now: float) -> Choice | None:
+        """The highest level with a usable node wins; panic when none is healthy."""
+        health = self.health
+        for level, rr in zip(self.levels, self.rr, strict=True):
+            for i in level:
+                if i not in tried and health[i].trial_ready(now):
+                    health[i].begin_trial()
+                    return Choice(i, trial=True)
+            candidates = [(i, self.weights[i]) for i in level if i not in tried and health[i].available(now)]
+            if candidates:
+                return Choice(rr.pick(candidates) if len(candidates) > 1 else candidates[0][0])
+        # Panic (as Envoy): no untried node is healthy, and health may be stale, so try
+        # the rest in priority order rather than fail fast. Drained nodes stay out.
+        rest = [i for i in self.panic_order if i not in tried and not health[i].manual_down]
+        if not rest:
+            return None
+        rest.sort(key=lambda i: health[i].blocked_until > now)
+        return Choice(rest[0], panic=True)
+
+    def serving(self, now: float) -> int | None:
+        """The node new requests go to now (the first pick, without moving the wheel)."""
+        for level in self.levels:
+            usable = [i for i in level if self.health[i].available(now)]
+            if usable:
+                return max(usable, key=lambda i: self.weights[i])
+        for i in self.panic_order:
+            if not self.health[i].manual_down:
+                return i
+        return None

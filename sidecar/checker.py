@@ -1,0 +1,92 @@
+"""Active health checks: a periodic GET per node (by default /v1/models, which costs no tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aiohttp
+
+from .attempt import describe
+from .health import Failure, Source
+from .runtime import Runtime
+from .upstream import NodeState, Upstream
+
+log = logging.getLogger("llm_sidecar")
+
+
+async def probe(upstream: Upstream, node: NodeState) -> None:
+    """Probe one node once and feed the result to its health state machine."""
+    check = node.config.checks.active
+    if check is None or node.session is None:
+        return
+    headers = {"Authorization": node.auth} if node.auth else {}
+    started = time.monotonic()
+    status: int | None = None
+    try:
+        async with asyncio.timeout(check.timeout):
+            async with node.session.get(node.config.url + check.http_path, headers=headers) as response:
+                status = response.status
+                await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc, TimeoutError):
+            kind, reason = Failure.TIMEOUT, "probe timeout"
+        else:
+            kind, reason = describe(exc)
+            reason = f"probe {reason}"
+        upstream.failure(node, Source.ACTIVE, kind, reason)
+    else:
+        reason = f"probe http {status}"
+        if status in check.healthy_http_statuses:
+            upstream.success(node, Source.ACTIVE, reason)
+        else:
+            upstream.failure(node, Source.ACTIVE, Failure.HTTP, reason)
+    node.last_probe = {
+        "time": time.time(),
+        "status": status,
+        "latency_ms": round((time.monotonic() - started) * 1000, 2),
+        "result": reason,
+    }
+
+
+class ActiveChecker:
+    """One probe loop per node of the current upstream; restarted on reload."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.tasks: list[asyncio.Task[None]] = []
+        self.upstream: Upstream | None = None
+
+    def sync(self) -> None:
+        """(Re)start the loops when the runtime's upstream changed."""
+        if self.runtime.upstream is self.upstream:
+            return
+        self.stop()
+        self.upstream = self.runtime.upstream
+        for node in self.upstream.nodes:
+            if node.config.checks.active is not None:
+                self.tasks.append(asyncio.ensure_future(self._loop(self.upstream, node)))
+
+    async def _loop(self, upstream: Upstream, node: NodeState) -> None:
+        check = node.config.checks.active
+        assert check is not None
+        while True:
+            try:
+                await probe(upstream, node)
+            except Exception:  # a bug in a probe must not end health checking
+                log.exception("active probe of %s failed", node.name)
+            await asyncio.sleep(check.interval)
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+
+    async def close(self) -> None:
+        tasks = list(self.tasks)
+        self.stop()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

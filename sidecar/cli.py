@@ -1,0 +1,146 @@
+"""The `llm-sidecar` command. Heavy imports stay inside commands so each starts fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from . import __version__
+from .config import CONFIG_NAME, Config, ConfigError, control_socket_path, discover, load
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help=f"Config file (default: $LLM_SIDECAR_CONFIG, ./{CONFIG_NAME}, ~/.config/llm-sidecar/{CONFIG_NAME}).",
+)
+SOCKET_OPTION = click.option(
+    "--control-socket", metavar="PATH", help="Control socket (default: from the config, else $XDG_RUNTIME_DIR)."
+)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"llm-sidecar: {message}", err=True)
+    sys.exit(code)
+
+
+def load_config(config_path: str | None) -> Config:
+    try:
+        return load(discover(config_path))
+    except ConfigError as exc:
+        fail(f"config error: {exc}", 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="llm-sidecar")
+def main() -> None:
+    """A localhost failover proxy for OpenAI-compatible APIs.
+
+    Point your agent's base_url at http://127.0.0.1:8787/v1; the sidecar forwards to
+    the nodes in llm-sidecar.toml with priority failover, retries and health checks.
+    """
+
+
+@main.command()
+@CONFIG_OPTION
+@SOCKET_OPTION
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds in-flight requests get on stop.")
+def run(config_path: str | None, control_socket: str | None, log_level: str, log_format: str, grace: float) -> None:
+    """Run the proxy (and its control socket) until SIGINT/SIGTERM."""
+    from . import logs
+    from .server import StartupError
+    from .server import run as run_server
+
+    config = load_config(config_path)
+    logs.setup(log_level, log_format)
+    try:
+        run_server(config, control_socket=control_socket_path(config, control_socket), grace=grace)
+    except StartupError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config_path: str | None) -> None:
+    """Validate a config and print the resolved plan (never the keys)."""
+    from .plan import render
+
+    click.echo(render(load_config(config_path)))
+    click.echo("ok")
+
+
+@main.command()
+@click.argument("path", default=CONFIG_NAME, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter config (OpenAI primary, DeepSeek backup)."""
+    from .template import render
+
+    if path.exists() and not force:
+        fail(f"{path} exists; use --force to overwrite it")
+    path.write_text(render(), encoding="utf-8")
+    click.echo(f"wrote {path}; set OPENAI_API_KEY and DEEPSEEK_API_KEY, then run `llm-sidecar check`")
+
+
+@main.command("fake-provider")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, required=True)
+@click.option("--name", default="fake", show_default=True, help="Shown in answers and headers.")
+@click.option(
+    "--fail-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of failing requests."
+)
+@click.option(
+    "--fault",
+    type=click.Choice(["error", "rate_limit", "hang", "silent", "drop", "close", "keepalive"]),
+    default="error",
+    show_default=True,
+    help="How a failing request fails.",
+)
+@click.option("--status", type=int, default=500, show_default=True, help="Status for --fault error.")
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds before every answer.")
+@click.option("--chunks", type=int, default=5, show_default=True, help="SSE chunks per streamed answer.")
+@click.option("--chunk-delay", type=float, default=0.0, show_default=True, help="Seconds between chunks.")
+def fake_provider(
+    host: str,
+    port: int,
+    name: str,
+    fail_rate: float,
+    fault: str,
+    status: int,
+    latency: float,
+    chunks: int,
+    chunk_delay: float,
+) -> None:
+    """Run an OpenAI-compatible fake provider with fault modes, for resilience tests.
+
+    Change its behaviour while it runs: POST /_fake/behaviour with JSON, e.g.
+    {"fail_rate": 1, "fault": "hang"}; GET /_fake/stats counts what it saw.
+    """
+    from .fake_provider import Behaviour, serve_forever
+
+    behaviour = Behaviour(
+        fault=fault, fail_rate=fail_rate, status=status, latency=latency, chunks=chunks, chunk_delay=chunk_delay
+    )
+    click.echo(f"fake provider {name!r} on http://{host}:{port}/v1", err=True)
+    serve_forever(name, host, port, behaviour)
+
+
+@main.command()
+@click.option("--no-tui", is_flag=True, help="Print what happens instead of opening the monitor.")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")
+@click.option("--port", type=int, default=0, help="Sidecar port (default: a free one).")
+def demo(no_tui: bool, duration: float, port: int) -> None:
+    """Watch a failover: two fake providers, a scripted outage of the primary, live traffic."""
+    from .demo import run_demo
+
+    run_demo(duration=duration, port=port, tui=not no_tui)

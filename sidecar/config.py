@@ -1,0 +1,446 @@
+"""Load and validate `llm-sidecar.toml` into frozen dataclasses.
+
+Validation is strict and every error names the file, the key path and what is
+wrong, because a typo in a failover config is only discovered during an outage.
+Field names follow Apache APISIX's upstream object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+CONFIG_ENV = "LLM_SIDECAR_CONFIG"
+CONFIG_NAME = "llm-sidecar.toml"
+DEFAULT_LISTEN = "127.0.0.1:8787"
+DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504)
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class ConfigError(Exception):
+    """A config problem, located by file and key path."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        self.message = message
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + message)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "key": self.key, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    send: float = 30.0
+    read: float = 120.0
+
+
+@dataclass(frozen=True)
+class ActiveCheck:
+    http_path: str = "/v1/models"
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_successes: int = 1
+    healthy_http_statuses: frozenset[int] = frozenset({200})
+    unhealthy_http_failures: int = 3
+    unhealthy_tcp_failures: int = 2
+    unhealthy_timeouts: int = 2
+
+
+@dataclass(frozen=True)
+class PassiveCheck:
+    healthy_successes: int = 1
+    unhealthy_http_statuses: frozenset[int] = frozenset(DEFAULT_RETRY_STATUSES)
+    unhealthy_http_failures: int = 3
+    unhealthy_tcp_failures: int = 2
+    unhealthy_timeouts: int = 2
+    # Not in APISIX: without active checks an ejected node would never see traffic
+    # again, so it gets a trial request after this cool-down (doubling, capped).
+    base_ejection_time: float = 10.0
+    max_ejection_time: float = 300.0
+
+
+@dataclass(frozen=True)
+class Checks:
+    active: ActiveCheck | None = None
+    passive: PassiveCheck | None = None
+
+    @property
+    def retry_statuses(self) -> frozenset[int]:
+        """Statuses that make an attempt fail over, even with passive checks off."""
+        return (self.passive or PassiveCheck()).unhealthy_http_statuses
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    url: str
+    weight: int = 1
+    priority: int = 0
+    api_key: str | None = field(default=None, repr=False, compare=False)
+    api_key_env: str | None = None
+    models: Mapping[str, str] = field(default_factory=dict)
+    checks: Checks = field(default_factory=Checks)
+
+    def rewrite_model(self, model: str) -> str:
+        """Exact match, else the "*" entry, else the model unchanged."""
+        return self.models.get(model) or self.models.get("*") or model
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    control_socket: str = ""
+    api_key: str | None = field(default=None, repr=False, compare=False)
+    api_key_env: str | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    nodes: tuple[Node, ...]
+    type: str = "roundrobin"
+    retries: int = 1
+    retry_timeout: float = 0.0
+    timeout: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    upstream: UpstreamConfig
+    path: str = "<memory>"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Table:
+    """A TOML table being read: type-checks values and rejects unknown keys."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, file: str) -> None:
+        self.data = data
+        self.path = path
+        self.file = file
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), message)
+
+    def get(self, name: str, kinds: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        # bool is an int in Python, never in a config file.
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise self.error(name, f"expected {names}, got {_describe(value)}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = float(self.get(name, (int, float), default))
+        if value < minimum:
+            raise self.error(name, f"must be >= {minimum:g}, got {value:g}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        value = self.get(name, int, default)
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def statuses(self, name: str, default: frozenset[int]) -> frozenset[int]:
+        value = self.get(name, list, None)
+        if value is None:
+            return default
+        for i, code in enumerate(value):
+            if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+                raise ConfigError(self.file, f"{self.key(name)}[{i}]", f"expected an HTTP status 100-599, got {code!r}")
+        return frozenset(value)
+
+    def table(self, name: str) -> _Table | None:
+        value = self.get(name, dict, None)
+        return None if value is None else _Table(value, self.key(name), self.file)
+
+    def done(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                raise self.error(name, "unknown key")
+
+
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+    bool: "true/false",
+}
+
+
+def _describe(value: Any) -> str:
+    return (
+        f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({value!r})"
+        if not isinstance(value, dict | list)
+        else _TYPE_NAMES[type(value)]
+    )
+
+
+def _secret(table: _Table, name: str, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """Resolve a `${VAR}` key reference; keys never live in the file itself."""
+    raw = table.get(name, str, None)
+    if raw is None or raw == "":
+        return None, None
+    match = _ENV_REF.match(raw)
+    if not match:
+        raise table.error(
+            name, 'must reference an environment variable, like "${OPENAI_API_KEY}"; keys are not stored in the file'
+        )
+    var = match.group(1)
+    value = env.get(var)
+    if value is None:
+        raise table.error(name, f"environment variable {var} is not set")
+    if not value.strip():
+        raise table.error(name, f"environment variable {var} is empty")
+    return value.strip(), var
+
+
+def _parse_listen(table: _Table, raw: str) -> tuple[str, int]:
+    match = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$", raw)
+    if not match or not 0 < int(match.group(3)) < 65536:
+        raise table.error("listen", f'expected "host:port" (e.g. "{DEFAULT_LISTEN}"), got {raw!r}')
+    return match.group(1) or match.group(2), int(match.group(3))
+
+
+def _parse_url(table: _Table, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error("url", f"expected an http:// or https:// URL, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise table.error("url", f"must not carry a query or fragment, got {raw!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise table.error("url", f"has an invalid port: {raw!r}") from None
+    return raw.rstrip("/")
+
+
+def _active(t: _Table) -> ActiveCheck:
+    d = ActiveCheck()
+    path = t.get("http_path", str, d.http_path)
+    if not path.startswith("/"):
+        raise t.error("http_path", f'must start with "/", got {path!r}')
+    healthy = t.table("healthy") or _Table({}, t.key("healthy"), t.file)
+    unhealthy = t.table("unhealthy") or _Table({}, t.key("unhealthy"), t.file)
+    check = ActiveCheck(
+        http_path=path,
+        interval=t.number("interval", d.interval, minimum=0.05),
+        timeout=t.number("timeout", d.timeout, minimum=0.01),
+        healthy_successes=healthy.integer("successes", d.healthy_successes, minimum=1),
+        healthy_http_statuses=healthy.statuses("http_statuses", d.healthy_http_statuses),
+        unhealthy_http_failures=unhealthy.integer("http_failures", d.unhealthy_http_failures, minimum=1),
+        unhealthy_tcp_failures=unhealthy.integer("tcp_failures", d.unhealthy_tcp_failures, minimum=1),
+        unhealthy_timeouts=unhealthy.integer("timeouts", d.unhealthy_timeouts, minimum=1),
+    )
+    for part in (healthy, unhealthy, t):
+        part.done()
+    return check
+
+
+def _passive(t: _Table) -> PassiveCheck:
+    d = PassiveCheck()
+    healthy = t.table("healthy") or _Table({}, t.key("healthy"), t.file)
+    unhealthy = t.table("unhealthy") or _Table({}, t.key("unhealthy"), t.file)
+    check = PassiveCheck(
+        healthy_successes=healthy.integer("successes", d.healthy_successes, minimum=1),
+        unhealthy_http_statuses=unhealthy.statuses("http_statuses", d.unhealthy_http_statuses),
+        unhealthy_http_failures=unhealthy.integer("http_failures", d.unhealthy_http_failures, minimum=1),
+        unhealthy_tcp_failures=unhealthy.integer("tcp_failures", d.unhealthy_tcp_failures, minimum=1),
+        unhealthy_timeouts=unhealthy.integer("timeouts", d.unhealthy_timeouts, minimum=1),
+        base_ejection_time=t.number("base_ejection_time", d.base_ejection_time, minimum=0.01),
+        max_ejection_time=t.number("max_ejection_time", d.max_ejection_time, minimum=0.01),
+    )
+    if check.max_ejection_time < check.base_ejection_time:
+        raise t.error("max_ejection_time", "must be >= base_ejection_time")
+    for part in (healthy, unhealthy, t):
+        part.done()
+    return check
+
+
+def _checks(t: _Table | None, inherited: Checks) -> Checks:
+    if t is None:
+        return inherited
+    active = t.table("active")
+    passive = t.table("passive")
+    t.done()
+    return Checks(
+        active=_active(active) if active is not None else inherited.active,
+        passive=_passive(passive) if passive is not None else inherited.passive,
+    )
+
+
+def _models(t: _Table) -> dict[str, str]:
+    raw = t.get("models", dict, {})
+    for source, target in raw.items():
+        if not isinstance(target, str) or not target:
+            raise ConfigError(t.file, f"{t.key('models')}.{source}", f"expected a model name, got {target!r}")
+    return dict(raw)
+
+
+def _node(t: _Table, checks: Checks, env: Mapping[str, str]) -> Node:
+    name = t.get("name", str, None)
+    if not name:
+        raise t.error("name", "is required")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise t.error("name", f"use letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
+    url = t.get("url", str, None)
+    if url is None:
+        raise t.error("url", "is required")
+    api_key, api_key_env = _secret(t, "api_key", env)
+    node = Node(
+        name=name,
+        url=_parse_url(t, url),
+        weight=t.integer("weight", 1, minimum=1),
+        priority=t.integer("priority", 0),
+        api_key=api_key,
+        api_key_env=api_key_env,
+        models=_models(t),
+        checks=_checks(t.table("checks"), checks),
+    )
+    t.done()
+    return node
+
+
+def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError on the first problem."""
+    env = os.environ if env is None else env
+    root = _Table(data, "", file)
+
+    server_t = root.table("server") or _Table({}, "server", file)
+    host, port = _parse_listen(server_t, server_t.get("listen", str, DEFAULT_LISTEN))
+    client_key, client_key_env = _secret(server_t, "api_key", env)
+    server = ServerConfig(
+        host=host,
+        port=port,
+        control_socket=server_t.get("control_socket", str, ""),
+        api_key=client_key,
+        api_key_env=client_key_env,
+        max_body_bytes=server_t.integer("max_body_bytes", ServerConfig.max_body_bytes, minimum=1),
+    )
+    server_t.done()
+
+    up = root.table("upstream")
+    if up is None:
+        raise ConfigError(file, "upstream.nodes", "no nodes configured: add at least one [[upstream.nodes]]")
+    kind = up.get("type", str, "roundrobin")
+    if kind != "roundrobin":
+        raise up.error("type", f'only "roundrobin" (smooth weighted round-robin) is supported, got {kind!r}')
+    timeout_t = up.table("timeout") or _Table({}, "upstream.timeout", file)
+    timeouts = Timeouts(
+        connect=timeout_t.number("connect", Timeouts.connect, minimum=0.001),
+        send=timeout_t.number("send", Timeouts.send, minimum=0.001),
+        read=timeout_t.number("read", Timeouts.read, minimum=0.001),
+    )
+    timeout_t.done()
+    checks = _checks(up.table("checks"), Checks())
+
+    raw_nodes = up.get("nodes", list, [])
+    if not raw_nodes:
+        raise up.error("nodes", "no nodes configured: add at least one [[upstream.nodes]]")
+    nodes: list[Node] = []
+    for i, raw in enumerate(raw_nodes):
+        key = f"upstream.nodes[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(file, key, f"expected a table, got {_describe(raw)}")
+        node = _node(_Table(raw, key, file), checks, env)
+        if any(n.name == node.name for n in nodes):
+            raise ConfigError(file, f"{key}.name", f"duplicate node name {node.name!r}")
+        nodes.append(node)
+
+    upstream = UpstreamConfig(
+        nodes=tuple(nodes),
+        type=kind,
+        # APISIX's default: as many retries as there are other nodes.
+        retries=up.integer("retries", len(nodes) - 1, minimum=0),
+        retry_timeout=up.number("retry_timeout", 0.0),
+        timeout=timeouts,
+    )
+    up.done()
+    root.done()
+    return Config(server=server, upstream=upstream, path=file)
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file."""
+    file = str(Path(path).absolute())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"invalid TOML: {exc}") from None
+    return parse(data, file, env)
+
+
+def discover(explicit: str | None = None, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """Find the config: -c PATH, else $LLM_SIDECAR_CONFIG, else ./llm-sidecar.toml, else ~/.config/llm-sidecar/."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    local = (cwd or Path.cwd()) / CONFIG_NAME
+    if local.exists():
+        return local
+    home = Path(env.get("HOME") or Path.home())
+    user = home / ".config" / "llm-sidecar" / CONFIG_NAME
+    if user.exists():
+        return user
+    raise ConfigError(
+        str(local),
+        "",
+        f"no config found (looked at -c, ${CONFIG_ENV}, ./{CONFIG_NAME} and {user}); create one with `llm-sidecar init`",
+    )
+
+
+def default_control_socket(env: Mapping[str, str] | None = None) -> Path:
+    """$XDG_RUNTIME_DIR/llm-sidecar.sock, else ~/.llm-sidecar/control.sock."""
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "llm-sidecar.sock"
+    return Path(env.get("HOME") or Path.home()) / ".llm-sidecar" / "control.sock"
+
+
+def control_socket_path(
+    config: Config | None, override: str | None = None, env: Mapping[str, str] | None = None
+) -> Path:
+    if override:
+        return Path(override)
+    if config is not None and config.server.control_socket:
+        return Path(os.path.expanduser(config.server.control_socket))
+    return default_control_socket(env)

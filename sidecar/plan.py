@@ -1,0 +1,58 @@
+"""The human-readable plan that `llm-sidecar check` prints (never a key)."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from .config import ActiveCheck, Config, Node, PassiveCheck, control_socket_path
+
+
+def _active(check: ActiveCheck | None) -> str:
+    if check is None:
+        return "active checks off"
+    return (
+        f"active: GET {check.http_path} every {check.interval:g}s (timeout {check.timeout:g}s); "
+        f"healthy after {check.healthy_successes} x {sorted(check.healthy_http_statuses)}; "
+        f"unhealthy after {check.unhealthy_http_failures} http / {check.unhealthy_tcp_failures} tcp / "
+        f"{check.unhealthy_timeouts} timeout failures"
+    )
+
+
+def _passive(check: PassiveCheck | None) -> str:
+    if check is None:
+        return "passive checks off"
+    return (
+        f"passive: unhealthy after {check.unhealthy_http_failures} x {sorted(check.unhealthy_http_statuses)} / "
+        f"{check.unhealthy_tcp_failures} tcp / {check.unhealthy_timeouts} timeout failures; "
+        f"healthy after {check.healthy_successes} success(es); "
+        f"trial after {check.base_ejection_time:g}s..{check.max_ejection_time:g}s when active checks are off"
+    )
+
+
+def _key(node: Node) -> str:
+    return f"key from ${node.api_key_env}" if node.api_key_env else "no key"
+
+
+def render(config: Config) -> str:
+    s, u = config.server, config.upstream
+    t = u.timeout
+    lines = [
+        f"config   {config.path}",
+        f"listen   http://{s.listen}/v1"
+        + (f"  (clients must send the key from ${s.api_key_env})" if s.api_key_env else ""),
+        f"control  {control_socket_path(config)}",
+        f"upstream {u.type}, retries {u.retries}, retry_timeout {u.retry_timeout:g}s"
+        f" (0 = none), timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s",
+    ]
+    nodes = sorted(u.nodes, key=lambda n: -n.priority)
+    for priority, level in groupby(nodes, key=lambda n: n.priority):
+        lines.append(f"priority {priority}:")
+        for node in level:
+            models = ", ".join(f"{k} -> {v}" for k, v in node.models.items()) or "unchanged"
+            lines.append(f"  {node.name:<12} {node.url}  weight {node.weight}  {_key(node)}  models: {models}")
+    distinct = {(n.checks.active, n.checks.passive) for n in u.nodes}
+    for node in u.nodes if len(distinct) > 1 else u.nodes[:1]:
+        prefix = f"checks ({node.name})" if len(distinct) > 1 else "checks"
+        lines.append(f"{prefix}: {_active(node.checks.active)}")
+        lines.append(" " * len(prefix) + f"  {_passive(node.checks.passive)}")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Process lifecycle: bind, serve the proxy with uvicorn, run the checks, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+from .checker import ActiveChecker
+from .config import Config
+from .proxy import ProxyApp
+from .runtime import Runtime
+
+log = logging.getLogger("llm_sidecar")
+
+
+class StartupError(Exception):
+    """The sidecar cannot start (port taken, socket in use, ...): one clear line."""
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
+    """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
+    import uvicorn
+
+    sock = bind_tcp(config.server.host, config.server.port)
+    runtime = Runtime(config)
+    control = None
+    if control_socket is not None:
+        from .control import ControlServer
+
+        control = ControlServer(runtime, control_socket)
+        try:
+            await control.start()
+        except StartupError:
+            sock.close()
+            raise
+    await runtime.upstream.start()
+    checker = ActiveChecker(runtime)
+    checker.sync()
+    runtime.on_reload = checker.sync
+    server = uvicorn.Server(
+        uvicorn.Config(
+            ProxyApp(runtime),
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=grace,
+            backlog=2048,
+        )
+    )
+    nodes = ", ".join(f"{n.name}(priority {n.priority}, weight {n.weight})" for n in config.upstream.nodes)
+    log.info("llm-sidecar %s listening on http://%s/v1 -> %s", runtime.version, config.server.listen, nodes)
+    if control is not None:
+        log.info("control socket %s", control.path)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        log.info("stopping")
+        await checker.close()
+        if control is not None:
+            await control.stop()
+        await runtime.upstream.close()
+        sock.close()
+
+
+def run(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
+    """Blocking entry point with uvloop, the fastest loop for this load."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config, control_socket=control_socket, grace=grace))

@@ -1,0 +1,60 @@
+"""Per-node traffic figures over a sliding one-minute window."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+WINDOW = 60.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+@dataclass
+class NodeStats:
+    requests: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    # (finished at, seconds) of recent attempts on this node
+    window: deque[tuple[float, float]] = field(default_factory=deque)
+
+    def finished(self, now: float, seconds: float, ok: bool) -> None:
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+        window = self.window
+        window.append((now, seconds))
+        if len(window) > 4096 or window[0][0] < now - WINDOW * 2:
+            self.trim(now)
+
+    def trim(self, now: float) -> None:
+        cutoff = now - WINDOW
+        window = self.window
+        while window and window[0][0] < cutoff:
+            window.popleft()
+        while len(window) > 100_000:
+            window.popleft()
+
+    def snapshot(self, now: float, uptime: float) -> dict[str, float | int | None]:
+        self.trim(now)
+        latencies = sorted(s for _, s in self.window)
+        span = min(WINDOW, max(uptime, 1.0))
+        p50 = percentile(latencies, 0.5)
+        p95 = percentile(latencies, 0.95)
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "rps": round(len(latencies) / span, 3),
+            "p50_ms": None if p50 is None else round(p50 * 1000, 2),
+            "p95_ms": None if p95 is None else round(p95 * 1000, 2),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+        }
