@@ -1,0 +1,156 @@
+"""Config validation: every mistake names the file, the key path and what is wrong."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, control_socket_path, discover, load, parse
+from sidecar.template import render
+
+ENV = {"OPENAI_API_KEY": "sk-openai", "DEEPSEEK_API_KEY": "sk-deepseek"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def minimal(**node0: object) -> dict:
+    return {
+        "upstream": {
+            "nodes": [
+                {"name": "a", "url": "http://127.0.0.1:1", "api_key": "${OPENAI_API_KEY}", **node0},
+                {"name": "b", "url": "http://127.0.0.1:2", "api_key": "${DEEPSEEK_API_KEY}"},
+            ]
+        }
+    }
+
+
+def error_of(data: dict, env: dict | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(data, "cfg.toml", ENV if env is None else env)
+    return info.value
+
+
+def test_minimal_file_gets_every_default() -> None:
+    config = parse(minimal(), "cfg.toml", ENV)
+    assert config.server.listen == "127.0.0.1:8787"
+    assert config.upstream.retries == 1  # APISIX: one per other node
+    assert config.upstream.timeout.read == 120
+    a, b = config.upstream.nodes
+    assert (a.weight, a.priority, a.api_key, a.api_key_env) == (1, 0, "sk-openai", "OPENAI_API_KEY")
+    assert a.checks.active is None and a.checks.passive is None
+    assert 429 in a.checks.retry_statuses and 400 not in a.checks.retry_statuses
+
+
+def test_repo_config_is_the_seed_setup() -> None:
+    config = load(REPO / "llm-sidecar.toml", ENV)
+    openai, deepseek = config.upstream.nodes
+    assert (openai.name, openai.weight, openai.priority) == ("openai", 100, 0)
+    assert (deepseek.name, deepseek.weight, deepseek.priority) == ("deepseek", 1, -1)
+    assert deepseek.rewrite_model("gpt-4o") == "deepseek-chat"
+    assert openai.checks.active is not None and openai.checks.active.http_path == "/v1/models"
+
+
+def test_init_template_parses_to_the_same_plan_as_the_repo_file() -> None:
+    from_template = parse(tomllib.loads(render()), "t", ENV)
+    from_repo = load(REPO / "llm-sidecar.toml", ENV)
+    assert from_template.upstream.nodes == from_repo.upstream.nodes
+    assert from_template.server == from_repo.server
+
+
+def test_node_checks_override_upstream_checks() -> None:
+    data = minimal(checks={"passive": {"unhealthy": {"http_failures": 7}}})
+    data["upstream"]["checks"] = {"active": {"interval": 3}, "passive": {}}
+    a, b = parse(data, "cfg.toml", ENV).upstream.nodes
+    assert a.checks.passive.unhealthy_http_failures == 7
+    assert b.checks.passive.unhealthy_http_failures == 3
+    assert a.checks.active.interval == b.checks.active.interval == 3
+
+
+def test_model_rewrite_exact_then_star_then_unchanged() -> None:
+    node = parse(minimal(models={"gpt-4o": "gpt-4o-2024-08-06", "*": "gpt-4o-mini"}), "c", ENV).upstream.nodes[0]
+    assert node.rewrite_model("gpt-4o") == "gpt-4o-2024-08-06"
+    assert node.rewrite_model("other") == "gpt-4o-mini"
+    plain = parse(minimal(models={"gpt-4o": "x"}), "c", ENV).upstream.nodes[0]
+    assert plain.rewrite_model("other") == "other"
+
+
+def test_api_key_never_in_repr() -> None:
+    config = parse(minimal(), "cfg.toml", ENV)
+    assert "sk-openai" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "words"),
+    [
+        (minimal(weight=0), "upstream.nodes[0].weight", "must be >= 1"),
+        (minimal(weight="5"), "upstream.nodes[0].weight", "expected an integer"),
+        (minimal(weight=True), "upstream.nodes[0].weight", "expected an integer"),
+        (minimal(colour="red"), "upstream.nodes[0].colour", "unknown key"),
+        (minimal(url="ftp://x"), "upstream.nodes[0].url", "http:// or https://"),
+        (minimal(url="https://"), "upstream.nodes[0].url", "http:// or https://"),
+        (minimal(url="https://x.com/?k=1"), "upstream.nodes[0].url", "query"),
+        (minimal(name="b"), "upstream.nodes[1].name", "duplicate node name"),
+        (minimal(name=""), "upstream.nodes[0].name", "is required"),
+        (minimal(api_key="sk-literal"), "upstream.nodes[0].api_key", "environment variable"),
+        (minimal(api_key="${NOPE_NOT_SET}"), "upstream.nodes[0].api_key", "NOPE_NOT_SET is not set"),
+        (minimal(models={"*": 3}), "upstream.nodes[0].models.*", "expected a model name"),
+        (minimal(checks={"active": {"healthy": {"successes": 0}}}), "upstream.nodes[0].checks.active.healthy.successes", ">= 1"),
+        (minimal(checks={"passive": {"unhealthy": {"http_statuses": [999]}}}), "upstream.nodes[0].checks.passive.unhealthy.http_statuses[0]", "HTTP status"),
+        (minimal(checks={"active": {"http_path": "v1/models"}}), "upstream.nodes[0].checks.active.http_path", 'start with "/"'),
+        ({"upstream": {"nodes": []}}, "upstream.nodes", "no nodes"),
+        ({}, "upstream.nodes", "no nodes"),
+        ({**minimal(), "server": {"listen": "8787"}}, "server.listen", "host:port"),
+        ({**minimal(), "server": {"listen": "127.0.0.1:99999"}}, "server.listen", "host:port"),
+        ({**minimal(), "extra": 1}, "extra", "unknown key"),
+        ({"upstream": {**minimal()["upstream"], "type": "chash"}}, "upstream.type", "roundrobin"),
+        ({"upstream": {**minimal()["upstream"], "retries": -1}}, "upstream.retries", ">= 0"),
+        ({"upstream": {**minimal()["upstream"], "timeout": {"read": "fast"}}}, "upstream.timeout.read", "expected an integer or a number"),
+    ],
+)
+def test_every_mistake_names_file_key_and_problem(data: dict, key: str, words: str) -> None:
+    error = error_of(data)
+    assert error.file == "cfg.toml"
+    assert error.key == key
+    assert words in error.message
+    assert str(error).startswith(f"cfg.toml: {key}: ")
+
+
+def test_empty_env_var_is_an_error() -> None:
+    error = error_of(minimal(), {"OPENAI_API_KEY": " ", "DEEPSEEK_API_KEY": "x"})
+    assert error.key == "upstream.nodes[0].api_key" and "empty" in error.message
+
+
+def test_load_reports_toml_syntax_and_missing_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upstream\n")
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
+        load(bad, ENV)
+    assert info.value.file == str(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "missing.toml", ENV)
+
+
+def test_discovery_order(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    user = home / ".config" / "llm-sidecar" / "llm-sidecar.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {"HOME": str(home)}
+    assert discover(None, env, cwd) == user
+    (cwd / "llm-sidecar.toml").write_text("")
+    assert discover(None, env, cwd) == cwd / "llm-sidecar.toml"
+    assert discover(None, {**env, "LLM_SIDECAR_CONFIG": "/x.toml"}, cwd) == Path("/x.toml")
+    assert discover("/y.toml", {**env, "LLM_SIDECAR_CONFIG": "/x.toml"}, cwd) == Path("/y.toml")
+    user.unlink()
+    (cwd / "llm-sidecar.toml").unlink()
+    with pytest.raises(ConfigError, match="llm-sidecar init"):
+        discover(None, env, cwd)
+
+
+def test_control_socket_default(tmp_path: Path) -> None:
+    assert control_socket_path(None, env={"XDG_RUNTIME_DIR": str(tmp_path)}) == tmp_path / "llm-sidecar.sock"
+    assert control_socket_path(None, env={"HOME": "/h"}) == Path("/h/.llm-sidecar/control.sock")
+    assert control_socket_path(None, "/o.sock", env={}) == Path("/o.sock")

@@ -1,0 +1,137 @@
+"""The health state machine: every transition, with a clock we move by hand."""
+
+from __future__ import annotations
+
+from sidecar.config import ActiveCheck, PassiveCheck
+from sidecar.health import Failure, Health, Source
+
+ACTIVE = ActiveCheck(healthy_successes=2, unhealthy_http_failures=3, unhealthy_tcp_failures=2, unhealthy_timeouts=2)
+PASSIVE = PassiveCheck(healthy_successes=1, unhealthy_http_failures=3, unhealthy_tcp_failures=2, unhealthy_timeouts=1,
+                       base_ejection_time=10, max_ejection_time=35)
+
+
+def test_starts_healthy_and_available() -> None:
+    h = Health(ACTIVE, PASSIVE, now=0)
+    assert h.state == "healthy" and h.available(0)
+
+
+def test_http_failures_threshold_flips_to_unhealthy() -> None:
+    h = Health(ACTIVE, None, now=0)
+    assert h.record_failure(Source.ACTIVE, Failure.HTTP, 1, "probe http 500") is None
+    assert h.record_failure(Source.ACTIVE, Failure.HTTP, 2, "probe http 500") is None
+    t = h.record_failure(Source.ACTIVE, Failure.HTTP, 3, "probe http 500")
+    assert t is not None and (t.before, t.after, t.reason) == ("healthy", "unhealthy", "probe http 500")
+    assert not h.available(3) and h.changed_at == 3
+
+
+def test_success_resets_failure_counters() -> None:
+    h = Health(ACTIVE, None, now=0)
+    h.record_failure(Source.ACTIVE, Failure.HTTP, 1, "x")
+    h.record_failure(Source.ACTIVE, Failure.HTTP, 2, "x")
+    h.record_success(Source.ACTIVE, 3)
+    h.record_failure(Source.ACTIVE, Failure.HTTP, 4, "x")
+    h.record_failure(Source.ACTIVE, Failure.HTTP, 5, "x")
+    assert h.healthy
+
+
+def test_failure_kinds_have_their_own_thresholds() -> None:
+    h = Health(ACTIVE, None, now=0)
+    h.record_failure(Source.ACTIVE, Failure.HTTP, 1, "x")
+    h.record_failure(Source.ACTIVE, Failure.TCP, 2, "refused")
+    assert h.healthy
+    t = h.record_failure(Source.ACTIVE, Failure.TCP, 3, "refused")
+    assert t is not None and t.reason == "refused"
+    h2 = Health(ACTIVE, None, now=0)
+    h2.record_failure(Source.ACTIVE, Failure.TIMEOUT, 1, "t")
+    assert h2.record_failure(Source.ACTIVE, Failure.TIMEOUT, 2, "timeout").after == "unhealthy"
+
+
+def test_recovery_needs_healthy_successes() -> None:
+    h = Health(ACTIVE, None, now=0)
+    for i in range(3):
+        h.record_failure(Source.ACTIVE, Failure.HTTP, i, "x")
+    assert h.record_success(Source.ACTIVE, 10, "probe http 200") is None
+    t = h.record_success(Source.ACTIVE, 11, "probe http 200")
+    assert t is not None and (t.before, t.after) == ("unhealthy", "healthy") and h.available(11)
+
+
+def test_a_failure_interrupts_the_success_streak() -> None:
+    h = Health(ACTIVE, None, now=0)
+    for i in range(3):
+        h.record_failure(Source.ACTIVE, Failure.HTTP, i, "x")
+    h.record_success(Source.ACTIVE, 10)
+    h.record_failure(Source.ACTIVE, Failure.HTTP, 11, "x")
+    assert h.record_success(Source.ACTIVE, 12) is None
+    assert not h.healthy
+
+
+def test_passive_failures_eject_and_active_probes_restore() -> None:
+    h = Health(ACTIVE, PASSIVE, now=0)
+    for i in range(3):
+        h.record_failure(Source.PASSIVE, Failure.HTTP, i, "http 500")
+    assert not h.healthy
+    assert h.trial_at is None  # active checks will bring it back, no trial
+    h.record_success(Source.ACTIVE, 5)
+    assert h.record_success(Source.ACTIVE, 6).after == "healthy"
+
+
+def test_disabled_source_counts_but_never_flips() -> None:
+    h = Health(None, PASSIVE, now=0)
+    for i in range(10):
+        assert h.record_failure(Source.ACTIVE, Failure.HTTP, i, "x") is None
+    assert h.healthy
+
+
+def test_passive_only_gets_a_trial_after_cooldown_that_doubles() -> None:
+    h = Health(None, PASSIVE, now=0)
+    t = h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 100, "read timeout")
+    assert t is not None and t.after == "unhealthy"
+    assert h.trial_at == 110 and not h.trial_ready(109.9) and h.trial_ready(110)
+    h.begin_trial()
+    assert not h.trial_ready(111)  # one trial at a time
+    h.record_failure(Source.PASSIVE, Failure.HTTP, 111, "http 500")  # the trial failed
+    assert h.trial_at == 111 + 20  # doubled
+    h.begin_trial()
+    h.record_failure(Source.PASSIVE, Failure.HTTP, 131, "http 500")
+    assert h.trial_at == 131 + 35  # capped at max_ejection_time
+    h.begin_trial()
+    t = h.record_success(Source.PASSIVE, 170, "ok")
+    assert t is not None and t.after == "healthy" and h.available(170) and h.trial_at is None
+
+
+def test_ejection_backoff_resets_after_a_long_healthy_spell() -> None:
+    h = Health(None, PASSIVE, now=0)
+    h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 0, "t")
+    h.begin_trial()
+    h.record_success(Source.PASSIVE, 10)
+    h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 11, "t")
+    assert h.trial_at == 11 + 20  # second ejection soon after: doubled
+    h.begin_trial()
+    h.record_success(Source.PASSIVE, 31)
+    h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 1000, "t")
+    assert h.trial_at == 1000 + 10  # healthy for long: back to base
+
+
+def test_trial_needs_more_successes_when_configured() -> None:
+    h = Health(None, PassiveCheck(healthy_successes=2, unhealthy_timeouts=1, base_ejection_time=5), now=0)
+    h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 0, "t")
+    h.begin_trial()
+    assert h.record_success(Source.PASSIVE, 6) is None
+    assert h.trial_ready(6)  # next trial allowed at once
+    h.begin_trial()
+    assert h.record_success(Source.PASSIVE, 7).after == "healthy"
+
+
+def test_retry_after_blocks_until_then() -> None:
+    h = Health(None, PASSIVE, now=0)
+    h.block(30)
+    assert h.healthy and not h.available(29) and h.available(30)
+
+
+def test_manual_down_overrides_health() -> None:
+    h = Health(ACTIVE, PASSIVE, now=0)
+    t = h.set_manual(True, 5)
+    assert t is not None and (t.before, t.after, t.reason) == ("healthy", "down", "manual down")
+    assert not h.available(6) and not h.trial_ready(6)
+    assert h.set_manual(True, 6) is None
+    assert h.set_manual(False, 7).after == "healthy"
