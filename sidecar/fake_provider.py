@@ -30,7 +30,7 @@ class Behaviour:
     latency: float = 0.0  # seconds before the first byte of every answer
     chunks: int = 5  # SSE chunks per streamed answer
     chunk_delay: float = 0.0  # seconds between chunks
-    drop_after: int = 2  # for fault "drop": chunks sent before the connection is cut
+    drop_after: int = 2  # for fault "drop": SSE chunks sent before the connection is cut
     keepalive_for: float = 1.0  # for fault "keepalive": seconds of ": keep-alive" before data
     faults_on_models: bool = True  # whether /v1/models (the health probe) fails too
 
@@ -180,14 +180,18 @@ class FakeProvider:
             await response.write(b": keep-alive\n\n")
             await asyncio.sleep(min(0.2, keepalive))
         cid = f"chatcmpl-{self.name}-{self.stats.chat}"
-        await response.write(_chunk(cid, model, {"role": "assistant", "content": f"Hello from {self.name}:"}, None))
-        for i in range(b.chunks):
-            if drop_after is not None and i >= drop_after:
+        for i in range(b.chunks + 1):
+            if drop_after is not None and i >= drop_after:  # counts the role chunk too
                 self._cut(request)
                 return response
+            if i == 0:
+                await response.write(
+                    _chunk(cid, model, {"role": "assistant", "content": f"Hello from {self.name}:"}, None)
+                )
+                continue
             if b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
-            await response.write(_chunk(cid, model, {"content": f" word{i}"}, None))
+            await response.write(_chunk(cid, model, {"content": f" word{i - 1}"}, None))
         await response.write(_chunk(cid, model, {}, "stop"))
         if usage:
             payload = {

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from .checker import ActiveChecker
@@ -33,6 +36,27 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its shutdown, which would kill us before our
+        own clean-up (control socket, sessions); handle the signals on the loop instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
+
 async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
     import uvicorn
@@ -53,7 +77,7 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     checker = ActiveChecker(runtime)
     checker.sync()
     runtime.on_reload = checker.sync
-    server = uvicorn.Server(
+    server = _server_class()(
         uvicorn.Config(
             ProxyApp(runtime),
             http="httptools",

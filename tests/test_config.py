@@ -36,7 +36,7 @@ def test_minimal_file_gets_every_default() -> None:
     assert config.server.listen == "127.0.0.1:8787"
     assert config.upstream.retries == 1  # APISIX: one per other node
     assert config.upstream.timeout.read == 120
-    a, b = config.upstream.nodes
+    a = config.upstream.nodes[0]
     assert (a.weight, a.priority, a.api_key, a.api_key_env) == (1, 0, "sk-openai", "OPENAI_API_KEY")
     assert a.checks.active is None and a.checks.passive is None
     assert 429 in a.checks.retry_statuses and 400 not in a.checks.retry_statuses
@@ -95,9 +95,21 @@ def test_api_key_never_in_repr() -> None:
         (minimal(api_key="sk-literal"), "upstream.nodes[0].api_key", "environment variable"),
         (minimal(api_key="${NOPE_NOT_SET}"), "upstream.nodes[0].api_key", "NOPE_NOT_SET is not set"),
         (minimal(models={"*": 3}), "upstream.nodes[0].models.*", "expected a model name"),
-        (minimal(checks={"active": {"healthy": {"successes": 0}}}), "upstream.nodes[0].checks.active.healthy.successes", ">= 1"),
-        (minimal(checks={"passive": {"unhealthy": {"http_statuses": [999]}}}), "upstream.nodes[0].checks.passive.unhealthy.http_statuses[0]", "HTTP status"),
-        (minimal(checks={"active": {"http_path": "v1/models"}}), "upstream.nodes[0].checks.active.http_path", 'start with "/"'),
+        (
+            minimal(checks={"active": {"healthy": {"successes": 0}}}),
+            "upstream.nodes[0].checks.active.healthy.successes",
+            ">= 1",
+        ),
+        (
+            minimal(checks={"passive": {"unhealthy": {"http_statuses": [999]}}}),
+            "upstream.nodes[0].checks.passive.unhealthy.http_statuses[0]",
+            "HTTP status",
+        ),
+        (
+            minimal(checks={"active": {"http_path": "v1/models"}}),
+            "upstream.nodes[0].checks.active.http_path",
+            'start with "/"',
+        ),
         ({"upstream": {"nodes": []}}, "upstream.nodes", "no nodes"),
         ({}, "upstream.nodes", "no nodes"),
         ({**minimal(), "server": {"listen": "8787"}}, "server.listen", "host:port"),
@@ -105,7 +117,11 @@ def test_api_key_never_in_repr() -> None:
         ({**minimal(), "extra": 1}, "extra", "unknown key"),
         ({"upstream": {**minimal()["upstream"], "type": "chash"}}, "upstream.type", "roundrobin"),
         ({"upstream": {**minimal()["upstream"], "retries": -1}}, "upstream.retries", ">= 0"),
-        ({"upstream": {**minimal()["upstream"], "timeout": {"read": "fast"}}}, "upstream.timeout.read", "expected an integer or a number"),
+        (
+            {"upstream": {**minimal()["upstream"], "timeout": {"read": "fast"}}},
+            "upstream.timeout.read",
+            "expected an integer or a number",
+        ),
     ],
 )
 def test_every_mistake_names_file_key_and_problem(data: dict, key: str, words: str) -> None:

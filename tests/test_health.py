@@ -6,8 +6,14 @@ from sidecar.config import ActiveCheck, PassiveCheck
 from sidecar.health import Failure, Health, Source
 
 ACTIVE = ActiveCheck(healthy_successes=2, unhealthy_http_failures=3, unhealthy_tcp_failures=2, unhealthy_timeouts=2)
-PASSIVE = PassiveCheck(healthy_successes=1, unhealthy_http_failures=3, unhealthy_tcp_failures=2, unhealthy_timeouts=1,
-                       base_ejection_time=10, max_ejection_time=35)
+PASSIVE = PassiveCheck(
+    healthy_successes=1,
+    unhealthy_http_failures=3,
+    unhealthy_tcp_failures=2,
+    unhealthy_timeouts=1,
+    base_ejection_time=10,
+    max_ejection_time=35,
+)
 
 
 def test_starts_healthy_and_available() -> None:

@@ -1,0 +1,214 @@
+"""Fixtures: fake providers on loopback (in the test's loop) and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import tomli_w
+from aiohttp import web
+
+from sidecar.fake_provider import Behaviour, FakeProvider
+
+NODE_KEYS = {"PRIMARY_KEY": "sk-primary-secret-1234", "BACKUP_KEY": "sk-backup-secret-5678"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Fake:
+    provider: FakeProvider
+    runner: web.AppRunner
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stats(self) -> Any:
+        return self.provider.stats
+
+    def set(self, **changes: Any) -> None:
+        self.provider.behaviour.update(changes)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Callable[..., Any]]:
+    started: list[Fake] = []
+
+    async def start(name: str, port: int = 0, **behaviour: Any) -> Fake:
+        provider = FakeProvider(name, Behaviour(**behaviour), seed=1)
+        runner = web.AppRunner(provider.app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        bound = runner.addresses[0][1]
+        fake = Fake(provider, runner, bound)
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        await fake.stop()
+
+
+@dataclass
+class Sidecar:
+    proc: subprocess.Popen[bytes]
+    port: int
+    socket: Path
+    config_path: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def control(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.socket)), base_url="http://sidecar")
+
+    async def status(self) -> dict[str, Any]:
+        async with self.control() as client:
+            return (await client.get("/v1/status")).json()
+
+    async def node(self, name: str) -> dict[str, Any]:
+        return next(n for n in (await self.status())["nodes"] if n["name"] == name)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **NODE_KEYS, **extra}
+    env.pop("LLM_SIDECAR_CONFIG", None)
+    return env
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+async def wait_for_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise TimeoutError(f"sidecar did not listen on {port} within {seconds}s")
+
+
+def two_node_config(primary: Fake | str, backup: Fake | str, **upstream: Any) -> dict[str, Any]:
+    """The seed's shape: primary priority 0, backup priority -1 with a model rewrite."""
+    checks = upstream.pop("checks", {"passive": {}})
+    nodes = upstream.pop("nodes", None) or [
+        {
+            "name": "primary",
+            "url": getattr(primary, "url", primary),
+            "priority": 0,
+            "weight": 100,
+            "api_key": "${PRIMARY_KEY}",
+        },
+        {
+            "name": "backup",
+            "url": getattr(backup, "url", backup),
+            "priority": -1,
+            "weight": 1,
+            "api_key": "${BACKUP_KEY}",
+            "models": {"*": "deepseek-chat"},
+        },
+    ]
+    return {
+        "upstream": {
+            "retries": 1,
+            "timeout": {"connect": 1, "send": 5, "read": 2},
+            **upstream,
+            "checks": checks,
+            "nodes": nodes,
+        }
+    }
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start `llm-sidecar run` with a config dict; stopped at teardown."""
+    started: list[Sidecar] = []
+
+    async def start(config: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> Sidecar:
+        port = free_port()
+        index = len(started)
+        sock = tmp_path / f"ctl{index}.sock"
+        server = {"listen": f"127.0.0.1:{port}", "control_socket": str(sock), **config.get("server", {})}
+        path = tmp_path / f"sidecar{index}.toml"
+        path.write_text(tomli_w.dumps({**config, "server": server}))
+        log_path = tmp_path / f"sidecar{index}.log"
+        full_env = env or cli_env()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run", "-c", str(path), "--grace", "5", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
+        car = Sidecar(proc, port, sock, path, log_path, full_env)
+        started.append(car)
+        await wait_for_port(port, proc)
+        return car
+
+    yield start
+    for car in started:
+        car.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as c:
+        yield c
+
+
+def chat(stream: bool = False, model: str = "gpt-4o", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream, **extra}
