@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -35,7 +35,26 @@ def load_config(config_path: str | None) -> Config:
         fail(f"config error: {exc}", 2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """Adds commands that other packages register under the `llm_sidecar.commands`
+    entry point (the monitor), so the server package never imports the TUI."""
+
+    def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group="llm_sidecar.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in (plugins := self._plugins()):
+            command = plugins[name].load()
+        return command
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="llm-sidecar")
 def main() -> None:
     """A localhost failover proxy for OpenAI-compatible APIs.
@@ -137,10 +156,92 @@ def fake_provider(
 
 @main.command()
 @click.option("--no-tui", is_flag=True, help="Print what happens instead of opening the monitor.")
-@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")
+@click.option("--duration", type=float, default=45.0, show_default=True, help="Seconds to run.")
 @click.option("--port", type=int, default=0, help="Sidecar port (default: a free one).")
-def demo(no_tui: bool, duration: float, port: int) -> None:
+@click.pass_context
+def demo(ctx: click.Context, no_tui: bool, duration: float, port: int) -> None:
     """Watch a failover: two fake providers, a scripted outage of the primary, live traffic."""
     from .demo import run_demo
 
-    run_demo(duration=duration, port=port, tui=not no_tui)
+    monitor = None if no_tui else main.get_command(ctx, "monitor")
+    if monitor is None or not sys.stdout.isatty():
+        run_demo(duration=duration, port=port)
+        return
+    run_demo(duration=duration, port=port, monitor=lambda path: ctx.invoke(monitor, control_socket=str(path)))
+
+
+def control_client(control_socket: str | None, config_path: str | None) -> Any:
+    from .client import ControlClient, find_socket
+
+    return ControlClient(find_socket(control_socket, config_path))
+
+
+def call(control_socket: str | None, config_path: str | None, method: str, *args: str) -> dict[str, Any]:
+    from .client import ControlError, NotRunning
+
+    with control_client(control_socket, config_path) as client:
+        try:
+            return getattr(client, method)(*args)
+        except NotRunning as exc:
+            fail(str(exc))
+        except ControlError as exc:
+            fail(str(exc))
+
+
+@main.command()
+@CONFIG_OPTION
+@SOCKET_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of GET /v1/status.")
+def status(config_path: str | None, control_socket: str | None, as_json: bool) -> None:
+    """Show node health and traffic of the running sidecar."""
+    import json
+
+    from .table import render_status
+
+    data = call(control_socket, config_path, "status")
+    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+
+
+@main.command()
+@CONFIG_OPTION
+@SOCKET_OPTION
+def failover(config_path: str | None, control_socket: str | None) -> None:
+    """Force failover away from the serving node (marks it down)."""
+    answer = call(control_socket, config_path, "failover")
+    click.echo(
+        f"{answer['down']} is down; {answer['serving']} serves now (undo: llm-sidecar node auto {answer['down']})"
+    )
+
+
+@main.group()
+def node() -> None:
+    """Drain a node or give it back to automatic health."""
+
+
+@node.command("down")
+@click.argument("name")
+@CONFIG_OPTION
+@SOCKET_OPTION
+def node_down(name: str, config_path: str | None, control_socket: str | None) -> None:
+    """Mark NAME down: no new requests; in-flight ones finish."""
+    answer = call(control_socket, config_path, "node", name, "down")
+    click.echo(f"{answer['node']} is down; serving: {answer['serving'] or 'nothing'}")
+
+
+@node.command("auto")
+@click.argument("name")
+@CONFIG_OPTION
+@SOCKET_OPTION
+def node_auto(name: str, config_path: str | None, control_socket: str | None) -> None:
+    """Give NAME back to automatic health checks."""
+    answer = call(control_socket, config_path, "node", name, "auto")
+    click.echo(f"{answer['node']} is back to auto ({answer['state']}); serving: {answer['serving'] or 'nothing'}")
+
+
+@main.command()
+@CONFIG_OPTION
+@SOCKET_OPTION
+def reload(config_path: str | None, control_socket: str | None) -> None:
+    """Re-read the config file; a broken file keeps the running config."""
+    answer = call(control_socket, config_path, "reload")
+    click.echo(f"reloaded {answer['config_path']}: nodes {', '.join(answer['nodes'])}")

@@ -1,0 +1,190 @@
+"""`llm-sidecar demo`: a failover and a recovery on screen within a minute, no keys needed.
+
+Two fake providers stand in for OpenAI and DeepSeek, the real sidecar runs in
+front of them, a little traffic flows, and the primary has a scripted outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .config import Config, parse
+from .fake_provider import FakeProvider, start
+from .server import bind_tcp
+
+# (seconds from start, what happens, behaviour of the primary)
+SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
+    (0.0, "both providers up: the primary (openai-fake) serves everything", {"fail_rate": 0.0}),
+    (8.0, "OUTAGE: the primary answers 503 to everything", {"fail_rate": 1.0, "fault": "error", "status": 503}),
+    (24.0, "the primary is back: active probes restore it", {"fail_rate": 0.0}),
+]
+
+
+def demo_config(primary: int, backup: int, port: int, socket: Path) -> Config:
+    data = {
+        "server": {"listen": f"127.0.0.1:{port}", "control_socket": str(socket)},
+        "upstream": {
+            "retries": 1,
+            "timeout": {"connect": 1, "send": 5, "read": 5},
+            "checks": {
+                "active": {"interval": 2, "timeout": 1, "healthy": {"successes": 2}},
+                "passive": {"unhealthy": {"http_failures": 3}},
+            },
+            "nodes": [
+                {"name": "openai-fake", "url": f"http://127.0.0.1:{primary}", "weight": 100, "priority": 0,
+                 "api_key": "${DEMO_PRIMARY_KEY}"},
+                {"name": "deepseek-fake", "url": f"http://127.0.0.1:{backup}", "weight": 1, "priority": -1,
+                 "api_key": "${DEMO_BACKUP_KEY}", "models": {"*": "deepseek-chat"}},
+            ],
+        },
+    }  # fmt: skip
+    return parse(data, "<demo>", {"DEMO_PRIMARY_KEY": "demo-key-1", "DEMO_BACKUP_KEY": "demo-key-2"})
+
+
+def free_port() -> int:
+    sock = bind_tcp("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+class Demo:
+    """Runs providers, sidecar, traffic and script in one event loop."""
+
+    def __init__(self, duration: float, port: int, quiet: bool) -> None:
+        self.duration = duration
+        self.port = port or free_port()
+        self.quiet = quiet
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-sidecar-demo-"))
+        os.chmod(self.dir, 0o700)
+        self.socket = self.dir / "control.sock"
+        self.ready = threading.Event()
+        self.served: dict[str, int] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    async def run(self) -> None:
+        from .server import serve
+
+        stop = asyncio.Event()
+        self.loop, self.stop_event = asyncio.get_running_loop(), stop
+        primary, p_runner = await start("openai-fake", "127.0.0.1", 0)
+        backup, b_runner = await start("deepseek-fake", "127.0.0.1", 0)
+        config = demo_config(p_runner.addresses[0][1], b_runner.addresses[0][1], self.port, self.socket)
+        server = asyncio.ensure_future(serve(config, control_socket=self.socket, grace=1.0))
+        try:
+            await self._wait_listening()
+            self.ready.set()
+            self.say(f"sidecar on http://127.0.0.1:{self.port}/v1  (control socket {self.socket})")
+            self.say("attach a monitor from another terminal: llm-sidecar monitor --control-socket " + str(self.socket))
+            await asyncio.gather(self._script(primary, stop), self._traffic(stop), self._health(stop))
+        finally:
+            stop.set()
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await server
+            await p_runner.cleanup()
+            await b_runner.cleanup()
+            with contextlib.suppress(OSError):
+                self.socket.unlink()
+                self.dir.rmdir()
+
+    def shutdown(self) -> None:
+        """Stop the demo from another thread."""
+        if self.loop is not None and self.stop_event is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+
+    async def _wait_listening(self) -> None:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        raise RuntimeError("the demo sidecar did not start")
+
+    async def _script(self, primary: FakeProvider, stop: asyncio.Event) -> None:
+        begin = time.monotonic()
+        for at, text, behaviour in SCRIPT:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, begin + at - time.monotonic()))
+            if stop.is_set():
+                return
+            primary.behaviour.update(behaviour)
+            self.say(f"\n=== t={at:>4.0f}s  {text}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, begin + self.duration - time.monotonic()))
+        stop.set()
+
+    async def _traffic(self, stop: asyncio.Event) -> None:
+        url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        n = 0
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                n += 1
+                stream = n % 3 == 0
+                body = {"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": f"q{n}"}]}
+                started = time.monotonic()
+                try:
+                    async with session.post(url, json=body) as r:
+                        await r.read()
+                        node = r.headers.get("x-llm-sidecar-node", "-")
+                        attempts = r.headers.get("x-llm-sidecar-attempts", "-")
+                        status = r.status
+                except aiohttp.ClientError as exc:
+                    node, attempts, status = "-", "-", f"error {exc}"
+                self.served[node] = self.served.get(node, 0) + 1
+                ms = (time.monotonic() - started) * 1000
+                mark = "  <- failed over inside the request" if attempts not in ("1", "-") else ""
+                kind = "stream" if stream else "json  "
+                self.say(f"  req {n:>3} {kind} -> {node:<14} status {status} attempts {attempts} {ms:6.1f} ms{mark}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.4)
+
+    async def _health(self, stop: asyncio.Event) -> None:
+        """Health changes, read from the control socket the way the monitor does."""
+        from .client import AsyncControlClient
+
+        async with AsyncControlClient(self.socket) as control:
+            async for event in control.events(replay=False, stop=stop):
+                if event["type"] == "health":
+                    self.say(f"  ** {event['node']}: {event['before']} -> {event['after']} ({event['reason']})")
+
+
+def run_demo(duration: float = 60.0, port: int = 0, monitor: Callable[[Path], None] | None = None) -> dict[str, int]:
+    """Run the demo; with `monitor`, show it in the monitor while the demo runs in a thread."""
+    logging.basicConfig(level=logging.ERROR)
+    demo = Demo(duration, port, quiet=monitor is not None)
+    if monitor is None:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(demo.run())
+        print(f"\nserved: {demo.served}")
+        return demo.served
+    # The monitor owns the terminal and the main thread; the demo gets its own loop.
+    thread = threading.Thread(target=lambda: asyncio.run(demo.run()), daemon=True)
+    thread.start()
+    if not demo.ready.wait(15):
+        raise SystemExit("llm-sidecar: the demo sidecar did not start")
+    try:
+        monitor(demo.socket)
+    finally:
+        demo.shutdown()
+        thread.join(5)
+    return demo.served
