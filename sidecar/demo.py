@@ -84,7 +84,7 @@ class Demo:
         stop = asyncio.Event()
         self.loop, self.stop_event = asyncio.get_running_loop(), stop
         primary, p_runner = await start("openai-fake", "127.0.0.1", 0)
-        backup, b_runner = await start("deepseek-fake", "127.0.0.1", 0)
+        _, b_runner = await start("deepseek-fake", "127.0.0.1", 0)
         config = demo_config(p_runner.addresses[0][1], b_runner.addresses[0][1], self.port, self.socket)
         server = asyncio.ensure_future(serve(config, control_socket=self.socket, grace=1.0))
         try:
