@@ -8,6 +8,7 @@ silent be failed over. Non-stream bodies are read whole for the same reason.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
@@ -102,13 +103,21 @@ async def attempt(
     headers: list[tuple[str, str]],
     body: bytes,
     retry_statuses: frozenset[int],
+    send_limit: float,
 ) -> Failed | Ready:
     """Send one request and classify the outcome; never raises for upstream faults."""
     assert node.session is not None
     now = time.monotonic
     response: aiohttp.ClientResponse | None = None
     try:
-        response = await node.session.request(method, url, headers=headers, data=body or None)
+        # aiohttp arms sock_read only once the body is written; this bounds a stalled write.
+        try:
+            async with asyncio.timeout(send_limit):
+                response = await node.session.request(method, url, headers=headers, data=body or None)
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise
+            return Failed(Failure.TIMEOUT, "send timeout")
         status = response.status
         if status in retry_statuses:
             data = await response.content.read(ERROR_BODY_LIMIT)

@@ -65,18 +65,20 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
     import uvicorn
 
-    sock = bind_tcp(config.server.host, config.server.port)
     runtime = Runtime(config)
     control = None
     if control_socket is not None:
         from .control import ControlServer
 
         control = ControlServer(runtime, control_socket)
-        try:
-            await control.start()
-        except StartupError:
-            sock.close()
-            raise
+        await control.start()
+    # The proxy port opens last, so a client that can connect finds the control API too.
+    try:
+        sock = bind_tcp(config.server.host, config.server.port)
+    except StartupError:
+        if control is not None:
+            await control.stop()
+        raise
     await runtime.upstream.start()
     checker = ActiveChecker(runtime)
     checker.sync()

@@ -1,0 +1,101 @@
+"""One client request as it is logged and published, and its body on the way to a node."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .upstream import NodeState
+
+# Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
+MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
+PROMPT_TOKENS_RE = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+COMPLETION_TOKENS_RE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+class BadBody(Exception):
+    pass
+
+
+@dataclass
+class Exchange:
+    """One client request, as logged and published when it ends."""
+
+    rid: str
+    method: str
+    path: str
+    model: str | None
+    stream: bool
+    started: float
+    attempts: list[dict[str, str]] = field(default_factory=list)
+    node: str | None = None
+    status: int = 0
+    first_byte: float | None = None
+    first_token: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    error: str | None = None
+
+    def record(self, now: float) -> dict[str, Any]:
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round((t - self.started) * 1000, 2)
+
+        return {
+            "id": self.rid,
+            "method": self.method,
+            "path": self.path,
+            "model": self.model,
+            "node": self.node,
+            "status": self.status,
+            "attempts": len(self.attempts) + (1 if self.node else 0),
+            "failed": self.attempts,
+            "stream": self.stream,
+            "ttfb_ms": ms(self.first_byte),
+            "ttft_ms": ms(self.first_token),
+            "total_ms": ms(now),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "error": self.error,
+        }
+
+
+def count_tokens(ex: Exchange, data: bytes) -> None:
+    if b'"usage"' not in data:
+        return
+    prompt = PROMPT_TOKENS_RE.search(data)
+    completion = COMPLETION_TOKENS_RE.search(data)
+    if prompt:
+        ex.tokens_in = int(prompt.group(1))
+    if completion:
+        ex.tokens_out = int(completion.group(1))
+
+
+class BodyRewriter:
+    """Parses the JSON body once, on the first node that rewrites the model."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.parsed: dict[str, Any] | None = None
+
+    def for_node(self, node: NodeState) -> bytes:
+        models = node.config.models
+        if not models or not self.body:
+            return self.body
+        if self.parsed is None:
+            try:
+                parsed = json.loads(self.body)
+            except ValueError as exc:
+                raise BadBody(f"request body is not valid JSON ({exc})") from None
+            if not isinstance(parsed, dict):
+                raise BadBody("request body must be a JSON object")
+            self.parsed = parsed
+        model = self.parsed.get("model")
+        if not isinstance(model, str):
+            return self.body
+        target = node.config.rewrite_model(model)
+        if target == model:
+            return self.body
+        return json.dumps({**self.parsed, "model": target}, ensure_ascii=False, separators=(",", ":")).encode()
