@@ -170,7 +170,9 @@ class Demo:
 
 def run_demo(duration: float = 60.0, port: int = 0, monitor: Callable[[Path], None] | None = None) -> dict[str, int]:
     """Run the demo; with `monitor`, show it in the monitor while the demo runs in a thread."""
-    logging.basicConfig(level=logging.ERROR)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.NullHandler() if monitor is not None else logging.StreamHandler()]
+    root.setLevel(logging.ERROR)  # the demo prints its own story; the monitor owns the terminal
     demo = Demo(duration, port, quiet=monitor is not None)
     if monitor is None:
         with contextlib.suppress(KeyboardInterrupt):

@@ -1,0 +1,245 @@
+"""`llm-sidecar monitor`: a Textual dashboard over the control socket.
+
+Workers talk to the sidecar and post messages; the widgets only draw what they
+are given. Events are buffered and drawn in batches a few times a second, so a
+busy sidecar (hundreds of requests a second) never costs a repaint per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Label
+
+from sidecar.client import AsyncControlClient, ControlError, NotRunning
+
+from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable
+
+FLUSH_EVERY = 0.25
+STATUS_EVERY = 1.0
+
+
+@dataclass
+class StatusArrived(Message):
+    status: dict[str, Any]
+
+
+@dataclass
+class ConnectionChanged(Message):
+    connected: bool
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS: ClassVar = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question)
+            with Horizontal():
+                yield Button("Yes (y)", variant="warning", id="yes")
+                yield Button("No (n)", id="no")
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class MonitorApp(App[None]):
+    CSS_PATH = "monitor.tcss"
+    TITLE = "llm-sidecar monitor"
+    BINDINGS: ClassVar = [
+        Binding("f", "failover", "Failover"),
+        Binding("d", "node_down", "Node down"),
+        Binding("a", "node_auto", "Node auto"),
+        Binding("r", "reload", "Reload"),
+        Binding("p", "pause", "Pause"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, socket: Path, *, connect: bool = True, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.socket = socket
+        self.connect = connect
+        self.clock = clock
+        self.status: dict[str, Any] | None = None
+        self.connected = False
+        self.connected_at = 0.0
+        self.paused = False
+        self.pending: list[dict[str, Any]] = []
+        self.second: list[dict[str, Any]] = []
+        self.serving: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        nodes = NodesTable(id="nodes")
+        nodes.border_title = "nodes (▶ serving)"
+        yield nodes
+        with Horizontal(id="middle"):
+            traffic = TrafficTable(id="traffic")
+            traffic.border_title = "live traffic (newest first)"
+            yield traffic
+            with Vertical(id="side"):
+                plot = RatePlot(id="plot")
+                plot.border_title = "requests/s · p95"
+                yield plot
+                health = HealthLog(id="health", max_lines=500, wrap=True, markup=False)
+                health.border_title = "health events"
+                yield health
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(HeaderBar).show(None, False, str(self.socket))
+        self.on_resize()
+        if self.connect:
+            self.watch_events()
+            self.set_interval(STATUS_EVERY, self.poll_status)
+            self.set_interval(1.0, self.sample_second)
+        self.set_interval(FLUSH_EVERY, self.flush)
+
+    def on_resize(self, event: object = None) -> None:
+        self.screen.set_class(self.size.width < 110, "narrow")
+
+    # ------------------------------------------------------------------ data in
+
+    @work(exclusive=True, group="events")
+    async def watch_events(self) -> None:
+        """Follow the event stream; reconnect by itself when the sidecar goes and comes back."""
+        while True:
+            try:
+                async with AsyncControlClient(self.socket) as client:
+                    self.post_message(StatusArrived(await client.status()))
+                    self.connected_at = self.clock()
+                    async for event in client.events():
+                        self.pending.append(event)
+            except (NotRunning, ControlError, OSError):
+                pass
+            self.post_message(ConnectionChanged(False))
+            await asyncio.sleep(1.0)
+
+    @work(exclusive=True, group="status")
+    async def poll_status(self) -> None:
+        try:
+            async with AsyncControlClient(self.socket, timeout=3.0) as client:
+                self.post_message(StatusArrived(await client.status()))
+        except (NotRunning, ControlError, OSError):
+            self.post_message(ConnectionChanged(False))
+
+    def on_status_arrived(self, message: StatusArrived) -> None:
+        self.show_status(message.status)
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        self.connected = message.connected
+        self.query_one(HeaderBar).show(self.status, self.connected, str(self.socket))
+
+    def show_status(self, status: dict[str, Any]) -> None:
+        """Draw a status answer (also the entry point for tests with canned data)."""
+        self.status = status
+        self.connected = True
+        self.query_one(HeaderBar).show(status, True, str(self.socket))
+        self.query_one(NodesTable).show(status["nodes"], self.clock())
+        serving = status["serving"]
+        if self.serving is not None and serving != self.serving:
+            self.notify(f"{self.serving} → {serving or 'nothing'}", title="Failover", severity="warning")
+        self.serving = serving
+
+    def show_events(self, events: Iterable[dict[str, Any]]) -> None:
+        """Draw a batch of events (also the entry point for tests with canned data)."""
+        requests = []
+        health = self.query_one(HealthLog)
+        for event in events:
+            if event["type"] == "request":
+                requests.append(event)
+            else:
+                health.add_event(event)
+        self.second.extend(requests)
+        if requests and not self.paused:
+            self.query_one(TrafficTable).add_events(requests)
+
+    def flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.show_events(batch)
+
+    def sample_second(self) -> None:
+        requests, self.second = self.second, []
+        per_node = Counter(e["node"] for e in requests if e["node"])
+        totals = sorted(e["total_ms"] or 0.0 for e in requests)
+        p95 = totals[min(len(totals) - 1, int(0.95 * len(totals)))] if totals else 0.0
+        names = [n["name"] for n in (self.status or {}).get("nodes", [])]
+        self.query_one(RatePlot).sample(per_node, p95, names)
+
+    # ------------------------------------------------------------------ actions
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Failover", "Force failover away from the serving node", self.action_failover)
+        yield SystemCommand("Node down", "Drain the selected node", self.action_node_down)
+        yield SystemCommand("Node auto", "Give the selected node back to health checks", self.action_node_auto)
+        yield SystemCommand("Reload config", "Re-read llm-sidecar.toml", self.action_reload)
+        yield SystemCommand("Pause traffic", "Pause or resume the live traffic view", self.action_pause)
+
+    def action_failover(self) -> None:
+        serving = self.serving or "the serving node"
+
+        def confirmed(answer: bool | None) -> None:
+            if answer:
+                self.call_control("failover")
+
+        self.push_screen(ConfirmScreen(f"Force failover away from {serving}?"), confirmed)
+
+    def action_node_down(self) -> None:
+        name = self.query_one(NodesTable).selected
+        if name:
+            self.call_control("node", name, "down")
+
+    def action_node_auto(self) -> None:
+        name = self.query_one(NodesTable).selected
+        if name:
+            self.call_control("node", name, "auto")
+
+    def action_reload(self) -> None:
+        self.call_control("reload")
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        traffic = self.query_one(TrafficTable)
+        traffic.border_title = "live traffic — PAUSED (p)" if self.paused else "live traffic (newest first)"
+
+    @work(group="control")
+    async def call_control(self, method: str, *args: str) -> None:
+        try:
+            async with AsyncControlClient(self.socket) as client:
+                answer = await getattr(client, method)(*args)
+                self.post_message(StatusArrived(await client.status()))
+        except NotRunning as exc:
+            self.notify(str(exc), title="Disconnected", severity="error")
+            return
+        except ControlError as exc:
+            title = "Reload failed" if method == "reload" else "Refused"
+            self.notify(str(exc), title=title, severity="error", timeout=10)
+            return
+        if method == "failover":
+            self.notify(f"{answer['down']} is down; {answer['serving']} serves now", title="Failover")
+        elif method == "node":
+            self.notify(f"{answer['node']}: manual {answer['manual']}", title="Node")
+        else:
+            self.notify(f"reloaded {answer['config_path']}", title="Reload")

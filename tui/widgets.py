@@ -1,0 +1,201 @@
+"""The monitor's widgets. Each one is handed data by the app; none talks to the sidecar."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
+
+Clock = Callable[[], float]
+
+STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "down": "bold yellow"}
+
+
+def age(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0.0, now - ts)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+class HeaderBar(Static):
+    """Version, listen address, uptime, config path and the connection state."""
+
+    def show(self, status: dict[str, Any] | None, connected: bool, socket: str) -> None:
+        line = Text()
+        line.append(" llm-sidecar ", style="bold reverse")
+        if status is not None:
+            s = status["sidecar"]
+            line.append(f" {s['version']}  {s['listen']}  up {age(s['started_at'], s['started_at'] + s['uptime_s'])}  ")
+            line.append(s["config_path"], style="dim")
+        else:
+            line.append(f" {socket}", style="dim")
+        line.append("  ")
+        if connected:
+            line.append("● connected", style="bold green")
+        else:
+            line.append("● disconnected — retrying", style="bold red")
+        self.update(line)
+
+
+class NodesTable(DataTable[Any]):
+    """One row per node, by priority; the row key is the node name."""
+
+    # Most telling first, so an 80-column terminal shows them without scrolling.
+    COLUMNS = ("node", "state", "man", "req/s", "err%", "p50", "p95", "infl", "probe", "changed", "prio", "wt")
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        for column in self.COLUMNS:
+            self.add_column(column, key=column)
+
+    @property
+    def selected(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def show(self, nodes: Iterable[dict[str, Any]], now: float) -> None:
+        rows = sorted(nodes, key=lambda n: (-n["priority"], n["name"]))
+        keep = self.selected
+        self.clear()
+        for n in rows:
+            t = n["traffic"]
+            errors = 100 * t["errors"] / t["requests"] if t["requests"] else 0.0
+            probe = n["active"]["last_probe"]
+            probe_text = "-" if probe is None else f"{probe['status'] or 'err'} {age(probe['time'], now)}"
+            self.add_row(
+                Text(("▶ " if n["serving"] else "  ") + n["name"], style="bold" if n["serving"] else ""),
+                Text(n["state"], style=STATE_STYLE.get(n["state"], "")),
+                n["manual"],
+                f"{t['rps']:.1f}",
+                f"{errors:.0f}%",
+                ms(t["p50_ms"]),
+                ms(t["p95_ms"]),
+                str(t["in_flight"]),
+                probe_text,
+                age(n["changed_at"], now),
+                str(n["priority"]),
+                str(n["weight"]),
+                key=n["name"],
+            )
+        if keep is not None and keep in {n["name"] for n in rows}:
+            self.move_cursor(row=self.get_row_index(keep))
+
+
+class TrafficTable(DataTable[Any]):
+    """Finished requests, newest first; bounded, and redrawn in batches."""
+
+    COLUMNS = ("time", "id", "model", "node", "st", "att", "s", "ttfb", "total", "tok")
+    LIMIT = 200
+
+    def on_mount(self) -> None:
+        self.cursor_type = "none"
+        self.rows_seen: deque[dict[str, Any]] = deque(maxlen=self.LIMIT)
+        for column in self.COLUMNS:
+            self.add_column(column, key=column)
+
+    def add_events(self, events: list[dict[str, Any]]) -> None:
+        self.rows_seen.extend(events)
+        self.clear()
+        for e in reversed(self.rows_seen):
+            failover = e["attempts"] > 1
+            status = Text(str(e["status"]), style="green" if e["status"] < 400 else "red")
+            tokens = "-" if e["tokens_out"] is None else f"{e['tokens_in']}/{e['tokens_out']}"
+            self.add_row(
+                time.strftime("%H:%M:%S", time.localtime(e["time"])),
+                e["id"][:8],
+                (e["model"] or "-")[:14],
+                Text(e["node"] or "-", style="bold yellow" if failover else ""),
+                status,
+                Text(f"{e['attempts']}{'↻' if failover else ''}", style="bold yellow" if failover else ""),
+                "S" if e["stream"] else "-",
+                ms(e["ttfb_ms"]),
+                ms(e["total_ms"]),
+                tokens,
+            )
+
+
+class PlotRow(Horizontal):
+    """A label and a sparkline fed from a bounded history."""
+
+    def __init__(self, label: str, history: deque[float]) -> None:
+        super().__init__(classes="plot-row")
+        self.label = label
+        self.history = history
+        self.line = Sparkline(list(history))
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.label, classes="plot-label")
+        yield self.line
+
+    def redraw(self) -> None:
+        self.line.data = list(self.history)
+
+
+class RatePlot(Vertical):
+    """Requests per second by node and overall p95, one sample a second, last two minutes."""
+
+    WINDOW = 120
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history: dict[str, deque[float]] = {}
+        self.p95: deque[float] = deque([0.0] * self.WINDOW, maxlen=self.WINDOW)
+        self.p95_row = PlotRow("p95 ms", self.p95)
+
+    def compose(self) -> ComposeResult:
+        yield self.p95_row
+
+    def sample(self, per_node: dict[str, int], p95: float, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self.history:
+                self.history[name] = deque([0.0] * self.WINDOW, maxlen=self.WINDOW)
+                self.mount(PlotRow(f"{name[:10]} r/s", self.history[name]), before=self.p95_row)
+        for name, values in self.history.items():
+            values.append(float(per_node.get(name, 0)))
+        self.p95.append(p95)
+        for row in self.query(PlotRow):
+            row.redraw()
+
+
+class HealthLog(RichLog):
+    """Health changes, manual actions, reloads: why things moved."""
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+        kind = event["type"]
+        line = Text(f"{stamp} ")
+        if kind == "health":
+            line.append(f"{event['node']} ")
+            line.append(event["after"], style=STATE_STYLE.get(event["after"], ""))
+            line.append(f" ({event['reason']})")
+        elif kind == "manual":
+            line.append(f"{event['node']}: manual {event['manual']}", style="yellow")
+        elif kind == "config":
+            if event["ok"]:
+                line.append(f"config reloaded: {', '.join(event['nodes'])}", style="green")
+            else:
+                line.append(f"reload failed: {event['error']['key']}: {event['error']['message']}", style="red")
+        elif kind == "missed":
+            line.append(f"monitor fell behind: {event['count']} events skipped", style="dim")
+        else:
+            return
+        self.write(line)
