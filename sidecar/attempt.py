@@ -19,6 +19,7 @@ from yarl import URL
 
 from .health import Failure
 from .upstream import NodeState
+from .watchdog import SendWatch
 
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -104,20 +105,22 @@ async def attempt(
     body: bytes,
     retry_statuses: frozenset[int],
     send_limit: float,
+    watch: SendWatch,
 ) -> Failed | Ready:
     """Send one request and classify the outcome; never raises for upstream faults."""
     assert node.session is not None
     now = time.monotonic
     response: aiohttp.ClientResponse | None = None
     try:
-        # aiohttp arms sock_read only once the body is written; this bounds a stalled write.
+        # aiohttp arms sock_read only once the body is written; the watch bounds a stalled write.
+        task = watch.watch(send_limit)
         try:
-            async with asyncio.timeout(send_limit):
-                response = await node.session.request(method, url, headers=headers, data=body or None)
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ServerTimeoutError):
-                raise
-            return Failed(Failure.TIMEOUT, "send timeout")
+            response = await node.session.request(method, url, headers=headers, data=body or None)
+        except asyncio.CancelledError:
+            if watch.unwatch(task):
+                return Failed(Failure.TIMEOUT, "send timeout")
+            raise
+        watch.unwatch(task)
         status = response.status
         if status in retry_statuses:
             data = await response.content.read(ERROR_BODY_LIMIT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import secrets
@@ -62,6 +63,23 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
 class ProxyApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # Request ids: a random per-process prefix and a counter (no syscall per request).
+        self.id_prefix = secrets.token_hex(4)
+        self.id_counter = itertools.count(1)
+        self.urls: dict[tuple[str, str], URL] = {}
+
+    def next_id(self) -> str:
+        return f"{self.id_prefix}{next(self.id_counter):08x}"
+
+    def url(self, base: str, suffix: str) -> URL:
+        """Upstream URLs, parsed once per node and path (yarl parsing is not free)."""
+        key = (base, suffix)
+        url = self.urls.get(key)
+        if url is None:
+            if len(self.urls) > 1024:
+                self.urls.clear()
+            url = self.urls[key] = URL(base + suffix, encoded=True)
+        return url
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] == "http":
@@ -100,7 +118,7 @@ class ProxyApp:
                 auth = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-        rid = rid or secrets.token_hex(8)
+        rid = rid or self.next_id()
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         if server.api_key is not None and not hmac.compare_digest(auth, b"Bearer " + server.api_key.encode()):
             await send_error(
@@ -165,6 +183,7 @@ class ProxyApp:
         budget = config.retries + 1
         t = config.timeout
         send_limit = t.connect + t.send + t.read
+        watch = self.runtime.send_watch
         deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope["query_string"]
@@ -192,12 +211,12 @@ class ProxyApp:
                 )
                 return
             headers = base_headers if node.auth is None else [*base_headers, ("Authorization", node.auth)]
-            url = URL(node.config.url + suffix, encoded=True)
+            url = self.url(node.config.url, suffix)
             node.stats.in_flight += 1
             started = upstream.clock()
             try:
                 pending = attempt(
-                    node, ex.method, url, headers, node_body, node.config.checks.retry_statuses, send_limit
+                    node, ex.method, url, headers, node_body, node.config.checks.retry_statuses, send_limit, watch
                 )
                 if deadline is None:
                     outcome = await pending

@@ -12,6 +12,7 @@ from . import __version__
 from .config import Config, ConfigError, load
 from .events import EventHub
 from .upstream import Upstream
+from .watchdog import SendWatch
 
 log = logging.getLogger("llm_sidecar")
 
@@ -29,6 +30,7 @@ class Runtime:
         self.control_socket = ""
         self._retiring: asyncio.Future[None] | None = None
         self.on_reload: Callable[[], None] | None = None
+        self.send_watch = SendWatch()
 
     def _retire(self, old: Upstream) -> None:
         """Close the old sessions once their in-flight requests are done (bounded)."""

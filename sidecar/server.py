@@ -82,6 +82,7 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     await runtime.upstream.start()
     checker = ActiveChecker(runtime)
     checker.sync()
+    watchdog = asyncio.ensure_future(runtime.send_watch.run())
     runtime.on_reload = checker.sync
     server = _server_class()(
         uvicorn.Config(
@@ -91,6 +92,7 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
             lifespan="off",
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # a localhost sidecar has no proxy in front; saves a middleware per request
             server_header=False,
             date_header=False,
             timeout_keep_alive=75,
@@ -106,6 +108,7 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
         await server.serve(sockets=[sock])
     finally:
         log.info("stopping")
+        watchdog.cancel()
         await checker.close()
         if control is not None:
             await control.stop()

@@ -85,6 +85,7 @@ class Sidecar:
         return f"http://127.0.0.1:{self.port}"
 
     def log(self) -> str:
+        time.sleep(0.3)  # the access log is flushed every 100 ms, not per line
         return self.log_path.read_text(errors="replace")
 
     def control(self) -> httpx.AsyncClient:

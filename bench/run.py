@@ -1,0 +1,389 @@
+"""Benchmark: the same load direct to an upstream, through llm-sidecar, and through nginx, in one run.
+
+    python bench/run.py            # full run (a few minutes)
+    python bench/run.py --quick    # a few seconds: proves the benchmark still works, measures nothing useful
+
+Paths are measured alternately, round by round, so their ratios hold on a noisy machine. The sidecar and
+nginx are pinned to CPU 0, the upstream and the load generator to CPU 1 (when taskset exists). Load comes
+from wrk (a Lua POST script) when installed (`apt-get install wrk nginx`), else from a built-in aiohttp
+generator. The sidecar runs with every feature on: active and passive checks, access log at INFO.
+Results go to bench/results/<time>.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    if cpu is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(cpu), *cmd]
+    return cmd
+
+
+def wait_port(port: int, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Procs:
+    """Everything the benchmark starts, stopped at the end whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], cpu: int | None, **kw: Any) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        proc = subprocess.Popen(pinned(cmd, cpu), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def sidecar_config(upstream: int, port: int, sock: Path) -> str:
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+control_socket = "{sock}"
+[upstream]
+retries = 1
+[[upstream.nodes]]
+name = "primary"
+url = "http://127.0.0.1:{upstream}"
+priority = 0
+api_key = "${{BENCH_KEY}}"
+[[upstream.nodes]]
+name = "backup"
+url = "http://127.0.0.1:{upstream}"
+priority = -1
+api_key = "${{BENCH_KEY}}"
+[upstream.checks.active]
+interval = 5
+[upstream.checks.passive]
+"""
+
+
+def nginx_config(upstream: int, port: int, prefix: Path) -> str:
+    return f"""
+daemon off; master_process off; worker_processes 1; error_log {prefix}/error.log crit; pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}; proxy_temp_path {prefix}; fastcgi_temp_path {prefix};
+  uwsgi_temp_path {prefix}; scgi_temp_path {prefix};
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; }}
+  }}
+}}
+"""
+
+
+def wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
+    threads = min(concurrency, 2)
+    cmd = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(pinned(cmd, 1), capture_output=True, text=True, timeout=seconds + 30)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+    requests, duration_us, errors, p50, p99 = (int(x) for x in line.split()[1:])
+    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "errors": errors}
+
+
+async def py_load(url: str, concurrency: int, seconds: float, body: str, stream: bool) -> dict[str, float]:
+    """The fallback generator; with stream=True it also times the first chunk."""
+    import aiohttp
+
+    latencies: list[float] = []
+    first: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                        if stream:
+                            got_first = False
+                            async for _ in r.content.iter_any():
+                                if not got_first:
+                                    first.append(time.perf_counter() - started)
+                                    got_first = True
+                        else:
+                            await r.read()
+                        if r.status != 200:
+                            errors += 1
+                except aiohttp.ClientError:
+                    errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        began = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - began
+    latencies.sort()
+    first.sort()
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
+
+    result = {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(latencies, 0.5),
+        "p99_ms": pct(latencies, 0.99),
+        "errors": errors,
+    }
+    if stream:
+        result.update({"first_p50_ms": pct(first, 0.5), "first_p99_ms": pct(first, 0.99)})
+    return result
+
+
+async def open_streams(url: str, count: int, pid: int) -> dict[str, float]:
+    """Hold `count` slow streams open at once; read the sidecar's RSS and fds at the peak."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    done = 0
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one() -> None:
+            nonlocal done
+            async with session.post(url, data=STREAM_BODY, headers={"Content-Type": "application/json"}) as r:
+                body = await r.read()
+                if body.endswith(b"data: [DONE]\n\n"):
+                    done += 1
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(count)]
+        await asyncio.sleep(4)
+        peak = {"rss_mb": rss_mb(pid), "fds": fd_count(pid)}
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {**peak, "completed": done, "opened": count}
+
+
+def startup_time(config: Path, env: dict[str, str]) -> float:
+    """Seconds from spawning `llm-sidecar run` until it answers its first proxied request."""
+    import urllib.request
+
+    port = int(config.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "-c", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+    try:
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=BODY.encode(),
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    r.read()
+                return time.perf_counter() - started
+            except OSError:
+                if time.perf_counter() - started > 30:
+                    raise
+                time.sleep(0.005)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for the test suite")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per point and path")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per point (median taken)")
+    parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else args.seconds
+    rounds = 1 if args.quick else args.rounds
+    levels = [1, 16] if args.quick else [1, 16, 64, 256]
+    use_wrk = shutil.which("wrk") is not None
+    use_nginx = shutil.which("nginx") is not None and not args.no_nginx and not args.quick
+
+    tmp = Path(tempfile.mkdtemp(prefix="llm-sidecar-bench-"))
+    procs = Procs()
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load": "wrk" if use_wrk else "aiohttp", "quick": args.quick},
+        "points": {},
+    }  # fmt: skip
+    env = {**os.environ, "BENCH_KEY": "bench-key", "PYTHONPATH": str(ROOT)}
+    try:
+        up_port, slow_port, car_port, ngx_port = free_port(), free_port(), free_port(), free_port()
+        procs.start([sys.executable, str(HERE / "upstream.py"), str(up_port)], cpu=1)
+        procs.start([sys.executable, str(HERE / "upstream.py"), str(slow_port), "0.5"], cpu=1)
+        config = tmp / "sidecar.toml"
+        config.write_text(sidecar_config(up_port, car_port, tmp / "ctl.sock"))
+        log = open(tmp / "sidecar.log", "wb")  # noqa: SIM115 - closed with the process
+        car = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level", "info"], cpu=0,
+                          env=env, stderr=log, cwd=ROOT)  # fmt: skip
+        paths = {"direct": up_port, "sidecar": car_port}
+        if use_nginx:
+            (tmp / "nginx.conf").write_text(nginx_config(up_port, ngx_port, tmp))
+            procs.start(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], cpu=0)
+            paths["nginx"] = ngx_port
+        for port in [up_port, slow_port, *paths.values()]:
+            wait_port(port)
+        time.sleep(0.5)
+        results["idle_rss_mb"] = rss_mb(car.pid)
+        script = tmp / "post.lua"
+        script.write_text(WRK_SCRIPT % BODY)
+
+        def measure(port: int, c: int, stream: bool = False) -> dict[str, float]:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            if use_wrk and not stream:
+                return wrk(url, c, seconds, script)
+            return asyncio.run(py_load(url, c, seconds, STREAM_BODY if stream else BODY, stream))
+
+        for port in paths.values():  # warm up connections and caches
+            measure(port, 4)
+        points = [(f"c={c}", c, False) for c in levels] + [
+            (f"stream c={c}", c, True) for c in ([1] if args.quick else [1, 64])
+        ]
+        for label, c, stream in points:
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+            for _ in range(rounds):
+                for name, port in paths.items():
+                    runs[name].append(measure(port, c, stream))
+            results["points"][label] = {name: median_of(r) for name, r in runs.items()}
+            print(f"  measured {label}", file=sys.stderr)
+        if not args.quick:
+            results["open_streams"] = open_through(slow_port, tmp, env)
+        startup_config = tmp / "startup.toml"
+        startup_config.write_text(sidecar_config(up_port, free_port(), tmp / "ctl-startup.sock"))
+        results["startup_s"] = statistics.median(
+            startup_time(startup_config, env) for _ in range(1 if args.quick else 3)
+        )
+    finally:
+        procs.stop()
+    print(render(results))
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / time.strftime("%Y%m%d-%H%M%S.json")
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+def open_through(slow_port: int, tmp: Path, env: dict[str, str]) -> dict[str, float]:
+    """A second sidecar in front of the slow upstream holds 1,000 streams (~10 s each)."""
+    procs = Procs()
+    port = free_port()
+    config = tmp / "streams.toml"
+    config.write_text(sidecar_config(slow_port, port, tmp / "ctl-streams.sock"))
+    try:
+        car = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level", "info"], cpu=0,
+                          env=env, cwd=ROOT, stderr=open(tmp / "streams.log", "wb"))  # noqa: SIM115  # fmt: skip
+        wait_port(port)
+        return asyncio.run(open_streams(f"http://127.0.0.1:{port}/v1/chat/completions", 1000, car.pid))
+    finally:
+        procs.stop()
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {results['machine']}",
+        f"sidecar idle RSS {results['idle_rss_mb']:.1f} MB; start-up to first answered request {results['startup_s'] * 1000:.0f} ms",
+    ]
+    if "open_streams" in results:
+        s = results["open_streams"]
+        lines.append(
+            f"1000 open streams: RSS {s['rss_mb']:.1f} MB, fds {s['fds']}, completed {s['completed']}/{s['opened']}"
+        )
+    lines.append("")
+    lines.append(
+        "| point | path | req/s | p50 ms | p99 ms | errors | +p50 vs direct | % of direct | % of nginx | first chunk p50 |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for label, paths in results["points"].items():
+        direct = paths["direct"]
+        nginx = paths.get("nginx")
+        for name, r in paths.items():
+            added = f"{r['p50_ms'] - direct['p50_ms']:+.2f}" if name != "direct" else "-"
+            of_direct = f"{100 * r['rps'] / direct['rps']:.0f}%"
+            of_nginx = f"{100 * r['rps'] / nginx['rps']:.0f}%" if nginx else "-"
+            first = f"{r['first_p50_ms']:.2f}" if "first_p50_ms" in r else "-"
+            lines.append(f"| {label} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']:.0f} | "
+                         f"{added} | {of_direct} | {of_nginx} | {first} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
