@@ -1,3 +1,4 @@
-from .cli import main
+# An absolute import, so this file also serves as the PyInstaller entry script.
+from sidecar.cli import main
 
 main()

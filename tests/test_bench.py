@@ -1,0 +1,29 @@
+"""The benchmark's smoke mode, so the script does not rot. It asserts that numbers come out, never a speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_runs_and_reports_numbers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| c=16 | sidecar |" in done.stdout
+    (result,) = tmp_path.glob("*.json")
+    data = json.loads(result.read_text())
+    for point in ("c=1", "c=16", "stream c=1"):
+        for path in ("direct", "sidecar"):
+            figures = data["points"][point][path]
+            assert figures["rps"] > 0 and math.isfinite(figures["p50_ms"])
+            assert figures["errors"] == 0
+    assert data["points"]["stream c=1"]["sidecar"]["first_p50_ms"] > 0
+    assert data["idle_rss_mb"] > 0 and data["startup_s"] > 0
