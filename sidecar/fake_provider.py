@@ -53,6 +53,7 @@ class Stats:
     failed: int = 0
     models_seen: list[str] = field(default_factory=list)
     auth_sha256: list[str] = field(default_factory=list)  # hashes only: the fake never keeps keys
+    with_cookie: int = 0  # requests that carried a Cookie header
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -99,6 +100,8 @@ class FakeProvider:
 
     def _count(self, request: web.Request) -> None:
         self.stats.requests += 1
+        if "Cookie" in request.headers:
+            self.stats.with_cookie += 1
         auth = request.headers.get("Authorization")
         if auth:
             digest = hashlib.sha256(auth.encode()).hexdigest()
@@ -164,7 +167,8 @@ class FakeProvider:
                 ],
                 "usage": {"prompt_tokens": 7, "completion_tokens": b.chunks, "total_tokens": 7 + b.chunks},
             },
-            headers={"x-fake-provider": self.name},
+            # Like a CDN in front of a real provider; a proxy must not replay it for others.
+            headers={"x-fake-provider": self.name, "Set-Cookie": "__cf_bm=fake-session; Path=/; HttpOnly"},
         )
 
     async def _stream(

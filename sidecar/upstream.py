@@ -58,6 +58,9 @@ def new_session(config: Config) -> aiohttp.ClientSession:
         skip_auto_headers=SKIP_AUTO_HEADERS,
         raise_for_status=False,
         trust_env=False,
+        # A proxy must not keep one client's cookies (e.g. a CDN's Set-Cookie) and send
+        # them along with everybody's later requests; it also skips cookie work per request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

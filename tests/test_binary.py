@@ -62,7 +62,9 @@ class Started:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, binary: Path, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([str(binary), *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(binary), *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         self.procs.append(proc)
         return proc
 
@@ -96,7 +98,9 @@ def wait_http(url: str, seconds: float = 30) -> float:
 
 def test_version_and_check_on_the_shipped_config(binary: Path, home: Path) -> None:
     began = time.monotonic()
-    out = subprocess.run([str(binary), "--version"], env=user_env(home), cwd=home, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(binary), "--version"], env=user_env(home), cwd=home, capture_output=True, text=True, timeout=60
+    )
     cold = time.monotonic() - began
     from sidecar import __version__
 

@@ -44,6 +44,17 @@ async def test_key_injection_provider_never_sees_client_key(fakes, sidecar, clie
         assert key not in car.log()
 
 
+async def test_upstream_cookies_are_not_replayed_to_other_requests(fakes, sidecar, client) -> None:
+    primary = await fakes("primary")
+    # a host name, not an IP: cookie jars keep cookies only for host names
+    car = await sidecar(two_node_config(f"http://localhost:{primary.port}", await fakes("backup")))
+    for _ in range(3):
+        r = await client.post(car.url + CHAT, json=chat())
+        assert "__cf_bm" in r.headers["set-cookie"]  # passed to the client, which may keep it
+        client.cookies.clear()
+    assert primary.stats.with_cookie == 0
+
+
 async def test_model_rewrite_on_backup(fakes, sidecar, client) -> None:
     primary, backup = await fakes("primary", fail_rate=1.0), await fakes("backup")
     car = await sidecar(two_node_config(primary, backup))
