@@ -1,5 +1,8 @@
 """Benchmark: the same load direct to an upstream, through llm-sidecar, and through nginx, in one run.
 
+A fourth path, "floor", is the same server and client libraries with no features (bench/floor.py): the
+gap between it and the sidecar is what the sidecar's own code costs.
+
     python bench/run.py            # full run (a few minutes)
     python bench/run.py --quick    # a few seconds: proves the benchmark still works, measures nothing useful
 
@@ -296,7 +299,9 @@ def main() -> None:
         log = open(tmp / "sidecar.log", "wb")  # noqa: SIM115 - closed with the process
         car = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level", "info"], cpu=0,
                           env=env, stderr=log, cwd=ROOT)  # fmt: skip
-        paths = {"direct": up_port, "sidecar": car_port}
+        floor_port = free_port()
+        procs.start([sys.executable, str(HERE / "floor.py"), str(floor_port), str(up_port)], cpu=0)
+        paths = {"direct": up_port, "sidecar": car_port, "floor": floor_port}
         if use_nginx:
             (tmp / "nginx.conf").write_text(nginx_config(up_port, ngx_port, tmp))
             procs.start(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], cpu=0)

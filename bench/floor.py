@@ -1,0 +1,44 @@
+"""The floor of our stack: uvicorn (httptools, uvloop) + a raw ASGI app + one aiohttp session, no features.
+
+`python bench/floor.py PORT UPSTREAM_PORT`. The benchmark runs it beside the sidecar, so the table shows what
+the sidecar's features cost on top of the same server and client libraries (no retries, health, logging,
+headers hygiene, or streaming hold here: do not deploy this).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import aiohttp
+import uvicorn
+from yarl import URL
+
+UPSTREAM = URL(f"http://127.0.0.1:{sys.argv[2]}", encoded=True)
+session: aiohttp.ClientSession | None = None
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global session
+    if scope["type"] != "http":
+        return
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    url = UPSTREAM.with_path(scope["path"], encoded=True)
+    async with session.request(scope["method"], url, data=body, headers={"content-type": "application/json"}) as r:
+        headers = [(b"content-type", r.headers.get("content-type", "application/json").encode())]
+        await send({"type": "http.response.start", "status": r.status, "headers": headers})
+        async for chunk in r.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="httptools", loop="uvloop", lifespan="off",
+                access_log=False, log_level="warning", backlog=4096)  # fmt: skip
