@@ -5,28 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
-def _age(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "-"
-    seconds = max(0.0, now - ts)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+from .display import age, ms
 
 
 def render_status(data: dict[str, Any]) -> str:
     now = time.time()
     s = data["sidecar"]
     lines = [
-        f"llm-sidecar {s['version']} pid {s['pid']}  up {_age(s['started_at'], now)}  {s['listen']}",
-        f"config {s['config_path']} (loaded {_age(s['config_loaded_at'], now)} ago)",
+        f"llm-sidecar {s['version']} pid {s['pid']}  up {age(s['started_at'], now)}  {s['listen']}",
+        f"config {s['config_path']} (loaded {age(s['config_loaded_at'], now)} ago)",
         f"serving: {data['serving'] or 'nothing (every node is down)'}",
         "",
     ]
@@ -50,7 +37,7 @@ def render_status(data: dict[str, Any]) -> str:
     for n in sorted(data["nodes"], key=lambda n: -n["priority"]):
         t = n["traffic"]
         probe = n["active"]["last_probe"]
-        probe_text = "-" if probe is None else f"{probe['status'] or 'err'} {_age(probe['time'], now)}"
+        probe_text = "-" if probe is None else f"{probe['status'] or 'err'} {age(probe['time'], now)}"
         rows.append(
             (
                 n["name"] + (" *" if n["serving"] else ""),
@@ -62,10 +49,10 @@ def render_status(data: dict[str, Any]) -> str:
                 str(t["errors"]),
                 str(t["in_flight"]),
                 f"{t['rps']:.1f}",
-                _ms(t["p50_ms"]),
-                _ms(t["p95_ms"]),
+                ms(t["p50_ms"]),
+                ms(t["p95_ms"]),
                 probe_text,
-                _age(n["changed_at"], now),
+                age(n["changed_at"], now),
                 n["reason"],
             )
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from rich.text import Text
@@ -12,26 +12,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
-Clock = Callable[[], float]
+from sidecar.display import age, ms
 
 STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "down": "bold yellow"}
-
-
-def age(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "-"
-    seconds = max(0.0, now - ts)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 class HeaderBar(Static):
