@@ -156,7 +156,13 @@ def fake_provider(
 
 @main.command()
 @click.option("--no-tui", is_flag=True, help="Print what happens instead of opening the monitor.")
-@click.option("--duration", type=float, default=45.0, show_default=True, help="Seconds to run.")
+@click.option(
+    "--duration",
+    type=float,
+    default=45.0,
+    show_default=True,
+    help="Seconds to run with --no-tui (the monitor runs until q).",
+)
 @click.option("--port", type=int, default=0, help="Sidecar port (default: a free one).")
 @click.pass_context
 def demo(ctx: click.Context, no_tui: bool, duration: float, port: int) -> None:

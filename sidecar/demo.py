@@ -31,6 +31,9 @@ SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
 ]
 
 
+CYCLE = 40.0  # seconds per replay of the script when the demo runs until the monitor quits
+
+
 def demo_config(primary: int, backup: int, port: int, socket: Path) -> Config:
     data = {
         "server": {"listen": f"127.0.0.1:{port}", "control_socket": str(socket)},
@@ -121,14 +124,23 @@ class Demo:
         raise RuntimeError("the demo sidecar did not start")
 
     async def _script(self, primary: FakeProvider, stop: asyncio.Event) -> None:
+        """Play the outage script; behind the monitor, replay it until the monitor quits."""
         begin = time.monotonic()
-        for at, text, behaviour in SCRIPT:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, begin + at - time.monotonic()))
-            if stop.is_set():
-                return
-            primary.behaviour.update(behaviour)
-            self.say(f"\n=== t={at:>4.0f}s  {text}")
+        cycle = 0
+        while not stop.is_set():
+            for at, text, behaviour in SCRIPT:
+                at += cycle * CYCLE
+                if self.duration and at >= self.duration:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(0.0, begin + at - time.monotonic()))
+                if stop.is_set():
+                    return
+                primary.behaviour.update(behaviour)
+                self.say(f"\n=== t={at:>4.0f}s  {text}")
+            if self.duration:
+                break
+            cycle += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, begin + self.duration - time.monotonic()))
         stop.set()
@@ -173,7 +185,8 @@ def run_demo(duration: float = 60.0, port: int = 0, monitor: Callable[[Path], No
     root = logging.getLogger()
     root.handlers[:] = [logging.NullHandler() if monitor is not None else logging.StreamHandler()]
     root.setLevel(logging.ERROR)  # the demo prints its own story; the monitor owns the terminal
-    demo = Demo(duration, port, quiet=monitor is not None)
+    # Behind the monitor the demo lasts until the monitor quits (duration 0 = no end).
+    demo = Demo(0.0 if monitor is not None else duration, port, quiet=monitor is not None)
     if monitor is None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(demo.run())

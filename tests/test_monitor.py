@@ -29,7 +29,8 @@ def cell(table: NodesTable, node: str, column: str) -> str:
 
 
 def log_text(log: HealthLog) -> str:
-    return "\n".join("".join(segment.text for segment in strip) for strip in log.lines)
+    """The log's text with wrapped lines joined back together."""
+    return " ".join(" ".join("".join(segment.text for segment in strip).split()) for strip in log.lines)
 
 
 async def test_rows_traffic_and_failover_with_f(fakes, sidecar, client) -> None:
@@ -162,4 +163,4 @@ async def test_a_burst_of_events_is_drawn_in_batches(tmp_path) -> None:
         await until(pilot, lambda: not app.pending)
         assert calls == 1  # one redraw for the whole burst
         assert traffic.row_count == TrafficTable.LIMIT  # bounded
-        assert str(traffic.get_row_at(0)[1]) == f"{999:016x}"[:8]  # newest first
+        assert str(traffic.get_row_at(0)[1]) == f"{999:016x}"[-8:]  # newest first

@@ -42,7 +42,7 @@ STATUS = {
 def request(i: int) -> dict[str, Any]:
     failover = i == 6
     return {
-        "type": "request", "seq": i, "time": NOW - 30 + i * 2, "id": f"{i:04d}beefcafe0000", "method": "POST",
+        "type": "request", "seq": i, "time": NOW - 30 + i * 2, "id": f"beefcafe{i:08x}", "method": "POST",
         "path": "/v1/chat/completions", "model": "gpt-4o-mini", "node": "openai" if i < 6 else "deepseek",
         "status": 200, "attempts": 2 if failover else 1,
         "failed": [{"node": "openai", "reason": "http 503"}] if failover else [], "stream": i % 3 == 0,

@@ -101,7 +101,7 @@ class MonitorApp(App[None]):
                 plot = RatePlot(id="plot")
                 plot.border_title = "requests/s · p95"
                 yield plot
-                health = HealthLog(id="health", max_lines=500, wrap=True, markup=False)
+                health = HealthLog(id="health", max_lines=500, wrap=True, markup=False, min_width=20)
                 health.border_title = "health events"
                 yield health
         yield Footer()

@@ -104,7 +104,7 @@ class TrafficTable(DataTable[Any]):
             tokens = "-" if e["tokens_out"] is None else f"{e['tokens_in']}/{e['tokens_out']}"
             self.add_row(
                 time.strftime("%H:%M:%S", time.localtime(e["time"])),
-                e["id"][:8],
+                e["id"][-8:],  # generated ids share a per-process prefix; the tail tells them apart
                 (e["model"] or "-")[:14],
                 Text(e["node"] or "-", style="bold yellow" if failover else ""),
                 status,
