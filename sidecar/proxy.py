@@ -9,6 +9,7 @@ SSE error event instead of a hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import json
@@ -28,6 +29,7 @@ from .runtime import Runtime
 from .upstream import NodeState, Upstream
 
 access_log = logging.getLogger("llm_sidecar.access")
+log = logging.getLogger("llm_sidecar")
 
 # Never forwarded upstream: hop-by-hop headers, and the client's own credentials.
 REQUEST_DROP = frozenset(
@@ -156,6 +158,19 @@ class ProxyApp:
         )
         try:
             await self.forward(scope, receive, send, body, ex)
+        except Exception:
+            # A bug must still end the request with a clear error, and not take the sidecar down.
+            log.exception("request %s failed inside the sidecar", ex.rid)
+            ex.status, ex.error = 500, "internal error in the sidecar"
+            with contextlib.suppress(RuntimeError):  # the response had already started
+                await send_error(
+                    send,
+                    500,
+                    "internal error in llm-sidecar (see its log)",
+                    "server_error",
+                    "internal_error",
+                    [rid_header],
+                )
         finally:
             self.finish(ex)
 
