@@ -322,3 +322,14 @@ async def test_sigterm_lets_an_in_flight_stream_finish(fakes, sidecar, client) -
     assert rest[-1] == "data: [DONE]" or rest[-2] == "data: [DONE]"
     assert car.proc.wait(10) == 0
     assert not car.socket.exists()
+
+
+async def test_json_access_log_has_one_parsable_line_per_request(fakes, sidecar, client) -> None:
+    primary = await fakes("primary", fail_rate=1.0)
+    car = await sidecar(two_node_config(primary, await fakes("backup")), "--log-format", "json")
+    await client.post(car.url + CHAT, json=chat(), headers={"X-Request-Id": "json-1"})
+    lines = [json.loads(line) for line in car.log().splitlines() if line.startswith("{")]
+    (record,) = [r for r in lines if r.get("event") == "request"]
+    assert record["id"] == "json-1" and record["node"] == "backup" and record["status"] == 200
+    assert record["failed"] == [{"node": "primary", "reason": "http 500"}] and record["attempts"] == 2
+    assert any(r.get("level") == "info" and "listening on" in r.get("message", "") for r in lines)
