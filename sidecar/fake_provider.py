@@ -54,6 +54,7 @@ class Stats:
     models_seen: list[str] = field(default_factory=list)
     auth_sha256: list[str] = field(default_factory=list)  # hashes only: the fake never keeps keys
     with_cookie: int = 0  # requests that carried a Cookie header
+    paths: list[str] = field(default_factory=list)  # the last 100 request paths
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -75,6 +76,7 @@ class FakeProvider:
         self.random = random.Random(seed)
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/{prefix:.+}/v1/chat/completions", self.chat)  # behind a path prefix
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/_fake/behaviour", self.set_behaviour)
         self.app.router.add_get("/_fake/behaviour", self.get_behaviour)
@@ -100,6 +102,8 @@ class FakeProvider:
 
     def _count(self, request: web.Request) -> None:
         self.stats.requests += 1
+        self.stats.paths.append(request.path_qs)
+        del self.stats.paths[:-100]
         if "Cookie" in request.headers:
             self.stats.with_cookie += 1
         auth = request.headers.get("Authorization")

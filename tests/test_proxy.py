@@ -55,6 +55,14 @@ async def test_upstream_cookies_are_not_replayed_to_other_requests(fakes, sideca
     assert primary.stats.with_cookie == 0
 
 
+async def test_node_url_path_prefix_and_query_are_kept(fakes, sidecar, client) -> None:
+    primary = await fakes("primary")
+    car = await sidecar(two_node_config(primary.url + "/api", await fakes("backup")))
+    r = await client.post(car.url + CHAT + "?api-version=2024-06-01", json=chat())
+    assert r.status_code == 200 and r.headers["x-llm-sidecar-node"] == "primary"
+    assert primary.stats.paths[-1] == "/api/v1/chat/completions?api-version=2024-06-01"
+
+
 async def test_model_rewrite_on_backup(fakes, sidecar, client) -> None:
     primary, backup = await fakes("primary", fail_rate=1.0), await fakes("backup")
     car = await sidecar(two_node_config(primary, backup))
