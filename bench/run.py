@@ -374,9 +374,10 @@ def render(results: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        "| point | path | req/s | p50 ms | p99 ms | errors | +p50 vs direct | % of direct | % of nginx | first chunk p50 |"
+        "| point | path | req/s | p50 ms | p99 ms | errors | +p50 vs direct | % of direct | % of floor | % of nginx "
+        "| first chunk p50 |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, paths in results["points"].items():
         direct = paths["direct"]
         nginx = paths.get("nginx")
@@ -384,9 +385,10 @@ def render(results: dict[str, Any]) -> str:
             added = f"{r['p50_ms'] - direct['p50_ms']:+.2f}" if name != "direct" else "-"
             of_direct = f"{100 * r['rps'] / direct['rps']:.0f}%"
             of_nginx = f"{100 * r['rps'] / nginx['rps']:.0f}%" if nginx else "-"
+            of_floor = f"{100 * r['rps'] / paths['floor']['rps']:.0f}%" if "floor" in paths else "-"
             first = f"{r['first_p50_ms']:.2f}" if "first_p50_ms" in r else "-"
             lines.append(f"| {label} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']:.0f} | "
-                         f"{added} | {of_direct} | {of_nginx} | {first} |")  # fmt: skip
+                         f"{added} | {of_direct} | {of_floor} | {of_nginx} | {first} |")  # fmt: skip
     return "\n".join(lines)
 
 
