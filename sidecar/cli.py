@@ -9,7 +9,8 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .config import CONFIG_NAME, Config, ConfigError, control_socket_path, discover, load
+from .config import CONFIG_NAME, Config, ConfigError, load
+from .discovery import control_socket_path, discover
 
 CONFIG_OPTION = click.option(
     "-c",

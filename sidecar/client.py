@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from .config import ConfigError, control_socket_path, discover
+from .config import ConfigError
+from .discovery import control_socket_path, discover
 
 
 class NotRunning(Exception):

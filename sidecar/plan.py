@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from .config import ActiveCheck, Config, Node, PassiveCheck, control_socket_path
+from .config import ActiveCheck, Config, Node, PassiveCheck
+from .discovery import control_socket_path
 
 
 def _active(check: ActiveCheck | None) -> str:

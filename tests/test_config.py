@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, control_socket_path, discover, load, parse
+from sidecar.config import ConfigError, load, parse
+from sidecar.discovery import control_socket_path, discover
 from sidecar.template import render
 
 ENV = {"OPENAI_API_KEY": "sk-openai", "DEEPSEEK_API_KEY": "sk-deepseek"}
