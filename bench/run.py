@@ -154,6 +154,9 @@ def wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, f
         str(concurrency),
         "-d",
         f"{max(1, round(seconds))}s",
+        # a slow answer at c=256 is latency (it shows in p99), not an error: LLM clients wait far longer
+        "--timeout",
+        "10s",
         "-s",
         str(script),
         url,
