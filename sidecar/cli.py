@@ -225,14 +225,19 @@ def node() -> None:
     """Drain a node or give it back to automatic health."""
 
 
+def set_manual(name: str, manual: str, config_path: str | None, control_socket: str | None) -> None:
+    answer = call(control_socket, config_path, "node", name, manual)
+    state = "down" if manual == "down" else f"back to auto ({answer['state']})"
+    click.echo(f"{answer['node']} is {state}; serving: {answer['serving'] or 'nothing'}")
+
+
 @node.command("down")
 @click.argument("name")
 @CONFIG_OPTION
 @SOCKET_OPTION
 def node_down(name: str, config_path: str | None, control_socket: str | None) -> None:
     """Mark NAME down: no new requests; in-flight ones finish."""
-    answer = call(control_socket, config_path, "node", name, "down")
-    click.echo(f"{answer['node']} is down; serving: {answer['serving'] or 'nothing'}")
+    set_manual(name, "down", config_path, control_socket)
 
 
 @node.command("auto")
@@ -241,8 +246,7 @@ def node_down(name: str, config_path: str | None, control_socket: str | None) ->
 @SOCKET_OPTION
 def node_auto(name: str, config_path: str | None, control_socket: str | None) -> None:
     """Give NAME back to automatic health checks."""
-    answer = call(control_socket, config_path, "node", name, "auto")
-    click.echo(f"{answer['node']} is back to auto ({answer['state']}); serving: {answer['serving'] or 'nothing'}")
+    set_manual(name, "auto", config_path, control_socket)
 
 
 @main.command()

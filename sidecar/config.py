@@ -236,6 +236,9 @@ def _parse_url(table: _Table, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise table.error("url", f"expected an http:// or https:// URL, got {raw!r}")
+    if parts.username or parts.password:
+        # Not echoed: the URL carries a secret, and errors are printed.
+        raise table.error("url", 'must not carry credentials (user:password@); use api_key = "${VAR}"')
     if parts.query or parts.fragment:
         raise table.error("url", f"must not carry a query or fragment, got {raw!r}")
     try:

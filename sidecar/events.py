@@ -39,8 +39,13 @@ class EventHub:
         self.seq = 0
 
     def publish(self, type_: str, **fields: Any) -> Event:
+        return self.emit({"type": type_, **fields})
+
+    def emit(self, event: Event) -> Event:
+        """Publish an event the caller built (it gets `seq` and `time`), without copying it."""
         self.seq += 1
-        event: Event = {"type": type_, "seq": self.seq, "time": time.time(), **fields}
+        event["seq"] = self.seq
+        event["time"] = time.time()
         self.recent.append(event)
         for sub in self.subscribers:
             sub.offer(event)

@@ -40,10 +40,13 @@ class Exchange:
     error: str | None = None
 
     def record(self, now: float) -> dict[str, Any]:
+        """The `request` event (the event hub adds `seq` and `time`)."""
+
         def ms(t: float | None) -> float | None:
             return None if t is None else round((t - self.started) * 1000, 2)
 
         return {
+            "type": "request",
             "id": self.rid,
             "method": self.method,
             "path": self.path,

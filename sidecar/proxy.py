@@ -188,7 +188,7 @@ class ProxyApp:
         await send_json(send, status, json.dumps(payload).encode())
 
     def finish(self, ex: Exchange) -> None:
-        record = self.runtime.events.publish("request", **ex.record(time.monotonic()))
+        record = self.runtime.events.emit(ex.record(time.monotonic()))
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
 

@@ -116,10 +116,6 @@ class Upstream:
         index = self.balancer.serving(self.clock())
         return None if index is None else self.nodes[index]
 
-    def usable(self) -> bool:
-        """At least one node may be tried (healthy, or reachable through panic)."""
-        return any(not n.health.manual_down for n in self.nodes)
-
     def success(self, node: NodeState, source: Source, reason: str = "ok") -> None:
         self._transition(node, node.health.record_success(source, self.clock(), reason))
 

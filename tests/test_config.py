@@ -91,6 +91,7 @@ def test_api_key_never_in_repr() -> None:
         (minimal(url="ftp://x"), "upstream.nodes[0].url", "http:// or https://"),
         (minimal(url="https://"), "upstream.nodes[0].url", "http:// or https://"),
         (minimal(url="https://x.com/?k=1"), "upstream.nodes[0].url", "query"),
+        (minimal(url="https://me:sk-secret@x.com"), "upstream.nodes[0].url", "must not carry credentials"),
         (minimal(name="b"), "upstream.nodes[1].name", "duplicate node name"),
         (minimal(name=""), "upstream.nodes[0].name", "is required"),
         (minimal(api_key="sk-literal"), "upstream.nodes[0].api_key", "environment variable"),
@@ -171,3 +172,8 @@ def test_control_socket_default(tmp_path: Path) -> None:
     assert control_socket_path(None, env={"XDG_RUNTIME_DIR": str(tmp_path)}) == tmp_path / "llm-sidecar.sock"
     assert control_socket_path(None, env={"HOME": "/h"}) == Path("/h/.llm-sidecar/control.sock")
     assert control_socket_path(None, "/o.sock", env={}) == Path("/o.sock")
+
+
+def test_credentials_in_a_url_are_refused_without_being_echoed() -> None:
+    error = error_of(minimal(url="https://me:sk-secret@x.com"))
+    assert "sk-secret" not in str(error)

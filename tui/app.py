@@ -82,7 +82,6 @@ class MonitorApp(App[None]):
         self.clock = clock
         self.status: dict[str, Any] | None = None
         self.connected = False
-        self.connected_at = 0.0
         self.paused = False
         self.pending: list[dict[str, Any]] = []
         self.second: list[dict[str, Any]] = []
@@ -127,7 +126,6 @@ class MonitorApp(App[None]):
             try:
                 async with AsyncControlClient(self.socket) as client:
                     self.post_message(StatusArrived(await client.status()))
-                    self.connected_at = self.clock()
                     async for event in client.events():
                         self.pending.append(event)
             except (NotRunning, ControlError, OSError):
