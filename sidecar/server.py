@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .acceptor import Acceptor
 from .checker import ActiveChecker
 from .config import Config
 from .proxy import ProxyApp
@@ -41,8 +42,22 @@ def _server_class() -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn re-raises SIGTERM after its shutdown, which would kill us before our
-        own clean-up (control socket, sessions); handle the signals on the loop instead."""
+        """uvicorn, with two changes: our own accept (see acceptor.py), and signals.
+
+        uvicorn re-raises SIGTERM after its shutdown, which would kill us before our
+        own clean-up (control socket, sessions); the signals are handled on the loop instead.
+        """
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=[])
+            config = self.config
+
+            def protocol() -> asyncio.Protocol:
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            self.servers = [Acceptor(sock, protocol) for sock in sockets or []]  # type: ignore[misc]
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -1,0 +1,92 @@
+"""The acceptor takes every pending connection on one readable event (libuv takes one)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import ClassVar
+
+import pytest
+import uvloop
+
+from sidecar.acceptor import Acceptor
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
+class Echo(asyncio.Protocol):
+    made: ClassVar[list[asyncio.BaseTransport]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        Echo.made.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_one_readable_event_accepts_every_pending_connection(loop: str) -> None:
+    Echo.made = []
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    listener.setblocking(False)
+    # The kernel completes these handshakes; they wait in the backlog until accepted.
+    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(40)]
+
+    async def main() -> int:
+        acceptor = Acceptor(listener, Echo)
+        # One readiness event, by hand, before the loop could call it again.
+        acceptor.loop.remove_reader(listener.fileno())
+        acceptor.accept()
+        accepted = len(acceptor.pending)
+        await acceptor.wait_closed()
+        acceptor.close()
+        for transport in Echo.made:
+            transport.close()
+        return accepted
+
+    try:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            accepted = runner.run(main())
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+    assert accepted == 40
+    assert len(Echo.made) == 40
+
+
+def test_served_connections_carry_data_and_close_stops_accepting() -> None:
+    Echo.made = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    address = listener.getsockname()
+
+    async def main() -> tuple[bytes, bool]:
+        acceptor = Acceptor(listener, Echo)
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(b"ping")
+        echoed = await asyncio.wait_for(reader.readexactly(4), 5)
+        writer.close()
+        acceptor.close()
+        await acceptor.wait_closed()
+        # Closed: a new connection completes in the kernel backlog but nobody takes it.
+        _, late = await asyncio.open_connection(*address)
+        await asyncio.sleep(0.2)
+        taken = len(Echo.made) > 1
+        late.close()
+        for transport in Echo.made:
+            transport.close()
+        return echoed, taken
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            echoed, taken = runner.run(main())
+    finally:
+        listener.close()
+    assert echoed == b"ping"
+    assert taken is False
