@@ -56,18 +56,26 @@ class Balancer:
         self.levels = list(levels.values())
         self.rr = [SmoothWeighted() for _ in self.levels]
         self.panic_order = order
+        self.plain = [Choice(i) for i in range(len(priorities))]  # immutable: reused per pick
 
     def choose(self, tried: Collection[int], now: float) -> Choice | None:
         """The highest level with a usable node wins; panic when none is healthy."""
         health = self.health
         for level, rr in zip(self.levels, self.rr, strict=True):
+            candidates = []
             for i in level:
-                if i not in tried and health[i].trial_ready(now):
-                    health[i].begin_trial()
+                if i in tried:
+                    continue
+                state = health[i]
+                if state.trial_ready(now):
+                    state.begin_trial()
                     return Choice(i, trial=True)
-            candidates = [(i, self.weights[i]) for i in level if i not in tried and health[i].available(now)]
+                if state.available(now):
+                    candidates.append(i)
+            if len(candidates) == 1:
+                return self.plain[candidates[0]]
             if candidates:
-                return Choice(rr.pick(candidates) if len(candidates) > 1 else candidates[0][0])
+                return self.plain[rr.pick([(i, self.weights[i]) for i in candidates])]
         # Panic (as Envoy): no untried node is healthy, and health may be stale, so try
         # the rest in priority order rather than fail fast. Drained nodes stay out.
         rest = [i for i in self.panic_order if i not in tried and not health[i].manual_down]

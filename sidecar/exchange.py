@@ -66,10 +66,11 @@ class Exchange:
 
 
 def count_tokens(ex: Exchange, data: bytes) -> None:
-    if b'"usage"' not in data:
+    start = data.rfind(b'"usage"')  # the counts follow it: scan only from there
+    if start < 0:
         return
-    prompt = PROMPT_TOKENS_RE.search(data)
-    completion = COMPLETION_TOKENS_RE.search(data)
+    prompt = PROMPT_TOKENS_RE.search(data, start)
+    completion = COMPLETION_TOKENS_RE.search(data, start)
     if prompt:
         ex.tokens_in = int(prompt.group(1))
     if completion:
