@@ -1,4 +1,4 @@
-"""The floor of our stack: uvicorn (httptools, uvloop) + a raw ASGI app + one aiohttp session, no features.
+"""The floor of our stack: the sidecar's uvicorn set-up + a raw ASGI app + one aiohttp session, no features.
 
 `python bench/floor.py PORT UPSTREAM_PORT`. The benchmark runs it beside the sidecar, so the table shows what
 the sidecar's features cost on top of the same server and client libraries (no retries, health, logging,
@@ -11,7 +11,6 @@ import sys
 from typing import Any
 
 import aiohttp
-import uvicorn
 from yarl import URL
 
 UPSTREAM = URL(f"http://127.0.0.1:{sys.argv[2]}", encoded=True)
@@ -40,5 +39,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="httptools", loop="uvloop", lifespan="off",
-                access_log=False, log_level="warning", backlog=4096)  # fmt: skip
+    import uvloop
+
+    from sidecar.server import bind_tcp, uvicorn_server
+
+    # The sidecar's own server set-up (with its accept fix), so every path is served alike.
+    server = uvicorn_server(app, log_level="warning")
+    uvloop.run(server.serve(sockets=[bind_tcp("127.0.0.1", int(sys.argv[1]))]))

@@ -1,4 +1,4 @@
-"""A minimal, fast OpenAI-shaped upstream for the benchmark (raw ASGI on uvicorn + httptools + uvloop).
+"""A minimal, fast OpenAI-shaped upstream for the benchmark (raw ASGI on the sidecar's uvicorn set-up).
 
 `python bench/upstream.py PORT [CHUNK_DELAY]`: POST /v1/chat/completions answers a fixed chat completion,
 or 20 SSE chunks when the body asks for `"stream": true` (CHUNK_DELAY seconds apart); GET /v1/models answers
@@ -59,16 +59,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 if __name__ == "__main__":
-    import uvicorn
+    import uvloop
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        http="httptools",
-        loop="uvloop",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        backlog=4096,
-    )
+    from sidecar.server import bind_tcp, uvicorn_server
+
+    # The sidecar's own server set-up (with its accept fix), so every path is served alike.
+    server = uvicorn_server(app, log_level="warning")
+    uvloop.run(server.serve(sockets=[bind_tcp("127.0.0.1", int(sys.argv[1]))]))

@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .acceptor import Acceptor
 from .checker import ActiveChecker
@@ -18,6 +19,8 @@ from .proxy import ProxyApp
 from .runtime import Runtime
 
 log = logging.getLogger("llm_sidecar")
+
+BACKLOG = 2048
 
 
 class StartupError(Exception):
@@ -33,12 +36,16 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
 
-def _server_class() -> type:
+def uvicorn_server(app: Any, **options: Any) -> Any:
+    """uvicorn (httptools) serving a raw ASGI app on sockets we bound, with our accept and signals.
+
+    The benchmark's upstream and floor use it too, so every path is served alike.
+    """
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -73,13 +80,24 @@ def _server_class() -> type:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
 
-    return Server
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # a localhost sidecar has no proxy in front; saves a middleware per request
+        server_header=False,
+        date_header=False,
+        backlog=BACKLOG,
+        **options,
+    )
+    return Server(config)
 
 
 async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
-    import uvicorn
-
     runtime = Runtime(config)
     control = None
     if control_socket is not None:
@@ -99,22 +117,7 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     checker.sync()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
     runtime.on_reload = checker.sync
-    server = _server_class()(
-        uvicorn.Config(
-            ProxyApp(runtime),
-            http="httptools",
-            loop="none",
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,  # a localhost sidecar has no proxy in front; saves a middleware per request
-            server_header=False,
-            date_header=False,
-            timeout_keep_alive=75,
-            timeout_graceful_shutdown=grace,
-            backlog=2048,
-        )
-    )
+    server = uvicorn_server(ProxyApp(runtime), timeout_keep_alive=75, timeout_graceful_shutdown=grace)
     nodes = ", ".join(f"{n.name}(priority {n.priority}, weight {n.weight})" for n in config.upstream.nodes)
     log.info("llm-sidecar %s listening on http://%s/v1 -> %s", runtime.version, config.server.listen, nodes)
     if control is not None:
