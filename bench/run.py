@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -287,6 +288,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="llm-sidecar-bench-"))
     procs = Procs()
+    # Killed (SIGTERM) like interrupted: the finally below still stops everything we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load": "wrk" if use_wrk else "aiohttp", "quick": args.quick},

@@ -99,6 +99,8 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
 async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
     runtime = Runtime(config)
+    # Built (uvicorn imported) before the port opens: a client that can connect may signal us at once.
+    server = uvicorn_server(ProxyApp(runtime), timeout_keep_alive=75, timeout_graceful_shutdown=grace)
     control = None
     if control_socket is not None:
         from .control import ControlServer
@@ -117,7 +119,6 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     checker.sync()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
     runtime.on_reload = checker.sync
-    server = uvicorn_server(ProxyApp(runtime), timeout_keep_alive=75, timeout_graceful_shutdown=grace)
     nodes = ", ".join(f"{n.name}(priority {n.priority}, weight {n.weight})" for n in config.upstream.nodes)
     log.info("llm-sidecar %s listening on http://%s/v1 -> %s", runtime.version, config.server.listen, nodes)
     if control is not None:
