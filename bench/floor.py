@@ -41,8 +41,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    from sidecar.server import bind_tcp, uvicorn_server
+    from sidecar.server import bind_tcp, tune_gc, uvicorn_server
 
-    # The sidecar's own server set-up (with its accept fix), so every path is served alike.
+    # The sidecar's own server set-up (its accept fix and GC tuning), so every path is served alike.
+    tune_gc()
     server = uvicorn_server(app, log_level="warning")
     uvloop.run(server.serve(sockets=[bind_tcp("127.0.0.1", int(sys.argv[1]))]))

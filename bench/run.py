@@ -5,12 +5,13 @@ gap between it and the sidecar is what the sidecar's own code costs.
 
     python bench/run.py            # full run (a few minutes)
     python bench/run.py --quick    # a few seconds: proves the benchmark still works, measures nothing useful
+    python bench/run.py --peer litellm   # adds LiteLLM's proxy (`litellm` on PATH) as another path
 
-Paths are measured alternately, round by round, so their ratios hold on a noisy machine. The sidecar and
-nginx are pinned to CPU 0, the upstream and the load generator to CPU 1 (when taskset exists). Load comes
-from wrk (a Lua POST script) when installed (`apt-get install wrk nginx`), else from a built-in aiohttp
-generator. The sidecar runs with every feature on: active and passive checks, access log at INFO.
-Results go to bench/results/<time>.json and a table on stdout.
+Paths are measured alternately, round by round, so their ratios hold on a noisy machine. The proxies
+(sidecar, floor, nginx, a peer) are pinned to CPU 0, the upstream and the load generator to CPU 1 (when
+taskset exists). Load comes from wrk (a Lua POST script) when installed (`apt-get install wrk nginx`), else
+from a built-in aiohttp generator. The sidecar runs with every feature on: active and passive checks,
+access log at INFO. Results go to bench/results/<time>.json and a table on stdout.
 """
 
 from __future__ import annotations
@@ -125,6 +126,35 @@ api_key = "${{BENCH_KEY}}"
 interval = 5
 [upstream.checks.passive]
 """
+
+
+def litellm_config(upstream: int) -> str:
+    """LiteLLM's proxy in front of the same upstream, with its defaults otherwise."""
+    return f"""
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{upstream}/v1
+      api_key: bench-key
+"""
+
+
+def start_litellm(procs: Procs, upstream: int, tmp: Path) -> int:
+    exe = shutil.which("litellm")
+    if exe is None:
+        raise SystemExit(
+            "--peer litellm needs the `litellm` command: pip install 'litellm[proxy]' (in its own venv, as its "
+            "pins differ from ours) and put that venv's bin/ on PATH"
+        )
+    port = free_port()
+    (tmp / "litellm.yaml").write_text(litellm_config(upstream))
+    # The local cost map: no fetch from the network at start-up (tests and benchmarks stay on loopback).
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+    cmd = [exe, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    procs.start(cmd, cpu=0, env=env, stderr=open(tmp / "litellm.log", "wb"))  # noqa: SIM115
+    wait_port(port, seconds=120)
+    return port
 
 
 def nginx_config(upstream: int, port: int, prefix: Path) -> str:
@@ -278,6 +308,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per point and path")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per point (median taken)")
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument(
+        "--peer",
+        choices=["litellm"],
+        action="append",
+        default=[],
+        help="also measure a peer proxy in front of the same upstream (needs `litellm` on PATH)",
+    )
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
@@ -312,6 +349,8 @@ def main() -> None:
             (tmp / "nginx.conf").write_text(nginx_config(up_port, ngx_port, tmp))
             procs.start(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], cpu=0)
             paths["nginx"] = ngx_port
+        if "litellm" in args.peer:
+            paths["litellm"] = start_litellm(procs, up_port, tmp)
         for port in [up_port, slow_port, *paths.values()]:
             wait_port(port)
         time.sleep(0.5)
