@@ -53,7 +53,9 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
         """uvicorn, with two changes: our own accept (see acceptor.py), and signals.
 
         uvicorn re-raises SIGTERM after its shutdown, which would kill us before our
-        own clean-up (control socket, sessions); the signals are handled on the loop instead.
+        own clean-up (control socket, sessions), and installs its handlers only once
+        serving, after the port is open; `signals()` handles them on the loop instead,
+        for as long as its caller wants.
         """
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -69,6 +71,11 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
+            yield  # see signals()
+
+        @contextlib.contextmanager
+        def signals(self) -> Iterator[None]:
+            """SIGINT/SIGTERM stop the server gracefully (a second SIGINT forces it)."""
             if threading.current_thread() is not threading.main_thread():
                 yield  # e.g. the demo behind the monitor: its owner stops it
                 return
@@ -100,8 +107,15 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
 async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
     runtime = Runtime(config)
-    # Built (uvicorn imported) before the port opens: a client that can connect may signal us at once.
+    # Built (uvicorn imported) and signals handled before the port opens: a client that can
+    # connect may signal us at once.
     server = uvicorn_server(ProxyApp(runtime), timeout_keep_alive=75, timeout_graceful_shutdown=grace)
+    with server.signals():
+        await _serve(runtime, server, control_socket)
+
+
+async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> None:
+    config = runtime.config
     control = None
     if control_socket is not None:
         from .control import ControlServer
