@@ -137,6 +137,9 @@ model_list:
       model: openai/gpt-4o-mini
       api_base: http://127.0.0.1:{upstream}/v1
       api_key: bench-key
+general_settings:
+  # no master key: like the sidecar here, no client auth on loopback
+  dangerously_permit_weak_or_unset_master_key: true
 """
 
 
