@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Callable
 from typing import ClassVar
@@ -90,3 +91,46 @@ def test_served_connections_carry_data_and_close_stops_accepting() -> None:
         listener.close()
     assert echoed == b"ping"
     assert taken is False
+
+
+def test_out_of_descriptors_backs_off_then_resumes(caplog: pytest.LogCaptureFixture) -> None:
+    """EMFILE must not spin the loop on a listening socket that stays readable."""
+    Echo.made = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+
+    class Exhausted(socket.socket):
+        calls = 0
+
+        def accept(self) -> tuple[socket.socket, object]:
+            Exhausted.calls += 1
+            if Exhausted.calls == 1:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().accept()
+
+    flaky = Exhausted(fileno=listener.detach())
+
+    async def main() -> tuple[int, int]:
+        acceptor = Acceptor(flaky, Echo)
+        acceptor.RETRY_DELAY = 0.3
+        await asyncio.sleep(0.15)
+        during = Exhausted.calls  # one failed accept, then no reader: no retry storm
+        deadline = asyncio.get_running_loop().time() + 5
+        while not Echo.made and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        await acceptor.wait_closed()
+        acceptor.close()
+        for transport in Echo.made:
+            transport.close()
+        return during, len(Echo.made)
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            during, made = runner.run(main())
+    finally:
+        client.close()
+        flaky.close()
+    assert during == 1
+    assert made == 1
+    assert "cannot accept connections (Too many open files)" in caplog.text
