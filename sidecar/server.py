@@ -18,6 +18,7 @@ from .checker import ActiveChecker
 from .config import Config
 from .proxy import ProxyApp
 from .runtime import Runtime
+from .transport import OneWrite
 
 log = logging.getLogger("llm_sidecar")
 
@@ -43,14 +44,15 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_server(app: Any, **options: Any) -> Any:
-    """uvicorn (httptools) serving a raw ASGI app on sockets we bound, with our accept and signals.
+    """uvicorn (httptools) serving a raw ASGI app on sockets we bound, with the changes below.
 
     The benchmark's upstream and floor use it too, so every path is served alike.
     """
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, with two changes: our own accept (see acceptor.py), and signals.
+        """uvicorn, with three changes: our own accept (acceptor.py), one write per response
+        head (transport.py), and signals.
 
         uvicorn re-raises SIGTERM after its shutdown, which would kill us before our
         own clean-up (control socket, sessions), and installs its handlers only once
@@ -62,10 +64,13 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
             await super().startup(sockets=[])
             config = self.config
 
+            class Protocol(config.http_protocol_class):  # type: ignore[misc,name-defined]
+                def connection_made(self, transport: asyncio.Transport) -> None:
+                    super().connection_made(transport)
+                    self.transport = OneWrite(transport, self.loop)
+
             def protocol() -> asyncio.Protocol:
-                return config.http_protocol_class(  # type: ignore[call-arg]
-                    config=config, server_state=self.server_state, app_state=self.lifespan.state
-                )
+                return Protocol(config=config, server_state=self.server_state, app_state=self.lifespan.state)
 
             self.servers = [Acceptor(sock, protocol) for sock in sockets or []]  # type: ignore[misc]
 
@@ -91,6 +96,7 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
     config = uvicorn.Config(
         app,
         http="httptools",
+        ws="none",  # the proxy speaks HTTP only; no upgrade path to a websocket protocol
         loop="none",
         lifespan="off",
         log_config=None,
