@@ -11,7 +11,9 @@ Paths are measured alternately, round by round, so their ratios hold on a noisy 
 (sidecar, floor, nginx, a peer) are pinned to CPU 0, the upstream and the load generator to CPU 1 (when
 taskset exists). Load comes from wrk (a Lua POST script) when installed (`apt-get install wrk nginx`), else
 from a built-in aiohttp generator. The sidecar runs with every feature on: active and passive checks,
-access log at INFO. Results go to bench/results/<time>.json and a table on stdout.
+access log at INFO. A last check runs the sidecar at c=16 and c=256 alternately (5 rounds), so the
+no-collapse ratio does not drift with the machine between points. Results go to bench/results/<time>.json
+and a table on stdout.
 """
 
 from __future__ import annotations
@@ -380,6 +382,13 @@ def main() -> None:
             results["points"][label] = {name: median_of(r) for name, r in runs.items()}
             print(f"  measured {label}", file=sys.stderr)
         if not args.quick:
+            # c=16 and c=256 minutes apart drift with the machine; the no-collapse ratio is read interleaved.
+            checks: dict[int, list[dict[str, float]]] = {16: [], 256: []}
+            for _ in range(5):
+                for c, check in checks.items():
+                    check.append(measure(car_port, c))
+            results["collapse_check"] = {f"c={c}": median_of(r) for c, r in checks.items()}
+            print("  measured collapse check", file=sys.stderr)
             results["open_streams"] = open_through(slow_port, tmp, env)
         startup_config = tmp / "startup.toml"
         startup_config.write_text(sidecar_config(up_port, free_port(), tmp / "ctl-startup.sock"))
@@ -419,6 +428,13 @@ def render(results: dict[str, Any]) -> str:
         s = results["open_streams"]
         lines.append(
             f"1000 open streams: RSS {s['rss_mb']:.1f} MB, fds {s['fds']}, completed {s['completed']}/{s['opened']}"
+        )
+    if "collapse_check" in results:
+        low, high = results["collapse_check"]["c=16"], results["collapse_check"]["c=256"]
+        lines.append(
+            f"sidecar c=16 vs c=256, interleaved 5x: {low['rps']:.0f} / {high['rps']:.0f} req/s "
+            f"({100 * high['rps'] / low['rps']:.0f}%), p99 {low['p99_ms']:.1f} / {high['p99_ms']:.1f} ms, "
+            f"errors {low['errors'] + high['errors']:.0f}"
         )
     lines.append("")
     lines.append(
