@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from sidecar.proxy import read_body
+
 UPSTREAM = URL(f"http://127.0.0.1:{sys.argv[2]}", encoded=True)
 session: aiohttp.ClientSession | None = None
 
@@ -23,12 +25,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if session is None:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive, 1 << 20) or b""
     url = UPSTREAM.with_path(scope["path"], encoded=True)
     async with session.request(scope["method"], url, data=body, headers={"content-type": "application/json"}) as r:
         headers = [(b"content-type", r.headers.get("content-type", "application/json").encode())]

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from sidecar.proxy import read_body
+
 COMPLETION = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -35,12 +37,7 @@ CHUNK_DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive, 1 << 20) or b""
     if scope["method"] == "GET":
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(MODELS)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -104,7 +104,6 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
         proxy_headers=False,  # a localhost sidecar has no proxy in front; saves a middleware per request
         server_header=False,
         date_header=False,
-        backlog=BACKLOG,
         **options,
     )
     return Server(config)
