@@ -1,4 +1,4 @@
-"""The control API's JSON shapes, built in one place (documented in README).
+"""The control API's answers, built from the running sidecar (shapes in `shapes.py`).
 
 Nothing here may carry a key or anything derived from one.
 """
@@ -6,11 +6,14 @@ Nothing here may carry a key or anything derived from one.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .health import Source
-from .runtime import Runtime
-from .upstream import NodeState
+from .shapes import ManualJSON, NodeJSON, StatusJSON
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .upstream import NodeState
 
 
 def _wall(monotonic_at: float | None) -> float | None:
@@ -20,7 +23,7 @@ def _wall(monotonic_at: float | None) -> float | None:
     return round(time.time() - (time.monotonic() - monotonic_at), 3)
 
 
-def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> dict[str, Any]:
+def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> NodeJSON:
     health = node.health
     cfg = node.config
     return {
@@ -28,24 +31,29 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> di
         "url": cfg.url,
         "priority": cfg.priority,
         "weight": cfg.weight,
-        "state": health.state,
+        "state": health.state.value,
         "manual": "down" if health.manual_down else "auto",
         "serving": serving,
         "reason": health.reason,
         "changed_at": _wall(health.changed_at),
         "blocked_until": _wall(health.blocked_until) if health.blocked_until > now else None,
-        "trial_at": _wall(health.trial_at),
         "active": {
             "enabled": cfg.checks.active is not None,
+            "healthy": health.active_healthy,
             "counters": health.counters[Source.ACTIVE].as_dict(),
             "last_probe": node.last_probe,
         },
-        "passive": {"enabled": cfg.checks.passive is not None, "counters": health.counters[Source.PASSIVE].as_dict()},
+        "passive": {
+            "enabled": cfg.checks.passive is not None,
+            "ejected_until": _wall(health.ejected_until),
+            "ejections": health.ejections,
+            "counters": health.counters[Source.PASSIVE].as_dict(),
+        },
         "traffic": node.stats.snapshot(now, uptime),
     }
 
 
-def status(runtime: Runtime) -> dict[str, Any]:
+def status(runtime: Runtime) -> StatusJSON:
     upstream = runtime.upstream
     serving = upstream.serving()
     now = upstream.clock()
@@ -66,11 +74,11 @@ def status(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-def manual_answer(runtime: Runtime, node: NodeState) -> dict[str, Any]:
+def manual_answer(runtime: Runtime, node: NodeState) -> ManualJSON:
     serving = runtime.upstream.serving()
     return {
         "node": node.name,
         "manual": "down" if node.health.manual_down else "auto",
-        "state": node.health.state,
+        "state": node.health.state.value,
         "serving": serving and serving.name,
     }

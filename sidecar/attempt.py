@@ -1,43 +1,51 @@
-"""One attempt on one node: send the request, wait for the first real bytes.
+"""One attempt on one node: the scope that owns it, and the wait for its first real bytes.
 
-Nothing reaches the client here, so anything that goes wrong is still
-retryable: the response headers are held until the first body byte (for SSE,
-the first non-comment line), which lets a node that answers 200 and then stays
-silent be failed over. Non-stream bodies are read whole for the same reason.
+`Attempt` is the one owner of everything an attempt takes: the node's trial
+lease (when the balancer offered a trial), its in-flight count, the upstream
+response. On exit it records exactly one outcome, on every path:
+
+- success: the body ended normally;
+- failure (a kind and a reason): an `UpstreamError` left the scope, or the
+  relay called `fail()` after it had to end a stream with an error event;
+- neutral: anything else (the client left, the sidecar is stopping, a bug in
+  the sidecar, the request's own retry budget ran out): the lease goes back
+  with no verdict on the node.
+
+Nothing reaches the client before `first_bytes` returns, so anything that goes
+wrong until then is still retryable: the response headers are held until the
+first body byte (for SSE, the first non-comment line), which lets a node that
+answers 200 and then stays silent be failed over. Non-stream bodies are read
+whole for the same reason.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import aiohttp
-from yarl import URL
+from enum import Enum
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .health import Failure
-from .upstream import NodeState
-from .watchdog import SendWatch
+from .transport import Request, Response, UpstreamError
+
+if TYPE_CHECKING:
+    from .upstream import NodeState, Upstream
 
 ERROR_BODY_LIMIT = 64 * 1024
 
 
-@dataclass
-class Failed:
-    kind: Failure
-    reason: str
-    # the upstream's own error answer, returned when every attempt fails
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] | None = None
-    body: bytes = b""
-    retry_after: float | None = None
+class Outcome(Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEUTRAL = "neutral"
 
 
-@dataclass
+@dataclass(slots=True)
 class Ready:
-    response: aiohttp.ClientResponse
+    response: Response
     stream: bool
     body: bytes  # the whole body, or what was held back of a stream
     first_byte: float
@@ -52,15 +60,15 @@ def status_reason(status: int) -> str:
     return f"http {status}"
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
+def retry_after(header: Callable[[str], str | None]) -> float | None:
     """Seconds from Retry-After (seconds or HTTP date) or OpenAI's retry-after-ms."""
-    ms = headers.get("retry-after-ms")
+    ms = header("retry-after-ms")
     if ms:
         try:
             return max(0.0, float(ms) / 1000)
         except ValueError:
             pass
-    value = headers.get("retry-after")
+    value = header("retry-after")
     if not value:
         return None
     try:
@@ -83,74 +91,78 @@ def has_payload(held: bytes | bytearray) -> bool:
     return False
 
 
-def describe(exc: BaseException) -> tuple[Failure, str]:
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return Failure.TIMEOUT, "connect timeout"
-    if isinstance(exc, TimeoutError):  # sock_read: silence longer than timeout.read
-        return Failure.TIMEOUT, "read timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return Failure.TCP, f"connect failed ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return Failure.TCP, "connection closed before a response"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return Failure.TCP, "connection closed mid-body"
-    return Failure.TCP, f"connection error ({type(exc).__name__})"
-
-
-async def attempt(
-    node: NodeState,
-    method: str,
-    url: URL,
-    headers: list[tuple[str, str]],
-    body: bytes,
-    retry_statuses: frozenset[int],
-    send_limit: float,
-    watch: SendWatch,
-) -> Failed | Ready:
-    """Send one request and classify the outcome; never raises for upstream faults."""
-    assert node.session is not None
+async def first_bytes(response: Response, retry_statuses: frozenset[int]) -> Ready:
+    """Wait for what may be sent to the client; raise UpstreamError when the node failed instead."""
     now = time.monotonic
-    response: aiohttp.ClientResponse | None = None
-    try:
-        # aiohttp arms sock_read only once the body is written; the watch bounds a stalled write.
-        task = watch.watch(send_limit)
-        try:
-            response = await node.session.request(method, url, headers=headers, data=body or None)
-        except asyncio.CancelledError:
-            if watch.unwatch(task):
-                return Failed(Failure.TIMEOUT, "send timeout")
-            raise
-        watch.unwatch(task)
-        status = response.status
-        if status in retry_statuses:
-            data = await response.content.read(ERROR_BODY_LIMIT)
-            response.release()
-            return Failed(
-                Failure.HTTP,
-                status_reason(status),
-                status,
-                list(response.raw_headers),
-                data,
-                retry_after(response.headers) if status == 429 else None,
-            )
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            held = bytearray()
-            first_byte = 0.0
-            while True:
-                chunk = await response.content.readany()
-                if not chunk:
-                    response.release()
-                    return Failed(Failure.TCP, "stream ended before any data")
-                if not held:
-                    first_byte = now()
-                held += chunk
-                if has_payload(held):
-                    return Ready(response, True, bytes(held), first_byte, now())
-        data = await response.read()
-        response.release()
-        return Ready(response, False, data, now(), None)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    status = response.status
+    if status in retry_statuses:
+        data = await response.read(ERROR_BODY_LIMIT)
+        raise UpstreamError(
+            Failure.HTTP,
+            status_reason(status),
+            status=status,
+            headers=list(response.raw_headers),
+            body=data,
+            retry_after=retry_after(response.header) if status == 429 else None,
+        )
+    if (response.header("content-type") or "").startswith("text/event-stream"):
+        held = bytearray()
+        first_byte = 0.0
+        while True:
+            chunk = await response.chunk()
+            if not chunk:
+                raise UpstreamError(Failure.TCP, "stream ended before any data")
+            if not held:
+                first_byte = now()
+            held += chunk
+            if has_payload(held):
+                return Ready(response, True, bytes(held), first_byte, now())
+    data = await response.read()
+    return Ready(response, False, data, now(), None)
+
+
+class Attempt:
+    """`async with upstream.attempt(choice) as attempt:` — see the module docstring."""
+
+    __slots__ = ("failure", "node", "response", "started", "trial", "upstream")
+
+    def __init__(self, upstream: Upstream, node: NodeState, trial: bool) -> None:
+        self.upstream = upstream
+        self.node = node
+        self.trial = trial
+        self.response: Response | None = None
+        self.failure: UpstreamError | None = None
+        self.started = 0.0
+
+    async def __aenter__(self) -> Attempt:
+        # Nothing here awaits, so the trial the balancer offered is still ours to take.
+        if self.trial:
+            self.node.health.begin_trial()
+        self.node.stats.in_flight += 1
+        self.started = self.upstream.clock()
+        return self
+
+    async def send(self, request: Request) -> Response:
+        self.response = await self.upstream.transport.send(self.node.name, request)
+        return self.response
+
+    def fail(self, error: UpstreamError) -> None:
+        """Record a failure without raising (the relay already told the client)."""
+        self.failure = error
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        failure = exc if isinstance(exc, UpstreamError) else self.failure
+        if failure is not None:
+            outcome = Outcome.FAILURE if failure.kind is not None else Outcome.NEUTRAL
+        else:
+            outcome = Outcome.SUCCESS if exc is None else Outcome.NEUTRAL
+        response = self.response
         if response is not None:
-            response.close()
-        kind, reason = describe(exc)
-        return Failed(kind, reason)
+            if outcome is Outcome.SUCCESS:
+                response.release()
+            else:
+                response.close()  # the node stops generating what nobody will read
+        self.node.stats.in_flight -= 1
+        self.upstream.record(self.node, outcome, failure, self.trial, self.started)

@@ -1,6 +1,7 @@
 """Node selection: priority levels, smooth weighted round-robin, trials, panic.
 
-Pure: it reads health objects and a clock value, opens no sockets.
+Pure: it reads health objects and a clock value, opens no sockets and changes
+no health. A trial it offers is taken (and given back) by the attempt scope.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ class Balancer:
                     continue
                 state = health[i]
                 if state.trial_ready(now):
-                    state.begin_trial()
                     return Choice(i, trial=True)
                 if state.available(now):
                     candidates.append(i)

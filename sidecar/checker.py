@@ -7,11 +7,11 @@ import contextlib
 import logging
 import time
 
-import aiohttp
+from yarl import URL
 
-from .attempt import describe
-from .health import Failure, Source
+from .health import Failure
 from .runtime import Runtime
+from .transport import Request, UpstreamError
 from .upstream import NodeState, Upstream
 
 log = logging.getLogger("llm_sidecar")
@@ -20,29 +20,35 @@ log = logging.getLogger("llm_sidecar")
 async def probe(upstream: Upstream, node: NodeState) -> None:
     """Probe one node once and feed the result to its health state machine."""
     check = node.config.checks.active
-    if check is None or node.session is None:
+    if check is None:
         return
-    headers = {"Authorization": node.auth} if node.auth else {}
+    headers = [("Authorization", node.auth)] if node.auth else []
+    request = Request("GET", URL(node.config.url + check.http_path, encoded=True), headers)
     started = time.monotonic()
     status: int | None = None
+    kind: Failure | None = None
     try:
         async with asyncio.timeout(check.timeout):
-            async with node.session.get(node.config.url + check.http_path, headers=headers) as response:
-                status = response.status
+            response = await upstream.transport.send(node.name, request)
+            status = response.status
+            try:
                 await response.read()
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if isinstance(exc, TimeoutError):
-            kind, reason = Failure.TIMEOUT, "probe timeout"
-        else:
-            kind, reason = describe(exc)
-            reason = f"probe {reason}"
-        upstream.failure(node, Source.ACTIVE, kind, reason)
+            except BaseException:
+                response.close()
+                raise
+            response.release()
+    except TimeoutError:
+        kind, reason = Failure.TIMEOUT, "probe timeout"
+    except UpstreamError as exc:
+        kind, reason = exc.kind, f"probe {exc.reason}"
+        if kind is None:  # the sidecar's own trouble says nothing about the node
+            log.warning("probe of %s not run: %s", node.name, exc.reason)
+            return
     else:
         reason = f"probe http {status}"
-        if status in check.healthy_http_statuses:
-            upstream.success(node, Source.ACTIVE, reason)
-        else:
-            upstream.failure(node, Source.ACTIVE, Failure.HTTP, reason)
+        if status not in check.healthy_http_statuses:
+            kind = Failure.HTTP
+    upstream.probed(node, kind, reason)
     node.last_probe = {
         "time": time.time(),
         "status": status,

@@ -183,7 +183,7 @@ def control_client(control_socket: str | None, config_path: str | None) -> Any:
     return ControlClient(find_socket(control_socket, config_path))
 
 
-def call(control_socket: str | None, config_path: str | None, method: str, *args: str) -> dict[str, Any]:
+def call(control_socket: str | None, config_path: str | None, method: str, *args: str) -> Any:
     from .client import ControlError, NotRunning
 
     with control_client(control_socket, config_path) as client:
@@ -212,9 +212,13 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
 @main.command()
 @CONFIG_OPTION
 @SOCKET_OPTION
-def failover(config_path: str | None, control_socket: str | None) -> None:
+@click.option("--node", "expected", metavar="NAME", help="Only if NAME is the serving node (default: the one now).")
+def failover(config_path: str | None, control_socket: str | None, expected: str | None) -> None:
     """Force failover away from the serving node (marks it down)."""
-    answer = call(control_socket, config_path, "failover")
+    if expected is None:
+        # Name the node we saw, so a failover that happened meanwhile is not doubled.
+        expected = call(control_socket, config_path, "status")["serving"]
+    answer = call(control_socket, config_path, "failover", *([expected] if expected else []))
     click.echo(
         f"{answer['down']} is down; {answer['serving']} serves now (undo: llm-sidecar node auto {answer['down']})"
     )

@@ -18,6 +18,7 @@ import httpx
 
 from .config import ConfigError
 from .discovery import control_socket_path, discover
+from .shapes import FailoverJSON, ManualJSON, ReloadJSON, StatusJSON
 
 
 class NotRunning(Exception):
@@ -61,7 +62,7 @@ def find_socket(override: str | None = None, config_path: str | None = None) -> 
     return control_socket_path(None)
 
 
-def _check(response: httpx.Response) -> dict[str, Any]:
+def _check(response: httpx.Response) -> Any:
     try:
         payload = response.json()
     except ValueError:
@@ -86,22 +87,22 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str) -> dict[str, Any]:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            return _check(self.http.request(method, path))
+            return _check(self.http.request(method, path, json=body))
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError):
             raise NotRunning(self.path) from None
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusJSON:
         return self.request("GET", "/v1/status")
 
-    def node(self, name: str, manual: str) -> dict[str, Any]:
+    def node(self, name: str, manual: str) -> ManualJSON:
         return self.request("POST", f"/v1/nodes/{name}/{manual}")
 
-    def failover(self) -> dict[str, Any]:
-        return self.request("POST", "/v1/failover")
+    def failover(self, node: str | None = None) -> FailoverJSON:
+        return self.request("POST", "/v1/failover", None if node is None else {"node": node})
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> ReloadJSON:
         return self.request("POST", "/v1/reload")
 
 
@@ -120,22 +121,22 @@ class AsyncControlClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
-    async def request(self, method: str, path: str) -> dict[str, Any]:
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            return _check(await self.http.request(method, path))
+            return _check(await self.http.request(method, path, json=body))
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError):
             raise NotRunning(self.path) from None
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> StatusJSON:
         return await self.request("GET", "/v1/status")
 
-    async def node(self, name: str, manual: str) -> dict[str, Any]:
+    async def node(self, name: str, manual: str) -> ManualJSON:
         return await self.request("POST", f"/v1/nodes/{name}/{manual}")
 
-    async def failover(self) -> dict[str, Any]:
-        return await self.request("POST", "/v1/failover")
+    async def failover(self, node: str | None = None) -> FailoverJSON:
+        return await self.request("POST", "/v1/failover", None if node is None else {"node": node})
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadJSON:
         return await self.request("POST", "/v1/reload")
 
     async def events(self, replay: bool = True, stop: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:

@@ -23,6 +23,7 @@ from . import api
 from .config import ConfigError
 from .runtime import Runtime
 from .server import StartupError
+from .shapes import FailoverJSON, ReloadJSON
 
 log = logging.getLogger("llm_sidecar")
 
@@ -128,15 +129,33 @@ class ControlServer:
             names = ", ".join(self.runtime.upstream.by_name)
             return _error(404, f"no node named {request.match_info['name']!r} (nodes: {names})", "not_found")
         self.runtime.upstream.set_manual(node, down)
-        log.warning("node %s set to manual %s over the control socket", node.name, "down" if down else "auto")
+        if down:
+            log.warning("node %s drained by hand over the control socket", node.name)
+        else:
+            log.info("node %s given back to automatic health checks over the control socket", node.name)
         return web.json_response(api.manual_answer(self.runtime, node))
 
     async def failover(self, request: web.Request) -> web.Response:
+        """Drain the serving node. With `{"node": NAME}` only if NAME still serves (409 otherwise),
+        so an operator who confirmed a failover away from NAME never drains another node."""
+        named: str | None = None
+        if request.can_read_body:
+            try:
+                payload = await request.json()
+            except ValueError:
+                return _error(400, 'body must be JSON, like {"node": "openai"}', "invalid_request")
+            named = payload.get("node") if isinstance(payload, dict) else None
+            if named is not None and not isinstance(named, str):
+                return _error(400, "node must be a string", "invalid_request")
         upstream = self.runtime.upstream
         current = upstream.serving()
         now = upstream.clock()
         if current is None:
             return _error(409, "no node is serving: every node is manually down", "conflict")
+        if named is not None and named != current.name:
+            return _error(
+                409, f"refused: {named} no longer serves ({current.name} does now); nothing was changed", "conflict"
+            )
         others = [n for n in upstream.nodes if n is not current and n.health.available(now)]
         if not others:
             return _error(
@@ -147,13 +166,13 @@ class ControlServer:
         upstream.set_manual(current, True)
         log.warning("manual failover away from %s over the control socket", current.name)
         serving = upstream.serving()
-        return web.json_response({"down": current.name, "serving": serving and serving.name})
+        answer: FailoverJSON = {"down": current.name, "serving": serving and serving.name}
+        return web.json_response(answer)
 
     async def reload(self, request: web.Request) -> web.Response:
         try:
             config = await self.runtime.reload()
         except ConfigError as exc:
             return _error(400, str(exc), "config_error", file=exc.file, key=exc.key)
-        return web.json_response(
-            {"ok": True, "config_path": config.path, "nodes": [n.name for n in config.upstream.nodes]}
-        )
+        answer: ReloadJSON = {"ok": True, "config_path": config.path, "nodes": [n.name for n in config.upstream.nodes]}
+        return web.json_response(answer)

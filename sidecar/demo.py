@@ -27,7 +27,7 @@ from .server import bind_tcp
 SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
     (0.0, "both providers up: the primary (openai-fake) serves everything", {"fail_rate": 0.0}),
     (8.0, "OUTAGE: the primary answers 503 to everything", {"fail_rate": 1.0, "fault": "error", "status": 503}),
-    (24.0, "the primary is back: active probes restore it", {"fail_rate": 0.0}),
+    (24.0, "the primary is back: probes pass, then one trial request restores it", {"fail_rate": 0.0}),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,16 +78,30 @@ def count_tokens(ex: Exchange, data: bytes) -> None:
         ex.tokens_out = int(completion.group(1))
 
 
-class BodyRewriter:
-    """Parses the JSON body once, on the first node that rewrites the model."""
+def is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """The client declared a JSON body (application/json, or a +json type)."""
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return False
 
-    def __init__(self, body: bytes) -> None:
+
+class BodyRewriter:
+    """Parses the JSON body once, on the first node that rewrites the model.
+
+    Only a body the client declared as JSON is rewritten: uploads (multipart
+    audio, files) and other bodies go to every node byte for byte.
+    """
+
+    def __init__(self, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self.body = body
+        self.json = bool(body) and is_json(headers)
         self.parsed: dict[str, Any] | None = None
 
     def for_node(self, node: NodeState) -> bytes:
         models = node.config.models
-        if not models or not self.body:
+        if not models or not self.json:
             return self.body
         if self.parsed is None:
             try:

@@ -1,19 +1,30 @@
 """The per-node health state machine: pure, clock passed in, no I/O.
 
+Two independent verdicts, as in Envoy: active health (probes) and passive
+ejection (outlier detection on real traffic). A node takes normal traffic only
+when it is active-healthy AND not ejected AND not manually down AND not inside
+a provider's Retry-After. Keeping them apart fixes two traps:
+
+- APISIX's: with passive checks only, an unhealthy node never sees traffic and
+  so never recovers. An ejection here ends by its own timer (Envoy's ejection
+  time, doubling per ejection, capped), then one trial request decides.
+- A probe (`GET /v1/models`) that succeeds says nothing about a chat endpoint
+  that hangs, so a probe never ends an ejection; otherwise such a node flaps
+  and every other request waits the full read timeout.
+
 Counters follow APISIX (lua-resty-healthcheck): a success resets the failure
 counters, a failure resets the success counter, and a threshold of one kind
-flips the state. Active probes and passive outcomes keep their own counters and
-thresholds. One trap of APISIX is fixed here: with passive checks only, an
-unhealthy node never sees traffic and so never recovers; we give it a single
-trial request after an Envoy-style ejection time that doubles per ejection.
+flips the verdict. Active and passive keep their own counters and thresholds.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
 from .config import ActiveCheck, PassiveCheck
+from .shapes import CountersJSON
 
 
 class Failure(StrEnum):
@@ -25,6 +36,13 @@ class Failure(StrEnum):
 class Source(StrEnum):
     ACTIVE = "active"
     PASSIVE = "passive"
+
+
+class State(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # active probes failed
+    EJECTED = "ejected"  # real traffic failed; back after a timer and a trial request
+    DOWN = "down"  # drained by hand
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,7 @@ class Counters:
         self.timeouts += 1
         return self.timeouts
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> CountersJSON:
         return {
             "successes": self.successes,
             "http_failures": self.http_failures,
@@ -79,102 +97,125 @@ class Health:
     def __init__(self, active: ActiveCheck | None, passive: PassiveCheck | None, now: float) -> None:
         self.active = active
         self.passive = passive
-        self.healthy = True
+        self.active_healthy = True
+        self.ejected_until: float | None = None  # set while ejected; the trial is due from then
         self.manual_down = False
+        self.blocked_until = 0.0
+        self.ejections = 0
+        self.restored_at = now
+        self.trial_in_flight = False
         self.reason = "start"
         self.changed_at = now
         self.counters = {Source.ACTIVE: Counters(), Source.PASSIVE: Counters()}
-        self.blocked_until = 0.0
-        self.ejections = 0
-        self.trial_at: float | None = None
-        self.trial_in_flight = False
 
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         if self.manual_down:
-            return "down"
-        return "healthy" if self.healthy else "unhealthy"
+            return State.DOWN
+        if not self.active_healthy:
+            return State.UNHEALTHY
+        if self.ejected_until is not None:
+            return State.EJECTED
+        return State.HEALTHY
+
+    @property
+    def healthy(self) -> bool:
+        """Neither verdict is against the node (manual state and Retry-After aside)."""
+        return self.active_healthy and self.ejected_until is None
 
     def available(self, now: float) -> bool:
         """May take normal traffic."""
-        return self.healthy and not self.manual_down and now >= self.blocked_until
+        return self.active_healthy and self.ejected_until is None and not self.manual_down and now >= self.blocked_until
 
     def trial_ready(self, now: float) -> bool:
-        """An ejected node without active checks may take one trial request."""
+        """An ejected node whose ejection time has passed may take one trial request."""
         return (
-            not self.healthy
-            and not self.manual_down
-            and self.trial_at is not None
-            and now >= self.trial_at
+            self.ejected_until is not None
+            and now >= self.ejected_until
             and not self.trial_in_flight
+            and self.active_healthy
+            and not self.manual_down
+            and now >= self.blocked_until
         )
 
     def begin_trial(self) -> None:
         self.trial_in_flight = True
 
-    def block(self, until: float) -> None:
-        """Keep the node out of selection until `until` (a 429's Retry-After)."""
+    def end_trial(self) -> None:
+        """Give the trial back without a verdict (the client left, the sidecar failed)."""
+        self.trial_in_flight = False
+
+    def block(self, until: float, now: float) -> None:
+        """Keep the node out of selection until `until` (a 429's Retry-After), capped."""
+        if not math.isfinite(until):
+            until = now + self._max_ejection()
+        until = min(until, now + self._max_ejection())
         self.blocked_until = max(self.blocked_until, until)
 
     def set_manual(self, down: bool, now: float) -> Transition | None:
         before = self.state
         self.manual_down = down
-        if self.state == before:
-            return None
         return self._changed(before, "manual down" if down else "manual auto", now)
 
-    def record_success(self, source: Source, now: float, reason: str = "ok") -> Transition | None:
-        check = self.active if source is Source.ACTIVE else self.passive
+    def record_success(self, source: Source, now: float, reason: str = "ok", trial: bool = False) -> Transition | None:
+        before = self.state
         counters = self.counters[source]
         counters.success()
-        if source is Source.PASSIVE:
+        if source is Source.ACTIVE:
+            active = self.active
+            if active is not None and not self.active_healthy and counters.successes >= active.healthy_successes:
+                self.active_healthy = True
+            return self._changed(before, reason, now)
+        if trial:
             self.trial_in_flight = False
-        if check is None or self.healthy:
-            return None
-        if counters.successes < check.healthy_successes:
-            # A trial succeeded but more successes are needed: allow the next one now.
-            if self.trial_at is not None:
-                self.trial_at = now
-            return None
-        before = self.state
-        self.healthy = True
-        self.trial_at = None
+        if self.ejected_until is not None and self.passive is not None:
+            if counters.successes >= self.passive.healthy_successes:
+                self.ejected_until = None
+                self.restored_at = now
+            else:
+                self.ejected_until = now  # more successes needed: the next trial may go now
         return self._changed(before, reason, now)
 
-    def record_failure(self, source: Source, kind: Failure, now: float, reason: str) -> Transition | None:
-        check = self.active if source is Source.ACTIVE else self.passive
-        counters = self.counters[source]
-        count = counters.failure(kind)
-        was_trial = source is Source.PASSIVE and self.trial_in_flight
-        if source is Source.PASSIVE:
-            self.trial_in_flight = False
-        if check is None:
-            return None
-        if not self.healthy:
-            if was_trial:
-                self._eject(now)
-            return None
-        if count < _threshold(check, kind):
-            return None
+    def record_failure(
+        self, source: Source, kind: Failure, now: float, reason: str, trial: bool = False
+    ) -> Transition | None:
         before = self.state
-        if now - self.changed_at > self._max_ejection():
-            self.ejections = 0  # healthy long enough: forget earlier ejections
-        self.healthy = False
-        self._eject(now)
+        count = self.counters[source].failure(kind)
+        if source is Source.ACTIVE:
+            if self.active is not None and self.active_healthy and count >= _threshold(self.active, kind):
+                self.active_healthy = False
+            return self._changed(before, reason, now)
+        if trial:
+            self.trial_in_flight = False
+        if self.passive is None:
+            return None
+        if self.ejected_until is not None:
+            if trial:
+                self._eject(now)  # the trial failed: out again, for twice as long
+                self.reason = reason
+            return None
+        if count >= _threshold(self.passive, kind):
+            if now - self.restored_at > self._max_ejection():
+                self.ejections = 0  # healthy long enough: forget earlier ejections
+            self._eject(now)
         return self._changed(before, reason, now)
+
+    def ejection_time(self) -> float:
+        """How long the next ejection lasts."""
+        assert self.passive is not None
+        return min(self.passive.base_ejection_time * 2**self.ejections, self.passive.max_ejection_time)
 
     def _eject(self, now: float) -> None:
-        if self.active is not None or self.passive is None:
-            self.trial_at = None  # active probes bring it back
-            return
+        self.ejected_until = now + self.ejection_time()
         self.ejections += 1
-        wait = min(self.passive.base_ejection_time * 2 ** (self.ejections - 1), self.passive.max_ejection_time)
-        self.trial_at = now + wait
 
     def _max_ejection(self) -> float:
-        return self.passive.max_ejection_time if self.passive is not None else 0.0
+        return (self.passive or PassiveCheck()).max_ejection_time
 
-    def _changed(self, before: str, reason: str, now: float) -> Transition:
+    def _changed(self, before: State, reason: str, now: float) -> Transition | None:
+        after = self.state
+        if after == before:
+            return None
         self.reason = reason
         self.changed_at = now
-        return Transition(before, self.state, reason)
+        return Transition(before, after, reason)

@@ -1,9 +1,12 @@
 """The proxy as a raw ASGI app: no framework on the hot path, so the server is swappable.
 
 A request is read whole (bounded by max_body_bytes), then tried on up to
-`retries + 1` nodes. Only once an attempt has produced real bytes does
-anything reach the client; after that a broken upstream ends the stream with an
-SSE error event instead of a hang.
+`retries + 1` nodes: this module is the policy loop. Each attempt is owned by
+an `Attempt` scope (attempt.py), the bytes are copied by the relay (relay.py).
+Only once an attempt has produced real bytes does anything reach the client;
+after that a broken upstream ends the stream with an SSE error event instead
+of a hang. A client that leaves, or a sidecar that stops, interrupts the
+request at once (interrupt.py).
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ import json
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from yarl import URL
 
-from .attempt import Failed, Ready, attempt
-from .errors import Send, send_error, send_json
+from .attempt import Attempt, Ready, first_bytes
+from .errors import Send, error_json, send_error, send_json
 from .exchange import MODEL_RE, STREAM_RE, BadBody, BodyRewriter, Exchange
-from .health import Failure, Source
+from .interrupt import Interrupt, Reason
 from .relay import give_up, relay
 from .runtime import Runtime
-from .upstream import NodeState, Upstream
+from .transport import Request, UpstreamError
+from .upstream import Upstream
 
 access_log = logging.getLogger("llm_sidecar.access")
 log = logging.getLogger("llm_sidecar")
@@ -39,10 +44,29 @@ REQUEST_DROP = frozenset(
         b"x-api-key", b"api-key", b"x-request-id",
     }
 )  # fmt: skip
+URL_CACHE_SIZE = 1024
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
 
 
 class ClientGone(Exception):
     pass
+
+
+class BudgetExceeded(Exception):
+    """The request's retry_timeout ran out: no verdict on the node that was being tried."""
+
+
+async def begin(attempt: Attempt, request: Request, statuses: frozenset[int]) -> Ready:
+    return await first_bytes(await attempt.send(request), statuses)
+
+
+async def within(seconds: float, pending: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(max(0.0, seconds)):
+            return await pending
+    except TimeoutError:
+        raise BudgetExceeded from None
 
 
 async def read_body(receive: Any, limit: int) -> bytes | None:
@@ -69,6 +93,7 @@ class ProxyApp:
         self.id_prefix = secrets.token_hex(4)
         self.id_counter = itertools.count(1)
         self.urls: dict[tuple[str, str], URL] = {}
+        self.inflight: set[Interrupt] = set()
 
     def next_id(self) -> str:
         return f"{self.id_prefix}{next(self.id_counter):08x}"
@@ -78,7 +103,7 @@ class ProxyApp:
         key = (base, suffix)
         url = self.urls.get(key)
         if url is None:
-            if len(self.urls) > 1024:
+            if len(self.urls) > URL_CACHE_SIZE:
                 self.urls.clear()
             url = self.urls[key] = URL(base + suffix, encoded=True)
         return url
@@ -156,23 +181,61 @@ class ProxyApp:
             stream=STREAM_RE.search(body) is not None,
             started=time.monotonic(),
         )
+        interrupt = Interrupt(send)
+        interrupt.watch(receive)
+        self.inflight.add(interrupt)
         try:
-            await self.forward(scope, receive, send, body, ex)
+            await self.forward(scope, interrupt.send, body, ex)
+        except asyncio.CancelledError:
+            if interrupt.reason is None:
+                raise  # not ours to handle
+            interrupt.task.uncancel()
+            await self.interrupted(interrupt, ex)
         except Exception:
             # A bug must still end the request with a clear error, and not take the sidecar down.
             log.exception("request %s failed inside the sidecar", ex.rid)
             ex.status, ex.error = 500, "internal error in the sidecar"
-            with contextlib.suppress(RuntimeError):  # the response had already started
+            if not interrupt.started:
                 await send_error(
-                    send,
-                    500,
-                    "internal error in llm-sidecar (see its log)",
-                    "server_error",
-                    "internal_error",
+                    send, 500, "internal error in llm-sidecar (see its log)", "server_error", "internal_error",
                     [rid_header],
-                )
+                )  # fmt: skip
+            elif not interrupt.complete:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            interrupt.close()
+            self.inflight.discard(interrupt)
             self.finish(ex)
+
+    async def interrupted(self, interrupt: Interrupt, ex: Exchange) -> None:
+        """End a request whose client left (nothing to send) or that the sidecar's stop cut short."""
+        if interrupt.reason is Reason.CLIENT_GONE:
+            ex.status, ex.error = CLIENT_CLOSED_REQUEST, "client disconnected"
+            return
+        ex.error = "sidecar stopped before the answer was complete"
+        send = interrupt._send
+        with contextlib.suppress(Exception):  # the client may be gone too
+            if not interrupt.started:
+                ex.status = 503
+                await send_error(
+                    send, 503, "llm-sidecar is stopping; retry against a running sidecar", "server_error",
+                    "sidecar_stopping", [(b"x-request-id", ex.rid.encode("latin-1"))],
+                )  # fmt: skip
+            elif not interrupt.complete:
+                body = b""
+                if ex.stream:
+                    body = b"data: " + error_json(ex.error, "server_error", "sidecar_stopping") + b"\n\n"
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def stop_requests(self) -> int:
+        """Interrupt every request in flight (the stop's grace is over) and let each end cleanly."""
+        interrupts = list(self.inflight)
+        for interrupt in interrupts:
+            interrupt.interrupt(Reason.SHUTDOWN)
+        tasks = [i.task for i in interrupts]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        return len(interrupts)
 
     async def healthz(self, send: Send) -> None:
         upstream = self.runtime.upstream
@@ -192,13 +255,16 @@ class ProxyApp:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
 
-    async def forward(self, scope: dict[str, Any], receive: Any, send: Send, body: bytes, ex: Exchange) -> None:
-        upstream: Upstream = self.runtime.upstream  # one config for the whole request
+    async def forward(self, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange) -> None:
+        upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
+        try:
+            await self.attempts(upstream, scope, send, body, ex)
+        finally:
+            self.runtime.release(upstream)
+
+    async def attempts(self, upstream: Upstream, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange) -> None:
         config = upstream.config.upstream
         budget = config.retries + 1
-        t = config.timeout
-        send_limit = t.connect + t.send + t.read
-        watch = self.runtime.send_watch
         deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope["query_string"]
@@ -207,9 +273,9 @@ class ProxyApp:
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in REQUEST_DROP
         ]
         base_headers.append(("X-Request-Id", ex.rid))
-        rewriter = BodyRewriter(body)
+        rewriter = BodyRewriter(body, scope["headers"])
         tried: set[int] = set()
-        last: Failed | None = None
+        last: UpstreamError | None = None
         timed_out = False
         while len(tried) < budget:
             choice = upstream.choose(tried)
@@ -226,39 +292,31 @@ class ProxyApp:
                 )
                 return
             headers = base_headers if node.auth is None else [*base_headers, ("Authorization", node.auth)]
-            url = self.url(node.config.url, suffix)
-            node.stats.in_flight += 1
-            started = upstream.clock()
+            request = Request(ex.method, self.url(node.config.url, suffix), headers, node_body)
+            statuses = node.config.checks.retry_statuses
             try:
-                pending = attempt(
-                    node, ex.method, url, headers, node_body, node.config.checks.retry_statuses, send_limit, watch
-                )
-                if deadline is None:
-                    outcome = await pending
-                else:
-                    try:
-                        async with asyncio.timeout(max(0.0, deadline - started)):
-                            outcome = await pending
-                    except TimeoutError:
-                        outcome, timed_out = Failed(Failure.TIMEOUT, "retry_timeout exceeded"), True
-                if isinstance(outcome, Ready):
-                    ok = await relay(receive, send, upstream, node, outcome, ex, len(tried))
-                    stats = node.stats
-                    stats.finished(upstream.clock(), upstream.clock() - started, ok)
-                    stats.tokens_in += ex.tokens_in or 0
-                    stats.tokens_out += ex.tokens_out or 0
-                    return
-            finally:
-                node.stats.in_flight -= 1
-            node.stats.finished(upstream.clock(), upstream.clock() - started, False)
-            self.failed(upstream, node, outcome, ex)
-            last = outcome
-            if timed_out:
+                async with upstream.attempt(choice) as attempt:
+                    if deadline is None:
+                        ready = await first_bytes(await attempt.send(request), statuses)
+                    else:
+                        ready = await within(deadline - upstream.clock(), begin(attempt, request, statuses))
+                    await relay(send, attempt, ready, ex, len(tried))
+                node.stats.tokens_in += ex.tokens_in or 0
+                node.stats.tokens_out += ex.tokens_out or 0
+                return
+            except BudgetExceeded:
+                timed_out = True
+                ex.attempts.append({"node": node.name, "reason": "retry_timeout exceeded"})
                 break
-        await give_up(send, ex, last, tried, timed_out, upstream)
-
-    def failed(self, upstream: Upstream, node: NodeState, outcome: Failed, ex: Exchange) -> None:
-        ex.attempts.append({"node": node.name, "reason": outcome.reason})
-        upstream.failure(node, Source.PASSIVE, outcome.kind, outcome.reason)
-        if outcome.retry_after:
-            upstream.block(node, outcome.retry_after)
+            except UpstreamError as exc:
+                if exc.kind is None:  # the sidecar's own trouble: another node would fare no better
+                    ex.status, ex.error = 503, exc.reason
+                    log.error("request %s: %s", ex.rid, exc.reason)
+                    await send_error(
+                        send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
+                        "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())],
+                    )  # fmt: skip
+                    return
+                ex.attempts.append({"node": node.name, "reason": exc.reason})
+                last = exc
+        await give_up(send, ex, last, len(tried), timed_out)

@@ -1,15 +1,15 @@
-"""Sending an answer to the client: a ready upstream response, or the error after the last attempt."""
+"""Sending an answer to the client: a ready upstream response, or the error after the last attempt.
+
+The relay only copies bytes into `send`; what an attempt's outcome was is the
+attempt scope's business (it is told through `Attempt.fail`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-from .attempt import Failed, Ready, describe
+from .attempt import Attempt, Ready
 from .errors import Send, error_json, send_error, send_json
 from .exchange import Exchange, count_tokens
-from .health import Source
-from .upstream import NodeState, Upstream
+from .transport import UpstreamError
 
 RESPONSE_DROP = frozenset(
     {
@@ -23,21 +23,29 @@ RESPONSE_DROP = frozenset(
         b"content-length",
     }
 )
+# An incomplete SSE event is held back until it completes, so a stream cut inside
+# an event never hands the client half a JSON object; past this size it goes as it is.
+MAX_PARTIAL_EVENT = 1 << 20
 
 
-async def give_up(
-    send: Send, ex: Exchange, last: Failed | None, tried: set[int], timed_out: bool, upstream: Upstream
-) -> None:
+def event_boundary(data: bytes) -> int:
+    """Length of the prefix of `data` made of complete SSE events."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+async def give_up(send: Send, ex: Exchange, last: UpstreamError | None, tried: int, timed_out: bool) -> None:
     extra = [
         (b"x-request-id", ex.rid.encode("latin-1")),
-        (b"x-llm-sidecar-attempts", str(len(tried)).encode()),
+        (b"x-llm-sidecar-attempts", str(tried).encode()),
         (b"x-should-retry", b"false"),
     ]
     why = "; ".join(f"{a['node']}: {a['reason']}" for a in ex.attempts)
     if last is not None and last.status and not timed_out:
         # The provider's own error tells the client most (e.g. its rate limit).
         ex.status, ex.error = last.status, f"all attempts failed ({why})"
-        headers = [(k, v) for k, v in last.headers or [] if k.lower() not in RESPONSE_DROP]
+        headers = [(k, v) for k, v in last.headers if k.lower() not in RESPONSE_DROP]
         headers += [(b"content-length", str(len(last.body)).encode()), *extra]
         await send({"type": "http.response.start", "status": last.status, "headers": headers})
         await send({"type": "http.response.body", "body": last.body})
@@ -51,57 +59,55 @@ async def give_up(
     await send_json(send, status, error_json(ex.error, "upstream_error", code), extra)
 
 
-async def relay(
-    receive: Any, send: Send, upstream: Upstream, node: NodeState, ready: Ready, ex: Exchange, attempts: int
-) -> bool:
-    """Forward a ready response; returns False when the upstream broke mid-stream."""
+async def relay(send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attempts: int) -> None:
+    """Forward a ready response to the client; a break mid-stream ends it with an SSE error event."""
     response = ready.response
+    node = attempt.node
     ex.node, ex.status = node.name, response.status
     ex.first_byte, ex.first_token = ready.first_byte, ready.first_token
     headers = [(k, v) for k, v in response.raw_headers if k.lower() not in RESPONSE_DROP]
     headers += [
         (b"x-llm-sidecar-node", node.name.encode()),
         (b"x-llm-sidecar-attempts", str(attempts).encode()),
+        (b"x-request-id", ex.rid.encode("latin-1")),
     ]
     if not ready.stream:
         count_tokens(ex, ready.body)
         headers.append((b"content-length", str(len(ready.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": ready.body})
-        upstream.success(node, Source.PASSIVE)
-        return True
+        return
     ex.stream = True
-    if b'"usage"' in ready.body:
-        count_tokens(ex, ready.body)
+    data = ready.body
+    if b'"usage"' in data:
+        count_tokens(ex, data)
+    cut = event_boundary(data)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": ready.body, "more_body": True})
-    content = response.content
-    # The server drops writes to a closed client silently; this tells us it left,
-    # so the upstream stops generating (and billing) tokens nobody reads.
-    gone = asyncio.ensure_future(receive())
-    try:
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            if b'"usage"' in chunk:
-                count_tokens(ex, chunk)
+    await send({"type": "http.response.body", "body": data[:cut], "more_body": True})
+    pending = data[cut:]
+    while True:
+        try:
+            chunk = await response.chunk()
+        except UpstreamError as exc:
+            ex.error = f"stream interrupted: {exc.reason}"
+            attempt.fail(exc)
+            event = error_json(
+                f"upstream {node.name} failed mid-stream: {exc.reason}", "upstream_error", "stream_interrupted"
+            )
+            # Whatever was held of an incomplete event is dropped: the error event starts clean.
+            await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+            return
+        if not chunk:
+            break
+        if b'"usage"' in chunk:
+            count_tokens(ex, chunk)
+        if pending:
+            chunk, pending = pending + chunk, b""
+        cut = event_boundary(chunk)
+        if cut == len(chunk) or len(chunk) > MAX_PARTIAL_EVENT:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if gone.done():
-                response.close()
-                ex.error = "client disconnected mid-stream"
-                return True
-    except Exception as exc:  # any upstream fault must end the stream cleanly
-        kind, reason = describe(exc)
-        response.close()
-        ex.error = f"stream interrupted: {reason}"
-        upstream.failure(node, Source.PASSIVE, kind, ex.error)
-        event = error_json(f"upstream {node.name} failed mid-stream: {reason}", "upstream_error", "stream_interrupted")
-        await send({"type": "http.response.body", "body": b"\n\ndata: " + event + b"\n\n", "more_body": False})
-        return False
-    finally:
-        gone.cancel()
-    response.release()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    upstream.success(node, Source.PASSIVE)
-    return True
+        else:
+            pending = chunk[cut:]
+            if cut:
+                await send({"type": "http.response.body", "body": chunk[:cut], "more_body": True})
+    await send({"type": "http.response.body", "body": pending, "more_body": False})

@@ -1,4 +1,4 @@
-"""What a running sidecar holds: the loaded config, the upstream and the event hub."""
+"""What a running sidecar holds: the loaded config, the current upstream generation and the event hub."""
 
 from __future__ import annotations
 
@@ -11,41 +11,71 @@ from collections.abc import Callable
 from . import __version__
 from .config import Config, ConfigError, load
 from .events import EventHub
+from .transport import AiohttpTransport, Transport
 from .upstream import Upstream
 from .watchdog import SendWatch
 
 log = logging.getLogger("llm_sidecar")
 
+TransportFactory = Callable[[Config, SendWatch], Transport]
+
 
 class Runtime:
-    def __init__(self, config: Config, events: EventHub | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        events: EventHub | None = None,
+        transport: TransportFactory = AiohttpTransport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.events = events or EventHub()
         self.config = config
-        self.upstream = Upstream(config, self.events)
+        self.send_watch = SendWatch()
+        self.transport = transport
+        self.clock = clock
+        self.upstream = Upstream(config, self.events, transport(config, self.send_watch), clock=clock)
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self.config_loaded_at = self.started
         self.pid = os.getpid()
         self.version = __version__
         self.control_socket = ""
-        self._retiring: asyncio.Future[None] | None = None
         self.on_reload: Callable[[], None] | None = None
-        self.send_watch = SendWatch()
-
-    def _retire(self, old: Upstream) -> None:
-        """Close the old sessions once their in-flight requests are done (bounded)."""
-
-        async def close_when_idle() -> None:
-            deadline = time.monotonic() + self.config.upstream.timeout.read + 5
-            while any(n.stats.in_flight for n in old.nodes) and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
-            await old.close()
-
-        self._retiring = asyncio.ensure_future(close_when_idle())
+        self.closing: set[asyncio.Task[None]] = set()
 
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def acquire(self) -> Upstream:
+        """The current generation, held until `release`: a reload will not close it under a request."""
+        upstream = self.upstream
+        upstream.refs += 1
+        return upstream
+
+    def release(self, upstream: Upstream) -> None:
+        upstream.refs -= 1
+        if upstream.retired and upstream.refs == 0:
+            self._close(upstream)
+
+    def _close(self, upstream: Upstream) -> None:
+        task = asyncio.ensure_future(upstream.close())
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    def apply(self, config: Config) -> Upstream:
+        """Switch to a new generation; the old one closes when its last request ends."""
+        old = self.upstream
+        new = Upstream(config, self.events, self.transport(config, self.send_watch), old.nodes, self.clock)
+        self.upstream = new
+        self.config = config
+        self.config_loaded_at = time.time()
+        old.retired = True
+        if old.refs == 0:
+            self._close(old)
+        if self.on_reload is not None:
+            self.on_reload()
+        return new
 
     async def reload(self) -> Config:
         """Re-read the config file; on any error keep the running config and raise."""
@@ -57,23 +87,15 @@ class Runtime:
             raise
         if (config.server.host, config.server.port) != (self.config.server.host, self.config.server.port):
             log.warning("reload: [server].listen changes take effect on restart")
-        old = self.upstream
-        new = Upstream(config, self.events, previous=old.nodes)
-        # Sessions of nodes that survive are moved over; in-flight requests keep
-        # the old Upstream object they started with.
-        same_timeouts = config.upstream.timeout == self.config.upstream.timeout
-        kept = {n.name: n for n in old.nodes}
-        for node in new.nodes:
-            previous = kept.get(node.name)
-            if same_timeouts and previous is not None and previous.config.url == node.config.url:
-                node.session, previous.session = previous.session, None
-        await new.start()
-        self.upstream = new
-        self.config = config
-        self.config_loaded_at = time.time()
-        self._retire(old)
-        if self.on_reload is not None:
-            self.on_reload()
+        new = self.apply(config)
         self.events.publish("config", ok=True, path=config.path, nodes=[n.name for n in new.nodes])
         log.info("config reloaded from %s (%d nodes)", config.path, len(new.nodes))
         return config
+
+    async def close(self) -> None:
+        """Close the current generation and wait for retired ones being closed."""
+        self.upstream.retired = True
+        if self.upstream.refs == 0:
+            self._close(self.upstream)
+        if self.closing:
+            await asyncio.wait(list(self.closing), timeout=5)

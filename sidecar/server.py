@@ -6,23 +6,26 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .acceptor import Acceptor
 from .checker import ActiveChecker
 from .config import Config
+from .onewrite import OneWrite
 from .proxy import ProxyApp
 from .runtime import Runtime
-from .transport import OneWrite
 
 log = logging.getLogger("llm_sidecar")
 
 BACKLOG = 2048
+STOP_BACKSTOP = 5.0  # seconds past the grace before uvicorn cancels what is left itself
+FD_LIMIT_CAP = 65536  # when the hard limit is unlimited
 
 
 class StartupError(Exception):
@@ -79,14 +82,17 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
             yield  # see signals()
 
         @contextlib.contextmanager
-        def signals(self) -> Iterator[None]:
-            """SIGINT/SIGTERM stop the server gracefully (a second SIGINT forces it)."""
+        def signals(self, handler: Callable[[int], None] | None = None) -> Iterator[None]:
+            """SIGINT/SIGTERM go to `handler` (default: uvicorn's graceful stop)."""
             if threading.current_thread() is not threading.main_thread():
                 yield  # e.g. the demo behind the monitor: its owner stops it
                 return
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+                if handler is None:
+                    loop.add_signal_handler(sig, self.handle_exit, sig, None)
+                else:
+                    loop.add_signal_handler(sig, handler, sig)
             try:
                 yield
             finally:
@@ -109,14 +115,72 @@ def uvicorn_server(app: Any, **options: Any) -> Any:
     return Server(config)
 
 
+class Stopper:
+    """The first SIGINT/SIGTERM stops new requests and gives those in flight `grace` seconds;
+    a second signal, or the end of the grace, ends them at once with a clear error
+    (an SSE error event for a stream, a 503 JSON error for an answer not yet started)."""
+
+    def __init__(self, server: Any, app: ProxyApp, grace: float) -> None:
+        self.server = server
+        self.app = app
+        self.grace = grace
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def signal(self, sig: int) -> None:
+        if not self.server.should_exit:
+            self.server.should_exit = True
+            n = len(self.app.inflight)
+            if n:
+                log.info(
+                    "stopping: waiting for %d in-flight request(s) (up to %gs); Ctrl-C again to stop now", n, self.grace
+                )
+            self.timer = asyncio.get_running_loop().call_later(self.grace, self.now)
+        else:
+            self.now()
+
+    def now(self) -> None:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._now())
+
+    async def _now(self) -> None:
+        count = await self.app.stop_requests()
+        if count:
+            log.warning("stopped now: %d request(s) still in flight were ended with an error", count)
+        self.server.force_exit = True
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def raise_fd_limit() -> None:
+    """Every proxied request holds two descriptors: use all the hard limit allows."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, FD_LIMIT_CAP)
+        if soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open file limit raised from %d to %d", soft, target)
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open file limit: %s", exc)
+
+
 async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
+    raise_fd_limit()
     runtime = Runtime(config)
+    app = ProxyApp(runtime)
     # Built (uvicorn imported) and signals handled before the port opens: a client that can
-    # connect may signal us at once.
-    server = uvicorn_server(ProxyApp(runtime), timeout_keep_alive=75, timeout_graceful_shutdown=grace)
-    with server.signals():
-        await _serve(runtime, server, control_socket)
+    # connect may signal us at once. Our own stopper ends requests at `grace`; uvicorn's
+    # timeout is only a backstop.
+    server = uvicorn_server(app, timeout_keep_alive=75, timeout_graceful_shutdown=grace + STOP_BACKSTOP)
+    stopper = Stopper(server, app, grace)
+    with server.signals(stopper.signal):
+        try:
+            await _serve(runtime, server, control_socket)
+        finally:
+            stopper.cancel()
 
 
 async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> None:
@@ -134,7 +198,6 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         if control is not None:
             await control.stop()
         raise
-    await runtime.upstream.start()
     checker = ActiveChecker(runtime)
     checker.sync()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
@@ -152,7 +215,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         await checker.close()
         if control is not None:
             await control.stop()
-        await runtime.upstream.close()
+        await runtime.close()
         sock.close()
 
 

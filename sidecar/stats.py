@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-WINDOW = 60.0
+from .shapes import TrafficJSON
+
+WINDOW = 60.0  # seconds that rps and the percentiles cover
+TRIM_EVERY = 4096  # entries appended between trims of the window
+MAX_WINDOW_ENTRIES = 100_000  # a bound on memory at very high request rates
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The nearest-rank percentile; the one formula for the status API and the monitor."""
     if not sorted_values:
         return None
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
@@ -31,7 +36,7 @@ class NodeStats:
             self.errors += 1
         window = self.window
         window.append((now, seconds))
-        if len(window) > 4096 or window[0][0] < now - WINDOW * 2:
+        if len(window) > TRIM_EVERY or window[0][0] < now - WINDOW * 2:
             self.trim(now)
 
     def trim(self, now: float) -> None:
@@ -39,10 +44,10 @@ class NodeStats:
         window = self.window
         while window and window[0][0] < cutoff:
             window.popleft()
-        while len(window) > 100_000:
+        while len(window) > MAX_WINDOW_ENTRIES:
             window.popleft()
 
-    def snapshot(self, now: float, uptime: float) -> dict[str, float | int | None]:
+    def snapshot(self, now: float, uptime: float) -> TrafficJSON:
         self.trim(now)
         latencies = sorted(s for _, s in self.window)
         span = min(WINDOW, max(uptime, 1.0))

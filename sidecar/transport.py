@@ -1,58 +1,213 @@
-"""A response's head and its first body bytes in one write.
+"""The seam between the proxy and the HTTP client that reaches the nodes.
 
-uvicorn writes the status line and headers as soon as the app sends
-`http.response.start`, and the body with the next message: two syscalls and two
-TCP segments per response. Over loopback the sending core also runs the
-receiving side of the TCP stack, so the extra segment costs the sidecar's own
-CPU. Measured here: +15% req/s at c=16 and at c=256 (medians of 4 interleaved rounds).
+Like httpx's transports: two small types (a response, and a transport that sends
+a request to a named node), and the client library's exceptions translated into
+the sidecar's failure kinds at this one boundary. The proxy, the relay and the
+health checker see only these types, so an in-memory transport (`mock.py`)
+drives every failure case in tests without sockets.
+
+The real one uses aiohttp's client: httpx's pool collapses under concurrency
+(0.38k vs 6.6k req/s at 16 concurrent, measured on this project).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-RESPONSE_HEAD = b"HTTP/1.1 "
+import aiohttp
+from yarl import URL
+
+from .config import Config
+from .health import Failure
+from .watchdog import SendWatch
+
+# aiohttp adds these unless told not to; a proxy must pass the client's own.
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+KEEPALIVE_SECONDS = 60
+DNS_CACHE_SECONDS = 300
+# The sidecar's own resources, not the node's fault: never held against a node's health.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class OneWrite:
-    """Wraps a transport: the write that starts a response waits for the next one.
+class UpstreamError(Exception):
+    """An attempt failed, classified; carries the node's own error answer when there was one."""
 
-    A held head goes out with the next write, on close, or at the next turn of
-    the loop, whichever comes first, so nothing is reordered or kept back longer
-    than one loop iteration.
-    """
+    def __init__(
+        self,
+        kind: Failure | None,
+        reason: str,
+        *,
+        status: int = 0,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.kind = kind  # None: the sidecar's own failure (out of file descriptors), no health verdict
+        self.reason = reason
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.retry_after = retry_after
 
-    __slots__ = ("held", "loop", "transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = transport
-        self.loop = loop
-        self.held: bytes | None = None
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    url: URL
+    headers: list[tuple[str, str]]
+    body: bytes = b""
 
-    def write(self, data: bytes) -> None:
-        held = self.held
-        if held is not None:
-            self.held = None
-            self.transport.write(held + data)
-        elif data.startswith(RESPONSE_HEAD):
-            self.held = data
-            self.loop.call_soon(self.flush)
-        else:
-            self.transport.write(data)
 
-    def flush(self) -> None:
-        held = self.held
-        if held is not None:
-            self.held = None
-            self.transport.write(held)
+class Response(Protocol):
+    """An upstream response whose body has not been read yet."""
+
+    status: int
+    raw_headers: Sequence[tuple[bytes, bytes]]
+
+    def header(self, name: str) -> str | None: ...
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The body (or its first `limit` bytes); raises UpstreamError."""
+
+    async def chunk(self) -> bytes:
+        """The next bytes as they arrive; b"" at the end; raises UpstreamError."""
+
+    def release(self) -> None:
+        """Done with a fully read body: the connection may be reused."""
 
     def close(self) -> None:
-        self.flush()
-        self.transport.close()
+        """Abandon the response: the connection is closed, the node stops sending."""
 
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
+class Transport(Protocol):
+    async def send(self, node: str, request: Request) -> Response:
+        """Send `request` to `node` and return once the response headers are in; raises UpstreamError."""
+
+    async def aclose(self) -> None: ...
+
+
+def translate(exc: BaseException) -> UpstreamError:
+    """aiohttp's exceptions (and the timeouts it raises) as the sidecar's failure kinds."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamError(Failure.TIMEOUT, "connect timeout")
+    if isinstance(exc, TimeoutError):  # sock_read: silence longer than timeout.read
+        return UpstreamError(Failure.TIMEOUT, "read timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if exc.os_error.errno in LOCAL_ERRNOS:
+            return UpstreamError(None, f"sidecar out of resources ({exc.os_error.strerror})")
+        return UpstreamError(Failure.TCP, f"connect failed ({exc.os_error.strerror or exc.os_error})")
+    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        return UpstreamError(None, f"sidecar out of resources ({exc.strerror})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamError(Failure.TCP, "connection closed before a response")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError(Failure.TCP, "connection closed mid-body")
+    return UpstreamError(Failure.TCP, f"connection error ({type(exc).__name__})")
+
+
+CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class AiohttpResponse:
+    __slots__ = ("_response", "raw_headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.raw_headers = response.raw_headers
+
+    def header(self, name: str) -> str | None:
+        return self._response.headers.get(name)
+
+    async def read(self, limit: int = -1) -> bytes:
+        try:
+            if limit < 0:
+                return await self._response.read()
+            return await self._response.content.read(limit)
+        except CLIENT_ERRORS as exc:
+            raise translate(exc) from None
+
+    async def chunk(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except CLIENT_ERRORS as exc:
+            raise translate(exc) from None
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def new_session(config: Config) -> aiohttp.ClientSession:
+    t = config.upstream.timeout
+    connector = aiohttp.TCPConnector(
+        limit=0,  # the agent's concurrency is the limit; a cap here would only queue
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ttl_dns_cache=DNS_CACHE_SECONDS,
+        enable_cleanup_closed=False,
+    )
+    # total=None: a 20-minute stream that keeps sending must never be cut.
+    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=t.connect, sock_read=t.read)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        raise_for_status=False,
+        trust_env=False,
+        # A proxy must not keep one client's cookies (e.g. a CDN's Set-Cookie) and send
+        # them along with everybody's later requests; it also skips cookie work per request.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+@dataclass(eq=False)
+class AiohttpTransport:
+    """One connection pool per node, for one config generation.
+
+    A reload builds a new transport; the old one is closed only once no request
+    holds its generation any more, so a reload never breaks a request in flight.
+    """
+
+    config: Config
+    watch: SendWatch
+    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
+
+    async def send(self, node: str, request: Request) -> Response:
+        session = self.sessions.get(node)
+        if session is None:
+            session = self.sessions[node] = new_session(self.config)
+        t = self.config.upstream.timeout
+        # aiohttp arms sock_read only once the body is written; the watch bounds a stalled write.
+        task = self.watch.watch(t.connect + t.send + t.read)
+        try:
+            response = await session.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body or None,
+                # A redirect is the node's answer to relay, never a reason to send the prompt elsewhere.
+                allow_redirects=False,
+            )
+        except asyncio.CancelledError:
+            if self.watch.unwatch(task):
+                raise UpstreamError(Failure.TIMEOUT, "send timeout") from None
+            raise
+        except CLIENT_ERRORS as exc:
+            self.watch.unwatch(task)
+            raise translate(exc) from None
+        self.watch.unwatch(task)
+        return AiohttpResponse(response)
+
+    async def aclose(self) -> None:
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            await session.close()

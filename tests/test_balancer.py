@@ -74,7 +74,7 @@ def test_panic_skips_manually_drained_nodes() -> None:
 def test_rate_limited_node_is_skipped_and_tried_last_in_panic() -> None:
     health = healthy(2)
     b = Balancer([0, -1], [1, 1], health)
-    health[0].block(30)
+    health[0].block(30, now=0)
     assert b.choose(set(), 1).index == 1
     eject(health[1])
     choice = b.choose(set(), 1)
@@ -89,6 +89,8 @@ def test_trial_goes_to_the_ejected_primary_once_after_cooldown() -> None:
     assert b.choose(set(), 5).index == 1  # cooling down
     choice = b.choose(set(), 10)
     assert choice.index == 0 and choice.trial
+    assert b.choose(set(), 10).trial  # choosing is pure: the trial is offered until someone takes it
+    health[0].begin_trial()  # the attempt scope takes it
     assert b.choose(set(), 10).index == 1  # trial in flight: others go to the backup
 
 

@@ -84,7 +84,7 @@ async def test_event_stream_replays_then_delivers_request_and_health_in_order(fa
     assert (health["node"], health["before"], health["after"], health["reason"]) == (
         "primary",
         "healthy",
-        "unhealthy",
+        "ejected",
         "http 500",
     )
     last = events[4]
@@ -295,13 +295,15 @@ def test_version_and_help() -> None:
 
 def test_demo_shows_failover_and_recovery() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "demo", "--no-tui", "--duration", "30"],
+        [sys.executable, "-m", "sidecar", "demo", "--no-tui", "--duration", "36"],
         capture_output=True, text=True, timeout=90, env=cli_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "openai-fake: healthy -> unhealthy (http 503)" in out
-    assert "openai-fake: unhealthy -> healthy (probe http 200)" in out
+    assert "openai-fake: healthy -> ejected (http 503)" in out
+    assert "openai-fake: ejected -> unhealthy (probe http 503)" in out  # probes fail too
+    assert "openai-fake: unhealthy -> ejected (probe http 200)" in out  # probes pass: still ejected
+    assert "openai-fake: ejected -> healthy (trial request ok)" in out  # the trial request brings it back
     assert "failed over inside the request" in out
     served = out.splitlines()[-1]
     assert "'openai-fake'" in served and "'deepseek-fake'" in served

@@ -71,14 +71,43 @@ def test_a_failure_interrupts_the_success_streak() -> None:
     assert not h.healthy
 
 
-def test_passive_failures_eject_and_active_probes_restore() -> None:
+def test_passive_ejection_is_never_ended_by_probes_only_by_its_timer_and_a_trial() -> None:
     h = Health(ACTIVE, PASSIVE, now=0)
     for i in range(3):
         h.record_failure(Source.PASSIVE, Failure.HTTP, i, "http 500")
-    assert not h.healthy
-    assert h.trial_at is None  # active checks will bring it back, no trial
-    h.record_success(Source.ACTIVE, 5)
-    assert h.record_success(Source.ACTIVE, 6).after == "healthy"
+    assert h.state == "ejected" and h.ejected_until == 2 + 10
+    for t in range(3, 20):  # probes keep passing (the chat endpoint may hang while /v1/models answers)
+        assert h.record_success(Source.ACTIVE, t, "probe http 200") is None
+    assert h.state == "ejected" and not h.available(19)
+    assert not h.trial_ready(11.9) and h.trial_ready(12)
+    h.begin_trial()
+    t = h.record_success(Source.PASSIVE, 20, "trial request ok", trial=True)
+    assert t is not None and (t.before, t.after) == ("ejected", "healthy") and h.available(20)
+
+
+def test_active_and_passive_verdicts_are_separate_and_both_must_pass() -> None:
+    h = Health(ACTIVE, PASSIVE, now=0)
+    for i in range(3):
+        h.record_failure(Source.PASSIVE, Failure.HTTP, i, "http 500")
+    for i in range(3):
+        h.record_failure(Source.ACTIVE, Failure.HTTP, 3 + i, "probe http 500")
+    assert h.state == "unhealthy" and not h.active_healthy and h.ejected_until is not None
+    assert not h.trial_ready(100)  # no trial while the probes say the node is down
+    h.record_success(Source.ACTIVE, 101)
+    t = h.record_success(Source.ACTIVE, 102, "probe http 200")
+    assert t is not None and (t.before, t.after) == ("unhealthy", "ejected")
+    assert h.trial_ready(102)
+    h.begin_trial()
+    assert h.record_success(Source.PASSIVE, 103, "ok", trial=True).after == "healthy"
+
+
+def test_a_trial_given_back_without_a_verdict_can_be_taken_again() -> None:
+    h = Health(None, PASSIVE, now=0)
+    h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 0, "read timeout")
+    h.begin_trial()
+    assert not h.trial_ready(20)
+    h.end_trial()  # the client left during the trial
+    assert h.trial_ready(20) and h.state == "ejected"
 
 
 def test_disabled_source_counts_but_never_flips() -> None:
@@ -91,47 +120,55 @@ def test_disabled_source_counts_but_never_flips() -> None:
 def test_passive_only_gets_a_trial_after_cooldown_that_doubles() -> None:
     h = Health(None, PASSIVE, now=0)
     t = h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 100, "read timeout")
-    assert t is not None and t.after == "unhealthy"
-    assert h.trial_at == 110 and not h.trial_ready(109.9) and h.trial_ready(110)
+    assert t is not None and t.after == "ejected"
+    assert h.ejected_until == 110 and not h.trial_ready(109.9) and h.trial_ready(110)
     h.begin_trial()
     assert not h.trial_ready(111)  # one trial at a time
-    h.record_failure(Source.PASSIVE, Failure.HTTP, 111, "http 500")  # the trial failed
-    assert h.trial_at == 111 + 20  # doubled
+    h.record_failure(Source.PASSIVE, Failure.HTTP, 111, "http 500", trial=True)  # the trial failed
+    assert h.ejected_until == 111 + 20  # doubled
     h.begin_trial()
-    h.record_failure(Source.PASSIVE, Failure.HTTP, 131, "http 500")
-    assert h.trial_at == 131 + 35  # capped at max_ejection_time
+    h.record_failure(Source.PASSIVE, Failure.HTTP, 131, "http 500", trial=True)
+    assert h.ejected_until == 131 + 35  # capped at max_ejection_time
     h.begin_trial()
-    t = h.record_success(Source.PASSIVE, 170, "ok")
-    assert t is not None and t.after == "healthy" and h.available(170) and h.trial_at is None
+    t = h.record_success(Source.PASSIVE, 170, "ok", trial=True)
+    assert t is not None and t.after == "healthy" and h.available(170) and h.ejected_until is None
 
 
 def test_ejection_backoff_resets_after_a_long_healthy_spell() -> None:
     h = Health(None, PASSIVE, now=0)
     h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 0, "t")
     h.begin_trial()
-    h.record_success(Source.PASSIVE, 10)
+    h.record_success(Source.PASSIVE, 10, trial=True)
     h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 11, "t")
-    assert h.trial_at == 11 + 20  # second ejection soon after: doubled
+    assert h.ejected_until == 11 + 20  # second ejection soon after: doubled
     h.begin_trial()
-    h.record_success(Source.PASSIVE, 31)
+    h.record_success(Source.PASSIVE, 31, trial=True)
     h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 1000, "t")
-    assert h.trial_at == 1000 + 10  # healthy for long: back to base
+    assert h.ejected_until == 1000 + 10  # healthy for long: back to base
 
 
 def test_trial_needs_more_successes_when_configured() -> None:
     h = Health(None, PassiveCheck(healthy_successes=2, unhealthy_timeouts=1, base_ejection_time=5), now=0)
     h.record_failure(Source.PASSIVE, Failure.TIMEOUT, 0, "t")
     h.begin_trial()
-    assert h.record_success(Source.PASSIVE, 6) is None
+    assert h.record_success(Source.PASSIVE, 6, trial=True) is None
     assert h.trial_ready(6)  # next trial allowed at once
     h.begin_trial()
-    assert h.record_success(Source.PASSIVE, 7).after == "healthy"
+    assert h.record_success(Source.PASSIVE, 7, trial=True).after == "healthy"
 
 
 def test_retry_after_blocks_until_then() -> None:
     h = Health(None, PASSIVE, now=0)
-    h.block(30)
+    h.block(30, now=0)
     assert h.healthy and not h.available(29) and h.available(30)
+
+
+def test_retry_after_is_capped_at_the_max_ejection_time() -> None:
+    h = Health(None, PASSIVE, now=0)
+    h.block(float("inf"), now=5)
+    assert h.blocked_until == 5 + 35
+    h.block(1e12, now=6)
+    assert h.blocked_until == 6 + 35
 
 
 def test_manual_down_overrides_health() -> None:

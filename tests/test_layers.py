@@ -25,9 +25,9 @@ def test_sidecar_never_imports_tui() -> None:
     assert not {m for m in imported_modules("sidecar") if m == "tui" or m.startswith("tui.")}
 
 
-def test_tui_uses_only_the_control_client_and_display_helpers() -> None:
+def test_tui_uses_only_the_control_client_shapes_and_display_helpers() -> None:
     used = {m for m in imported_modules("tui") if m.startswith("sidecar")}
-    assert used <= {"sidecar.client", "sidecar.display"}, used
+    assert used <= {"sidecar.client", "sidecar.shapes", "sidecar.display", "sidecar.stats"}, used
 
 
 def loaded_after(code: str) -> set[str]:

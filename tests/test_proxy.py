@@ -227,28 +227,49 @@ async def test_break_after_bytes_ends_stream_with_sse_error(fakes, sidecar, clie
     assert status["passive"]["counters"]["tcp_failures"] == 1
 
 
-async def test_passive_ejection_then_recovery_by_active_probes(fakes, sidecar, client) -> None:
-    primary = await fakes("primary", fail_rate=1.0, faults_on_models=False)
+async def test_probes_never_end_an_ejection_so_a_hanging_chat_endpoint_does_not_flap(fakes, sidecar, client) -> None:
+    # The chat endpoint hangs while /v1/models answers: probes stay green, the node stays ejected.
+    primary = await fakes("primary", fail_rate=1.0, fault="hang", faults_on_models=False)
     backup = await fakes("backup")
     checks = {
-        "active": {"interval": 0.2, "timeout": 1, "healthy": {"successes": 2}},
-        "passive": {"unhealthy": {"http_failures": 2}},
+        "active": {"interval": 0.1, "timeout": 1},
+        "passive": {"unhealthy": {"timeouts": 1}, "base_ejection_time": 2},
     }
+    config = two_node_config(primary, backup, checks=checks, timeout={"connect": 1, "send": 5, "read": 0.5})
+    car = await sidecar(config)
+    stalled = 0
+    for _ in range(12):
+        started = time.monotonic()
+        r = await client.post(car.url + CHAT, json=chat())
+        assert r.status_code == 200 and r.headers["x-llm-sidecar-node"] == "backup"
+        stalled += time.monotonic() - started >= 0.5
+        await asyncio.sleep(0.05)
+    assert stalled == 1  # only the request that found out; no flapping
+    node = await car.node("primary")
+    assert node["state"] == "ejected" and node["active"]["healthy"] and node["reason"] == "read timeout"
+    # Once the ejection time has passed, one trial request decides; a fixed node is back.
+    primary.set(fail_rate=0.0)
+    await asyncio.sleep(2.1)
+    assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "primary"
+    assert (await car.node("primary"))["state"] == "healthy"
+
+
+async def test_failed_probes_mark_unhealthy_and_passing_probes_restore(fakes, sidecar, client) -> None:
+    primary, backup = await fakes("primary"), await fakes("backup")
+    checks = {"active": {"interval": 0.1, "timeout": 1, "healthy": {"successes": 2}}, "passive": {}}
     car = await sidecar(two_node_config(primary, backup, checks=checks))
-    for _ in range(2):
-        assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
-    # The probe of /v1/models still succeeds, so it may come back after 2 probes; stop that:
-    primary.set(faults_on_models=True)
-    await asyncio.sleep(0.5)
-    assert (await car.node("primary"))["state"] == "unhealthy"
+    primary.set(fail_rate=1.0)  # probes fail too
+    deadline = time.monotonic() + 5
+    while (await car.node("primary"))["state"] != "unhealthy" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     chats = primary.stats.chat
     for _ in range(3):
         assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
-    assert primary.stats.chat == chats  # ejected: no traffic, no retries on it
+    assert primary.stats.chat == chats  # unhealthy: no traffic, no retries on it
     primary.set(fail_rate=0.0)
     deadline = time.monotonic() + 5
     while (await car.node("primary"))["state"] != "healthy" and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     node = await car.node("primary")
     assert node["state"] == "healthy" and node["reason"] == "probe http 200"
     assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "primary"
@@ -259,7 +280,7 @@ async def test_passive_only_node_recovers_through_a_trial_request(fakes, sidecar
     checks = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0.5}}
     car = await sidecar(two_node_config(primary, backup, checks=checks))
     assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
-    assert (await car.node("primary"))["state"] == "unhealthy"
+    assert (await car.node("primary"))["state"] == "ejected"
     primary.set(fail_rate=0.0)
     assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
     await asyncio.sleep(0.6)

@@ -24,6 +24,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Label
 
 from sidecar.client import AsyncControlClient, ControlError, NotRunning
+from sidecar.stats import percentile
 
 from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable
 
@@ -181,7 +182,7 @@ class MonitorApp(App[None]):
         requests, self.second = self.second, []
         per_node = Counter(e["node"] for e in requests if e["node"])
         totals = sorted(e["total_ms"] or 0.0 for e in requests)
-        p95 = totals[min(len(totals) - 1, int(0.95 * len(totals)))] if totals else 0.0
+        p95 = percentile(totals, 0.95) or 0.0
         names = [n["name"] for n in (self.status or {}).get("nodes", [])]
         self.query_one(RatePlot).sample(per_node, p95, names)
 
@@ -196,13 +197,13 @@ class MonitorApp(App[None]):
         yield SystemCommand("Pause traffic", "Pause or resume the live traffic view", self.action_pause)
 
     def action_failover(self) -> None:
-        serving = self.serving or "the serving node"
+        serving = self.serving  # fixed now: the sidecar refuses (409) if another node serves by the time of "yes"
 
         def confirmed(answer: bool | None) -> None:
             if answer:
-                self.call_control("failover")
+                self.call_control("failover", *([serving] if serving else []))
 
-        self.push_screen(ConfirmScreen(f"Force failover away from {serving}?"), confirmed)
+        self.push_screen(ConfirmScreen(f"Force failover away from {serving or 'the serving node'}?"), confirmed)
 
     def action_node_down(self) -> None:
         name = self.query_one(NodesTable).selected

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
 from sidecar.display import age, ms
 
-STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "down": "bold yellow"}
+STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "ejected": "bold magenta", "down": "bold yellow"}
 
 
 class HeaderBar(Static):

@@ -1,0 +1,110 @@
+"""The control API's JSON shapes, defined once (documented in README).
+
+The control server builds them (`api.py`); the CLI, the monitor and the tests
+read them through these names. Plain types, no imports from the server, so the
+monitor can use them without pulling the server in.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+NodeStateName = Literal["healthy", "unhealthy", "ejected", "down"]
+
+
+class CountersJSON(TypedDict):
+    successes: int
+    http_failures: int
+    tcp_failures: int
+    timeouts: int
+
+
+class ProbeJSON(TypedDict):
+    time: float
+    status: int | None
+    latency_ms: float
+    result: str
+
+
+class ActiveJSON(TypedDict):
+    enabled: bool
+    healthy: bool
+    counters: CountersJSON
+    last_probe: ProbeJSON | None
+
+
+class PassiveJSON(TypedDict):
+    enabled: bool
+    ejected_until: float | None
+    ejections: int
+    counters: CountersJSON
+
+
+class TrafficJSON(TypedDict):
+    requests: int
+    errors: int
+    in_flight: int
+    rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    tokens_in: int
+    tokens_out: int
+
+
+class NodeJSON(TypedDict):
+    name: str
+    url: str
+    priority: int
+    weight: int
+    state: NodeStateName
+    manual: Literal["auto", "down"]
+    serving: bool
+    reason: str
+    changed_at: float | None
+    blocked_until: float | None
+    active: ActiveJSON
+    passive: PassiveJSON
+    traffic: TrafficJSON
+
+
+class SidecarJSON(TypedDict):
+    version: str
+    pid: int
+    uptime_s: float
+    started_at: float
+    listen: str
+    config_path: str
+    config_loaded_at: float
+    control_socket: str
+
+
+class StatusJSON(TypedDict):
+    sidecar: SidecarJSON
+    serving: str | None
+    nodes: list[NodeJSON]
+
+
+class ManualJSON(TypedDict):
+    node: str
+    manual: Literal["auto", "down"]
+    state: NodeStateName
+    serving: str | None
+
+
+class FailoverJSON(TypedDict):
+    down: str
+    serving: str | None
+
+
+class ReloadJSON(TypedDict):
+    ok: bool
+    config_path: str
+    nodes: list[str]
+
+
+class EventJSON(TypedDict, total=False):
+    """Every event has `type`, `seq` and `time`; the rest depends on the type (see README)."""
+
+    type: Literal["request", "health", "manual", "config", "missed"]
+    seq: int
+    time: float
