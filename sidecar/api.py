@@ -69,7 +69,7 @@ def status(runtime: Runtime) -> StatusJSON:
             "config_loaded_at": round(runtime.config_loaded_at, 3),
             "control_socket": runtime.control_socket,
         },
-        "serving": serving and serving.name,
+        "serving": serving.name if serving else None,
         "nodes": [node_status(n, n is serving, now, runtime.uptime) for n in upstream.nodes],
     }
 
@@ -80,5 +80,5 @@ def manual_answer(runtime: Runtime, node: NodeState) -> ManualJSON:
         "node": node.name,
         "manual": "down" if node.health.manual_down else "auto",
         "state": node.health.state.value,
-        "serving": serving and serving.name,
+        "serving": serving.name if serving else None,
     }

@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -94,16 +94,16 @@ class ControlClient:
             raise NotRunning(self.path) from None
 
     def status(self) -> StatusJSON:
-        return self.request("GET", "/v1/status")
+        return cast(StatusJSON, self.request("GET", "/v1/status"))
 
     def node(self, name: str, manual: str) -> ManualJSON:
-        return self.request("POST", f"/v1/nodes/{name}/{manual}")
+        return cast(ManualJSON, self.request("POST", f"/v1/nodes/{name}/{manual}"))
 
     def failover(self, node: str | None = None) -> FailoverJSON:
-        return self.request("POST", "/v1/failover", None if node is None else {"node": node})
+        return cast(FailoverJSON, self.request("POST", "/v1/failover", None if node is None else {"node": node}))
 
     def reload(self) -> ReloadJSON:
-        return self.request("POST", "/v1/reload")
+        return cast(ReloadJSON, self.request("POST", "/v1/reload"))
 
 
 class AsyncControlClient:
@@ -128,16 +128,16 @@ class AsyncControlClient:
             raise NotRunning(self.path) from None
 
     async def status(self) -> StatusJSON:
-        return await self.request("GET", "/v1/status")
+        return cast(StatusJSON, await self.request("GET", "/v1/status"))
 
     async def node(self, name: str, manual: str) -> ManualJSON:
-        return await self.request("POST", f"/v1/nodes/{name}/{manual}")
+        return cast(ManualJSON, await self.request("POST", f"/v1/nodes/{name}/{manual}"))
 
     async def failover(self, node: str | None = None) -> FailoverJSON:
-        return await self.request("POST", "/v1/failover", None if node is None else {"node": node})
+        return cast(FailoverJSON, await self.request("POST", "/v1/failover", None if node is None else {"node": node}))
 
     async def reload(self) -> ReloadJSON:
-        return await self.request("POST", "/v1/reload")
+        return cast(ReloadJSON, await self.request("POST", "/v1/reload"))
 
     async def events(self, replay: bool = True, stop: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         """The event stream (replayed history first), until `stop` is set or the sidecar goes."""

@@ -164,7 +164,7 @@ class _Table:
         return value
 
     def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
-        value = self.get(name, int, default)
+        value: int = self.get(name, int, default)
         if minimum is not None and value < minimum:
             raise self.error(name, f"must be >= {minimum}, got {value}")
         return value

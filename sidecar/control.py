@@ -166,7 +166,7 @@ class ControlServer:
         upstream.set_manual(current, True)
         log.warning("manual failover away from %s over the control socket", current.name)
         serving = upstream.serving()
-        answer: FailoverJSON = {"down": current.name, "serving": serving and serving.name}
+        answer: FailoverJSON = {"down": current.name, "serving": serving.name if serving else None}
         return web.json_response(answer)
 
     async def reload(self, request: web.Request) -> web.Response:

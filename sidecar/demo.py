@@ -57,7 +57,7 @@ def demo_config(primary: int, backup: int, port: int, socket: Path) -> Config:
 
 def free_port() -> int:
     sock = bind_tcp("127.0.0.1", 0)
-    port = sock.getsockname()[1]
+    port: int = sock.getsockname()[1]
     sock.close()
     return port
 
@@ -159,7 +159,7 @@ class Demo:
                         await r.read()
                         node = r.headers.get("x-llm-sidecar-node", "-")
                         attempts = r.headers.get("x-llm-sidecar-attempts", "-")
-                        status = r.status
+                        status = str(r.status)
                 except aiohttp.ClientError as exc:
                     node, attempts, status = "-", "-", f"error {exc}"
                 self.served[node] = self.served.get(node, 0) + 1

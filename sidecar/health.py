@@ -203,7 +203,8 @@ class Health:
     def ejection_time(self) -> float:
         """How long the next ejection lasts."""
         assert self.passive is not None
-        return min(self.passive.base_ejection_time * 2**self.ejections, self.passive.max_ejection_time)
+        base: float = self.passive.base_ejection_time * 2**self.ejections
+        return min(base, self.passive.max_ejection_time)
 
     def _eject(self, now: float) -> None:
         self.ejected_until = now + self.ejection_time()

@@ -104,11 +104,11 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     handler = BatchedStreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     # The logging docs' own optimisations: we never print caller, thread or process.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging.logAsyncioTasks = False  # type: ignore[attr-defined]
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from .display import age, ms
+from .shapes import StatusJSON
 
 
-def render_status(data: dict[str, Any]) -> str:
+def render_status(data: StatusJSON) -> str:
     now = time.time()
     s = data["sidecar"]
     lines = [

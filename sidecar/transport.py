@@ -66,8 +66,11 @@ class Request:
 class Response(Protocol):
     """An upstream response whose body has not been read yet."""
 
-    status: int
-    raw_headers: Sequence[tuple[bytes, bytes]]
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
 
     def header(self, name: str) -> str | None: ...
 

@@ -24,6 +24,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Label
 
 from sidecar.client import AsyncControlClient, ControlError, NotRunning
+from sidecar.shapes import StatusJSON
 from sidecar.stats import percentile
 
 from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable
@@ -34,7 +35,7 @@ STATUS_EVERY = 1.0
 
 @dataclass
 class StatusArrived(Message):
-    status: dict[str, Any]
+    status: StatusJSON
 
 
 @dataclass
@@ -81,7 +82,7 @@ class MonitorApp(App[None]):
         self.socket = socket
         self.connect = connect
         self.clock = clock
-        self.status: dict[str, Any] | None = None
+        self.status: StatusJSON | None = None
         self.connected = False
         self.paused = False
         self.pending: list[dict[str, Any]] = []
@@ -149,7 +150,7 @@ class MonitorApp(App[None]):
         self.connected = message.connected
         self.query_one(HeaderBar).show(self.status, self.connected, str(self.socket))
 
-    def show_status(self, status: dict[str, Any]) -> None:
+    def show_status(self, status: StatusJSON) -> None:
         """Draw a status answer (also the entry point for tests with canned data)."""
         self.status = status
         self.connected = True
@@ -183,7 +184,7 @@ class MonitorApp(App[None]):
         per_node = Counter(e["node"] for e in requests if e["node"])
         totals = sorted(e["total_ms"] or 0.0 for e in requests)
         p95 = percentile(totals, 0.95) or 0.0
-        names = [n["name"] for n in (self.status or {}).get("nodes", [])]
+        names = [n["name"] for n in self.status["nodes"]] if self.status else []
         self.query_one(RatePlot).sample(per_node, p95, names)
 
     # ------------------------------------------------------------------ actions

@@ -13,6 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
 from sidecar.display import age, ms
+from sidecar.shapes import NodeJSON, StatusJSON
 
 STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "ejected": "bold magenta", "down": "bold yellow"}
 
@@ -20,7 +21,7 @@ STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "ejected": "bol
 class HeaderBar(Static):
     """Version, listen address, uptime, config path and the connection state."""
 
-    def show(self, status: dict[str, Any] | None, connected: bool, socket: str) -> None:
+    def show(self, status: StatusJSON | None, connected: bool, socket: str) -> None:
         line = Text()
         line.append(" llm-sidecar ", style="bold reverse")
         if status is not None:
@@ -55,7 +56,7 @@ class NodesTable(DataTable[Any]):
             return None
         return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
 
-    def show(self, nodes: Iterable[dict[str, Any]], now: float) -> None:
+    def show(self, nodes: Iterable[NodeJSON], now: float) -> None:
         rows = sorted(nodes, key=lambda n: (-n["priority"], n["name"]))
         keep = self.selected
         self.clear()
