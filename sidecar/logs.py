@@ -11,13 +11,17 @@ import time
 from typing import Any
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _fields(record: dict[str, Any]) -> str:
     failed = ",".join(f"{a['node']}:{a['reason']}" for a in record["failed"]) or "-"
     return (
         f"id={record['id']} {record['method']} {record['path']} model={record['model'] or '-'} "
         f"node={record['node'] or '-'} status={record['status']} attempts={record['attempts']} failed=[{failed}] "
-        f"stream={'yes' if record['stream'] else 'no'} ttfb_ms={record['ttfb_ms']} ttft_ms={record['ttft_ms']} "
-        f"total_ms={record['total_ms']}"
+        f"stream={'yes' if record['stream'] else 'no'} ttfb_ms={_ms(record['ttfb_ms'])} "
+        f"ttft_ms={_ms(record['ttft_ms'])} total_ms={_ms(record['total_ms'])}"
         + (f" tokens={record['tokens_in']}/{record['tokens_out']}" if record["tokens_in"] is not None else "")
         + (f' error="{record["error"]}"' if record["error"] else "")
     )

@@ -1,7 +1,8 @@
-"""Snapshots of the monitor's main screen at 80x24 and 120x40, from canned control-API data."""
+"""Snapshots of the monitor's main screen at 80x24 and 120x40, from the real status answer after real traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -9,34 +10,71 @@ from typing import Any
 
 import pytest
 
+from sidecar.api import status
+from sidecar.config import parse
+from sidecar.mock import Script
+from sidecar.transport import Request
 from tui.app import MonitorApp
 from tui.widgets import RatePlot
+
+from .inproc import Harness
 
 NOW = 1_795_600_000.0  # a fixed clock, so ages and times are the same on every run
 
 
-def node(
-    name: str, priority: int, weight: int, state: str, serving: bool, rps: float, p95: float, errors: int
-) -> dict[str, Any]:
-    return {
-        "name": name, "url": f"https://{name}.example", "priority": priority, "weight": weight, "state": state,
-        "manual": "auto", "serving": serving, "reason": "http 503" if state == "unhealthy" else "probe http 200",
-        "changed_at": NOW - 42, "blocked_until": None, "trial_at": None,
-        "active": {"enabled": True, "counters": {"successes": 0, "http_failures": 0, "tcp_failures": 0, "timeouts": 0},
-                   "last_probe": {"time": NOW - 3, "status": 503 if state == "unhealthy" else 200, "latency_ms": 40.0, "result": "x"}},
-        "passive": {"enabled": True, "counters": {"successes": 0, "http_failures": 0, "tcp_failures": 0, "timeouts": 0}},
-        "traffic": {"requests": 120, "errors": errors, "in_flight": 2, "rps": rps, "p50_ms": 640.0, "p95_ms": p95,
-                    "tokens_in": 1000, "tokens_out": 400},
-    }  # fmt: skip
+def real_status() -> dict[str, Any]:
+    """`api.status` of a real runtime after real traffic (the primary failing, so it is ejected), with the
+    values that change from run to run (times, latencies, pid, paths) pinned, so the picture is stable
+    but its shape can never drift from what the sidecar answers."""
+    cfg = parse(
+        {
+            "upstream": {
+                "timeout": {"connect": 1, "send": 1, "read": 1},
+                "checks": {"active": {"interval": 60}, "passive": {"unhealthy": {"http_failures": 1}}},
+                "nodes": [
+                    {"name": "openai", "url": "https://openai.example", "priority": 0, "weight": 100},
+                    {"name": "deepseek", "url": "https://deepseek.example", "priority": -1, "weight": 1},
+                ],
+            }
+        },
+        "/home/me/llm-sidecar.toml",
+        env={},
+    )
+
+    def handler(node: str, request: Request) -> Script:
+        if node == "openai":
+            return Script(503, body=[b'{"error": {"message": "busy"}}'])
+        return Script(body=[b'{"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 30}}'])
+
+    async def traffic() -> dict[str, Any]:
+        harness = Harness(handler, cfg)
+        for _ in range(3):
+            await harness.request({"model": "gpt-4o-mini", "messages": []})
+        return dict(status(harness.runtime))
+
+    data = asyncio.run(traffic())
+    assert [n["state"] for n in data["nodes"]] == ["ejected", "healthy"] and data["serving"] == "deepseek"
+    pinned = {"version": "0.1.0", "pid": 4242, "uptime_s": 754.0, "started_at": NOW - 754,
+              "config_loaded_at": NOW - 754, "control_socket": "/run/user/1000/llm-sidecar.sock"}  # fmt: skip
+    assert pinned.keys() <= data["sidecar"].keys()
+    data["sidecar"].update(pinned)
+    for n, (rps, p95, probe) in zip(data["nodes"], [(0.4, 2210.0, 503), (1.8, 1180.0, 200)], strict=True):
+        n["changed_at"] = NOW - 42
+        if n["passive"]["ejected_until"] is not None:
+            n["passive"]["ejected_until"] = NOW - 32
+        n["active"]["last_probe"] = {
+            "time": NOW - 3,
+            "status": probe,
+            "latency_ms": 40.0,
+            "result": f"probe http {probe}",
+        }
+        traffic = n["traffic"]
+        assert {"rps", "p50_ms", "p95_ms", "in_flight"} <= traffic.keys()
+        traffic.update(rps=rps, p50_ms=640.0, p95_ms=p95, in_flight=2)
+    return data
 
 
-STATUS = {
-    "sidecar": {"version": "0.1.0", "pid": 4242, "uptime_s": 754.0, "started_at": NOW - 754,
-                "listen": "http://127.0.0.1:8787/v1", "config_path": "/home/me/llm-sidecar.toml",
-                "config_loaded_at": NOW - 754, "control_socket": "/run/user/1000/llm-sidecar.sock"},
-    "serving": "deepseek",
-    "nodes": [node("openai", 0, 100, "unhealthy", False, 0.4, 2210.0, 9), node("deepseek", -1, 1, "healthy", True, 1.8, 1180.0, 0)],
-}  # fmt: skip
+STATUS = real_status()
 
 
 def request(i: int) -> dict[str, Any]:
@@ -52,7 +90,7 @@ def request(i: int) -> dict[str, Any]:
 
 EVENTS = [
     *[request(i) for i in range(6)],
-    {"type": "health", "seq": 7, "time": NOW - 19, "node": "openai", "before": "healthy", "after": "unhealthy", "reason": "http 503"},
+    {"type": "health", "seq": 7, "time": NOW - 19, "node": "openai", "before": "healthy", "after": "ejected", "reason": "http 503"},
     *[request(i) for i in range(6, 12)],
 ]  # fmt: skip
 
