@@ -9,6 +9,7 @@ from __future__ import annotations
 from .attempt import Attempt, Ready
 from .errors import Send, error_json, send_error, send_json
 from .exchange import Exchange, count_tokens
+from .health import Failure
 from .transport import UpstreamError
 
 RESPONSE_DROP = frozenset(
@@ -88,6 +89,9 @@ async def relay(send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attemp
     while True:
         try:
             chunk = await response.chunk()
+            if not chunk and pending and not pending.endswith(b"\n"):
+                # A close-delimited stream that ends inside a line: cut, whatever the transport says.
+                raise UpstreamError(Failure.TCP, "stream ended inside an event")
         except UpstreamError as exc:
             ex.error = f"stream interrupted: {exc.reason}"
             attempt.fail(exc)
@@ -110,4 +114,5 @@ async def relay(send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attemp
             pending = chunk[cut:]
             if cut:
                 await send({"type": "http.response.body", "body": chunk[:cut], "more_body": True})
+    # Complete lines without the final blank line (`data: [DONE]\n` and EOF) are passed as they are.
     await send({"type": "http.response.body", "body": pending, "more_body": False})

@@ -245,3 +245,21 @@ async def test_stop_interrupts_requests_with_a_clear_error() -> None:
     assert b'"sidecar_stopping"' in got.body and b"two" not in got.body
     h.assert_nothing_held()
     assert h.node("primary").health.state == "healthy"  # stopping is no verdict on the node
+
+
+@pytest.mark.parametrize(
+    ("ending", "broken"),
+    [(b'data: {"partial', True), (b"data: [DONE]\n", False), (b"", False)],
+    ids=["inside an event", "complete line without the blank line", "at an event boundary"],
+)
+async def test_a_stream_that_ends_inside_an_event_is_a_break_not_an_answer(ending: bytes, broken: bool) -> None:
+    def handler(node: str, request: Request) -> Script:
+        return Script(200, SSE, [event("hi"), 0.001, *([ending] if ending else [])])
+
+    h = Harness(handler, config())
+    got = await h.request({"model": "m", "stream": True})
+    assert got.complete and got.body.startswith(event("hi"))
+    assert (b'"stream_interrupted"' in got.body) == broken
+    assert (b"partial" in got.body) is False
+    assert h.node("primary").health.counters[Source.PASSIVE].tcp_failures == int(broken)
+    h.assert_nothing_held()

@@ -1,0 +1,566 @@
+"""Regressions, end to end: the real `llm-sidecar run`, fake or hand-made providers, loopback sockets.
+
+Each test pins down a bug that was fixed; its name says what must hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import tomli_w
+from aiohttp import web
+
+from .conftest import Sidecar, chat, cli, cli_env, free_port, two_node_config, wait_for_port
+
+CHAT = "/v1/chat/completions"
+PASSIVE_ONLY = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0.5}}
+TRANSITION = re.compile(r"node \w+: \w+ -> \w+")
+FIRST_EVENT = b'data: {"id": "x", "choices": [{"delta": {"content": "hi"}}]}\n\n'
+PARTIAL = b'data: {"partial'
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float, step: float = 0.05) -> bool:
+    """Poll `check` until it holds or `seconds` pass (bounded); the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if await check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(step)
+
+
+async def in_flight(car: Sidecar, name: str) -> int:
+    return (await car.node(name))["traffic"]["in_flight"]
+
+
+def data_lines(body: bytes | str) -> list[str]:
+    text = body.decode() if isinstance(body, bytes) else body
+    return [line for line in text.splitlines() if line.startswith("data: ")]
+
+
+def last_error_event(body: bytes) -> dict[str, Any]:
+    last = data_lines(body)[-1]
+    return json.loads(last.removeprefix("data: "))["error"]
+
+
+def node(name: str, url: str, priority: int, key: str = "${PRIMARY_KEY}", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": url, "priority": priority, "weight": 1, "api_key": key, **extra}
+
+
+def clean_log(log: str) -> None:
+    assert "Traceback" not in log, log
+    assert "Exception in ASGI application" not in log, log
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    """Start a hand-made aiohttp upstream on loopback; its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Start a raw asyncio upstream (for what aiohttp's server will not send); its base URL."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 1)
+
+
+@pytest.fixture
+def limited_sidecar(tmp_path: Path) -> Any:
+    """`llm-sidecar run` started under a given RLIMIT_NOFILE (the `sidecar` fixture cannot set one)."""
+    started: list[Sidecar] = []
+
+    async def start(config: dict[str, Any], soft: int, hard: int) -> Sidecar:
+        port = free_port()
+        sock = tmp_path / f"limited{len(started)}.sock"
+        path = tmp_path / f"limited{len(started)}.toml"
+        path.write_text(
+            tomli_w.dumps({**config, "server": {"listen": f"127.0.0.1:{port}", "control_socket": str(sock)}})
+        )
+        log_path = tmp_path / f"limited{len(started)}.log"
+        env = cli_env()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run", "-c", str(path), "--grace", "5"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+            )
+        car = Sidecar(proc, port, sock, path, log_path, env)
+        started.append(car)
+        await wait_for_port(port, proc)
+        return car
+
+    yield start
+    for car in started:
+        car.stop()
+
+
+# ---------------------------------------------------------------------------- 1. trials
+
+
+async def test_ejected_node_whose_trial_stream_client_leaves_gets_another_trial_and_recovers(
+    fakes, sidecar, client
+) -> None:
+    primary = await fakes("primary", fail_rate=1.0, chunks=40, chunk_delay=0.1)
+    backup = await fakes("backup")
+    car = await sidecar(two_node_config(primary, backup, checks=PASSIVE_ONLY))
+    first = await client.post(car.url + CHAT, json=chat())
+    assert first.headers["x-llm-sidecar-node"] == "backup"
+    assert (await car.node("primary"))["state"] == "ejected"
+    primary.set(fail_rate=0.0)
+    await asyncio.sleep(0.6)  # past base_ejection_time: the next request is the primary's trial
+    async with client.stream("POST", car.url + CHAT, json=chat(stream=True)) as r:
+        assert r.headers["x-llm-sidecar-node"] == "primary"
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                break  # leave mid-stream: closing the stream closes the connection
+    assert await eventually(lambda: _idle(car, "primary"), 2), "the abandoned trial never ended"
+    await asyncio.sleep(0.6)  # past the ejection time again, had the trial counted as a failure
+    later = await client.post(car.url + CHAT, json=chat())
+    assert later.status_code == 200 and later.headers["x-llm-sidecar-node"] == "primary"
+    assert (await car.node("primary"))["state"] == "healthy"
+    assert backup.stats.chat == 1
+
+
+async def _idle(car: Sidecar, name: str) -> bool:
+    return await in_flight(car, name) == 0
+
+
+async def test_trial_request_with_a_broken_json_body_gets_400_and_the_trial_comes_again(fakes, sidecar, client) -> None:
+    primary = await fakes("primary", fail_rate=1.0)
+    backup = await fakes("backup")
+    nodes = [
+        node("primary", primary.url, 0, models={"*": "gpt-4o-mini"}),
+        node("backup", backup.url, -1, key="${BACKUP_KEY}"),
+    ]
+    car = await sidecar(two_node_config(primary, backup, checks=PASSIVE_ONLY, nodes=nodes))
+    assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
+    assert (await car.node("primary"))["state"] == "ejected"
+    primary.set(fail_rate=0.0)
+    await asyncio.sleep(0.6)
+    bad = await client.post(
+        car.url + CHAT, content=b'{"model": "gpt-4o", oops', headers={"content-type": "application/json"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    assert (primary.stats.chat, backup.stats.chat) == (1, 1)  # the broken body reached nobody
+    ok = await client.post(car.url + CHAT, json=chat())
+    assert ok.status_code == 200 and ok.headers["x-llm-sidecar-node"] == "primary"
+    assert primary.stats.models_seen[-1] == "gpt-4o-mini"
+    assert (await car.node("primary"))["state"] == "healthy"
+
+
+# ---------------------------------------------------------------------------- 2. reload under load
+
+
+async def test_reload_while_a_request_waits_on_a_hung_node_still_fails_over(fakes, sidecar, client) -> None:
+    primary = await fakes("primary", fail_rate=1.0, fault="hang")
+    backup = await fakes("backup")
+    car = await sidecar(two_node_config(primary, backup))
+    pending = asyncio.create_task(client.post(car.url + CHAT, json=chat()))
+    await asyncio.sleep(0.2)
+    async with car.control() as control:
+        assert (await control.post("/v1/reload")).status_code == 200
+    r = await pending
+    assert r.status_code == 200, r.text
+    assert r.headers["x-llm-sidecar-node"] == "backup" and r.headers["x-llm-sidecar-attempts"] == "2"
+    log = car.log()
+    assert "failed=[primary:read timeout]" in log
+    clean_log(log)
+
+
+async def test_reload_that_changes_timeouts_lets_a_running_stream_finish(fakes, sidecar, client) -> None:
+    # 7 s: longer than the old generation used to be kept after a reload (new read timeout + 5 s)
+    primary = await fakes("primary", chunks=70, chunk_delay=0.1)
+    car = await sidecar(two_node_config(primary, await fakes("backup")))
+    lines: list[str] = []
+    reloaded: httpx.Response | None = None
+    async with client.stream("POST", car.url + CHAT, json=chat(stream=True)) as r:
+        assert r.headers["x-llm-sidecar-node"] == "primary"
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            lines.append(line)
+            if len(lines) == 3:
+                config = tomllib.loads(car.config_path.read_text())
+                config["upstream"]["timeout"]["read"] = 0.5
+                car.config_path.write_text(tomli_w.dumps(config))
+                async with car.control() as control:
+                    reloaded = await control.post("/v1/reload")
+    assert reloaded is not None and reloaded.status_code == 200, reloaded and reloaded.text
+    # the role chunk, 70 words, the stop chunk and [DONE]
+    assert len(lines) == 73 and lines[-1] == "data: [DONE]"
+    assert sum('" word' in line for line in lines) == 70
+    assert await eventually(lambda: _idle(car, "primary"), 2)
+    assert "config reloaded" in car.log()
+
+
+# ---------------------------------------------------------------------------- 3. clients that leave
+
+
+async def test_client_that_gives_up_on_a_hung_node_is_not_retried_on_the_backup(fakes, sidecar) -> None:
+    primary = await fakes("primary", fail_rate=1.0, fault="hang")
+    backup = await fakes("backup")
+    car = await sidecar(two_node_config(primary, backup))
+    async with httpx.AsyncClient(timeout=0.5) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post(car.url + CHAT, json=chat())
+    await asyncio.sleep(2.0)  # past the read timeout (2 s) the abandoned attempt would have hit
+    assert primary.stats.chat == 1 and backup.stats.chat == 0
+    log = car.log()
+    assert "status=499" in log
+    assert not TRANSITION.search(log), log
+    for state in (await car.status())["nodes"]:
+        assert state["state"] == "healthy"
+        assert state["passive"]["counters"]["timeouts"] == 0
+
+
+async def test_client_that_gives_up_cancels_its_upstream_request_at_once(fakes, sidecar) -> None:
+    primary = await fakes("primary", latency=5)
+    car = await sidecar(two_node_config(primary, await fakes("backup")))
+    async with httpx.AsyncClient(timeout=0.5) as impatient:
+        pending = asyncio.create_task(impatient.post(car.url + CHAT, json=chat()))
+        await asyncio.sleep(0.25)
+        assert await in_flight(car, "primary") == 1
+        with pytest.raises(httpx.ReadTimeout):
+            await pending
+    gave_up = time.monotonic()
+    assert await eventually(lambda: _idle(car, "primary"), 1.0), "the upstream request outlived its client"
+    assert time.monotonic() - gave_up < 1.2
+    assert "status=499" in car.log()
+
+
+# ---------------------------------------------------------------------------- 5. uploads
+
+
+async def test_multipart_upload_goes_byte_for_byte_to_nodes_with_a_models_map(
+    fakes, sidecar, client, serve_app
+) -> None:
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def failing(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("content-type", ""), await request.read()))
+        return web.json_response({"error": {"message": "down", "type": "server_error", "code": None}}, status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", failing)
+    # The fake answers 404 to unknown paths whatever its fail_rate, so the failing primary is hand-made.
+    primary_url = await serve_app(app)
+    backup = await fakes("backup")
+    nodes = [
+        node("primary", primary_url, 0, models={"*": "gpt-4o-mini"}),
+        node("backup", backup.url, -1, key="${BACKUP_KEY}", models={"*": "deepseek-chat"}),
+    ]
+    car = await sidecar(two_node_config(primary_url, backup, nodes=nodes))
+    audio = bytes(range(256)) * 64  # neither UTF-8 nor JSON
+    request = client.build_request(
+        "POST",
+        car.url + "/v1/audio/transcriptions",
+        files={"file": ("speech.wav", audio, "audio/wav")},
+        data={"model": "whisper-1"},
+    )
+    sent = request.read()
+    r = await client.send(request)
+    assert r.status_code == 404, r.text
+    assert r.json() == {
+        "error": {
+            "message": "unknown path /v1/audio/transcriptions",
+            "type": "invalid_request_error",
+            "code": None,
+        }
+    }
+    assert r.headers["x-llm-sidecar-node"] == "backup" and r.headers["x-llm-sidecar-attempts"] == "2"
+    assert "/v1/audio/transcriptions" in backup.stats.paths
+    assert seen == [("/v1/audio/transcriptions", request.headers["content-type"], sent)]
+    assert "not valid JSON" not in car.log()
+
+
+# ---------------------------------------------------------------------------- 6. named failover
+
+
+async def test_failover_naming_a_node_that_does_not_serve_is_refused_and_changes_nothing(
+    fakes, sidecar, client
+) -> None:
+    primary, backup = await fakes("primary"), await fakes("backup")
+    car = await sidecar(two_node_config(primary, backup))
+
+    async def unchanged() -> None:
+        status = await car.status()
+        assert status["serving"] == "primary"
+        assert [(n["state"], n["manual"]) for n in status["nodes"]] == [("healthy", "auto")] * 2
+
+    async with car.control() as control:
+        refused = await control.post("/v1/failover", json={"node": "backup"})
+        assert refused.status_code == 409, refused.text
+        assert "backup no longer serves" in refused.json()["error"]["message"]
+        await unchanged()
+        by_cli = await asyncio.to_thread(cli, "failover", "--node", "backup", "--control-socket", str(car.socket))
+        assert by_cli.returncode != 0
+        assert len(by_cli.stderr.strip().splitlines()) == 1 and "backup" in by_cli.stderr, by_cli.stderr
+        assert "Traceback" not in by_cli.stderr and by_cli.stdout == ""
+        await unchanged()
+        assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "primary"
+        moved = await control.post("/v1/failover", json={"node": "primary"})
+        assert moved.status_code == 200 and moved.json() == {"down": "primary", "serving": "backup"}
+    r = await client.post(car.url + CHAT, json=chat())
+    assert r.headers["x-llm-sidecar-node"] == "backup"
+    assert (primary.stats.chat, backup.stats.chat) == (1, 1)
+
+
+# ---------------------------------------------------------------------------- 7/9. stop with open requests
+
+
+async def _stream_until_first_chunk(client: httpx.AsyncClient, url: str) -> asyncio.Task[bytes]:
+    """Start reading a stream in the background; return once its first bytes arrived."""
+    first = asyncio.Event()
+
+    async def read() -> bytes:
+        body = b""
+        async with client.stream("POST", url + CHAT, json=chat(stream=True)) as r:
+            assert r.status_code == 200
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                first.set()
+        return body
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(first.wait(), 5)
+    return task
+
+
+async def test_sigterm_ends_an_open_stream_with_an_error_event_when_the_grace_runs_out(fakes, sidecar, client) -> None:
+    primary = await fakes("primary", chunks=100, chunk_delay=0.1)
+    car = await sidecar(two_node_config(primary, await fakes("backup")), "--grace", "1")
+    reading = await _stream_until_first_chunk(client, car.url)
+    car.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    body = await asyncio.wait_for(reading, 5)
+    ended = time.monotonic() - signalled
+    assert 0.8 < ended < 3.0, ended  # the grace (1 s) was given, then the stream was ended
+    assert b"data: [DONE]" not in body
+    assert last_error_event(body)["code"] == "sidecar_stopping"
+    assert await asyncio.to_thread(car.proc.wait, 5) == 0
+    clean_log(car.log())
+
+
+async def test_second_sigint_ends_open_streams_at_once(fakes, sidecar, client) -> None:
+    primary = await fakes("primary", chunks=100, chunk_delay=0.1)
+    car = await sidecar(two_node_config(primary, await fakes("backup")))  # --grace 5
+    reading = await _stream_until_first_chunk(client, car.url)
+    car.proc.send_signal(signal.SIGINT)
+
+    async def announced() -> bool:
+        return "waiting for 1 in-flight request" in car.log_path.read_text(errors="replace")
+
+    assert await eventually(announced, 2), car.log_path.read_text()
+    assert not reading.done()  # the first SIGINT lets the stream go on
+    car.proc.send_signal(signal.SIGINT)
+    second = time.monotonic()
+    body = await asyncio.wait_for(reading, 4)
+    assert time.monotonic() - second < 1.5
+    assert last_error_event(body)["code"] == "sidecar_stopping"
+    assert await asyncio.to_thread(car.proc.wait, 5) == 0
+    clean_log(car.log())
+
+
+async def test_answer_not_started_when_the_grace_runs_out_gets_503_sidecar_stopping(fakes, sidecar, client) -> None:
+    primary = await fakes("primary", latency=10)
+    car = await sidecar(two_node_config(primary, await fakes("backup")), "--grace", "1")
+    pending = asyncio.create_task(client.post(car.url + CHAT, json=chat()))
+    assert await eventually(lambda: _busy(car, "primary"), 2)
+    car.proc.send_signal(signal.SIGTERM)
+    r = await asyncio.wait_for(pending, 5)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "sidecar_stopping"
+    assert await asyncio.to_thread(car.proc.wait, 5) == 0
+    clean_log(car.log())
+
+
+async def _busy(car: Sidecar, name: str) -> bool:
+    return await in_flight(car, name) == 1
+
+
+# ---------------------------------------------------------------------------- 8. a stream cut inside an event
+
+
+async def chunked_cut(serve_app: Any, together: bool) -> str:
+    """An upstream answering with chunked encoding, aborted inside its second SSE event."""
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if together:
+            await response.write(FIRST_EVENT + PARTIAL)
+        else:
+            await response.write(FIRST_EVENT)
+            await asyncio.sleep(0.05)
+            await response.write(PARTIAL)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    app = web.Application()
+    app.router.add_post(CHAT, cut)
+    return await serve_app(app)
+
+
+async def close_delimited_cut(raw_server: Any) -> str:
+    """An upstream whose body ends with the connection (no length, not chunked), aborted inside an event."""
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the request head; its small body may stay unread
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        writer.write(head + FIRST_EVENT)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(PARTIAL)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    return await raw_server(cut)
+
+
+@pytest.mark.parametrize("upstream", ["chunked-event-then-partial", "chunked-together", "close-delimited"])
+async def test_stream_cut_inside_an_event_ends_with_a_clean_error_event(
+    fakes, sidecar, client, serve_app, raw_server, upstream
+) -> None:
+    if upstream == "close-delimited":
+        primary_url = await close_delimited_cut(raw_server)
+    else:
+        primary_url = await chunked_cut(serve_app, together=upstream == "chunked-together")
+    car = await sidecar(two_node_config(primary_url, await fakes("backup")))
+    async with client.stream("POST", car.url + CHAT, json=chat(stream=True)) as r:
+        assert r.status_code == 200 and r.headers["x-llm-sidecar-node"] == "primary"
+        body = await r.aread()
+    assert body.startswith(FIRST_EVENT), body
+    assert b'{"partial' not in body, body
+    assert body.endswith(b"\n\n")
+    assert last_error_event(body)["code"] == "stream_interrupted"
+
+    sdk = openai.AsyncOpenAI(base_url=car.url + "/v1", api_key="x", max_retries=0)
+    try:
+        stream = await sdk.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        got: list[str | None] = []
+        with pytest.raises(openai.APIError) as raised:
+            async for chunk in stream:
+                got.append(chunk.choices[0].delta.content)
+    finally:
+        await sdk.close()
+    assert got == ["hi"]
+    assert "failed mid-stream" in raised.value.message
+    assert 'error="stream interrupted' in car.log()
+
+
+# ---------------------------------------------------------------------------- 10. file descriptors
+
+
+async def test_low_soft_fd_limit_is_raised_to_the_hard_limit(fakes, limited_sidecar, client) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"hard open file limit is {hard}")
+    car = await limited_sidecar(two_node_config(await fakes("primary"), await fakes("backup")), 256, hard)
+    assert (await client.post(car.url + CHAT, json=chat())).status_code == 200
+    assert "open file limit raised from 256" in car.log()
+    limits = Path(f"/proc/{car.proc.pid}/limits")
+    if limits.exists():
+        line = next(x for x in limits.read_text().splitlines() if x.startswith("Max open files"))
+        assert line.split()[3] != "256", line
+
+
+async def test_out_of_descriptors_is_503_sidecar_overloaded_and_no_node_is_blamed(fakes, limited_sidecar) -> None:
+    primary = await fakes("primary", chunks=5, chunk_delay=0.3)
+    backup = await fakes("backup", chunks=5, chunk_delay=0.3)
+    car = await limited_sidecar(two_node_config(primary, backup), 200, 200)
+    assert "could not raise" not in car.log()  # soft == hard: nothing to raise, nothing to complain about
+
+    async def one(c: httpx.AsyncClient) -> tuple[int, bytes]:
+        try:
+            async with c.stream("POST", car.url + CHAT, json=chat(stream=True)) as r:
+                return r.status_code, await r.aread()
+        except httpx.TransportError as exc:  # accepted, then dropped: not an answer at all
+            return 0, repr(exc).encode()
+
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as c:
+        results = await asyncio.wait_for(asyncio.gather(*(one(c) for _ in range(250))), 60)
+    statuses = [status for status, _ in results]
+    ok = statuses.count(200)
+    overloaded = [json.loads(body)["error"]["code"] for status, body in results if status == 503]
+    assert ok + len(overloaded) == 250, sorted(set(statuses))  # no 502, no dropped connection
+    assert overloaded and set(overloaded) == {"sidecar_overloaded"}  # the limit was really hit
+    assert ok > 0
+    for state in (await car.status())["nodes"]:
+        assert state["state"] == "healthy", state
+        counters = state["passive"]["counters"]
+        assert counters["tcp_failures"] == counters["timeouts"] == counters["http_failures"] == 0, state
+    clean_log(car.log())
+
+
+# ---------------------------------------------------------------------------- 11. request ids and the log
+
+
+async def test_answers_carry_a_request_id_and_the_access_log_prints_no_none(fakes, sidecar, client) -> None:
+    car = await sidecar(two_node_config(await fakes("primary"), await fakes("backup")))
+    generated = await client.post(car.url + CHAT, json=chat())
+    rid = generated.headers.get("x-request-id", "")
+    assert generated.status_code == 200 and len(rid) >= 8
+    echoed = await client.post(car.url + CHAT, json=chat(), headers={"X-Request-Id": "regress-11"})
+    assert echoed.headers["x-request-id"] == "regress-11"
+    async with client.stream("POST", car.url + CHAT, json=chat(stream=True), headers={"X-Request-Id": "s-11"}) as r:
+        await r.aread()
+    assert r.headers["x-request-id"] == "s-11"
+    again = await client.post(car.url + CHAT, json=chat())
+    assert again.headers["x-request-id"] != rid  # a fresh one per request
+    lines = [line for line in car.log().splitlines() if " id=" in line]
+    assert len(lines) == 4
+    assert any(f"id={rid} " in line for line in lines) and any("id=regress-11 " in line for line in lines)
+    non_stream = next(line for line in lines if "id=regress-11 " in line)
+    assert "ttft_ms=None" not in non_stream and " ttft_ms=- " in non_stream, non_stream
+    assert "=None" not in "\n".join(lines)
