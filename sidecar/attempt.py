@@ -122,7 +122,11 @@ async def first_bytes(response: Response, retry_statuses: frozenset[int]) -> Rea
 
 
 class Attempt:
-    """`async with upstream.attempt(choice) as attempt:` — see the module docstring."""
+    """`with upstream.attempt(choice) as attempt:` — see the module docstring.
+
+    A plain (not async) context manager: taking and giving back never waits, so
+    nothing can run between the balancer's offer of a trial and its taking.
+    """
 
     __slots__ = ("failure", "node", "response", "started", "trial", "upstream")
 
@@ -134,7 +138,7 @@ class Attempt:
         self.failure: UpstreamError | None = None
         self.started = 0.0
 
-    async def __aenter__(self) -> Attempt:
+    def __enter__(self) -> Attempt:
         # Nothing here awaits, so the trial the balancer offered is still ours to take.
         if self.trial:
             self.node.health.begin_trial()
@@ -150,9 +154,7 @@ class Attempt:
         """Record a failure without raising (the relay already told the client)."""
         self.failure = error
 
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         failure = exc if isinstance(exc, UpstreamError) else self.failure
         if failure is not None:
             outcome = Outcome.FAILURE if failure.kind is not None else Outcome.NEUTRAL

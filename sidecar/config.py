@@ -104,6 +104,13 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False, compare=False)
     api_key_env: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    # The server layer's limits against slow or hostile clients (see README, "Security model").
+    max_header_bytes: int = 64 * 1024  # request line and headers; larger gets 431
+    header_timeout: float = 10.0  # seconds to receive a request's line and headers
+    body_timeout: float = 60.0  # seconds to receive a request's whole body
+    keepalive_timeout: float = 30.0  # seconds an idle client connection stays open
+    max_connections: int = 4096  # open client connections (also bounded by the open-file limit)
+    max_event_subscribers: int = 64  # control API /v1/events readers at once; 503 past it
 
     @property
     def listen(self) -> str:
@@ -118,6 +125,9 @@ class UpstreamConfig:
     retries: int = 1
     retry_timeout: float = 0.0
     timeout: Timeouts = field(default_factory=Timeouts)
+    # What the sidecar holds of an answer before sending it (a non-stream body is read whole so a
+    # cut can still fail over); past it, 502 JSON and a failure of the node.
+    max_response_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -349,6 +359,12 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         api_key=client_key,
         api_key_env=client_key_env,
         max_body_bytes=server_t.integer("max_body_bytes", ServerConfig.max_body_bytes, minimum=1),
+        max_header_bytes=server_t.integer("max_header_bytes", ServerConfig.max_header_bytes, minimum=1024),
+        header_timeout=server_t.number("header_timeout", ServerConfig.header_timeout, minimum=0.01),
+        body_timeout=server_t.number("body_timeout", ServerConfig.body_timeout, minimum=0.01),
+        keepalive_timeout=server_t.number("keepalive_timeout", ServerConfig.keepalive_timeout, minimum=0.01),
+        max_connections=server_t.integer("max_connections", ServerConfig.max_connections, minimum=1),
+        max_event_subscribers=server_t.integer("max_event_subscribers", ServerConfig.max_event_subscribers, minimum=1),
     )
     server_t.done()
 
@@ -386,6 +402,7 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         # APISIX's default: as many retries as there are other nodes.
         retries=up.integer("retries", len(nodes) - 1, minimum=0),
         retry_timeout=up.number("retry_timeout", 0.0),
+        max_response_bytes=up.integer("max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024),
         timeout=timeouts,
     )
     up.done()

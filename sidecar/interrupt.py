@@ -55,12 +55,13 @@ class Interrupt:
         self.reason = reason
         self.task.cancel()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> Awaitable[None]:
+        """The request's `send`, noting what went out (returns the server's own awaitable: no extra frame)."""
         if message["type"] == "http.response.start":
             self.started = True
         elif not message.get("more_body", False):
             self.complete = True
-        await self._send(message)
+        return self._send(message)
 
     def close(self) -> None:
         self.complete = True

@@ -263,6 +263,7 @@ class ProxyApp:
             self.runtime.release(upstream)
 
     async def attempts(self, upstream: Upstream, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange) -> None:
+        """The policy loop: which node next, until one answers or the budget is spent."""
         config = upstream.config.upstream
         budget = config.retries + 1
         deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
@@ -295,7 +296,7 @@ class ProxyApp:
             request = Request(ex.method, self.url(node.config.url, suffix), headers, node_body)
             statuses = node.config.checks.retry_statuses
             try:
-                async with upstream.attempt(choice) as attempt:
+                with upstream.attempt(choice) as attempt:
                     if deadline is None:
                         ready = await first_bytes(await attempt.send(request), statuses)
                     else:

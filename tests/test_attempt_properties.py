@@ -106,16 +106,16 @@ async def run(ops: list[tuple[Any, ...]], active: bool) -> None:
         error = UpstreamError(kind, "boom", retry_after=retry_after)
         try:
             if how == "success":
-                await attempt.__aexit__(None, None, None)
+                attempt.__exit__(None, None, None)
             elif how == "raise":
-                await attempt.__aexit__(UpstreamError, error, None)
+                attempt.__exit__(UpstreamError, error, None)
             elif how == "fail":
                 attempt.fail(error)
-                await attempt.__aexit__(None, None, None)
+                attempt.__exit__(None, None, None)
             elif how == "client gone":
-                await attempt.__aexit__(asyncio.CancelledError, asyncio.CancelledError(), None)
+                attempt.__exit__(asyncio.CancelledError, asyncio.CancelledError(), None)
             else:
-                await attempt.__aexit__(RuntimeError, RuntimeError("bug"), None)
+                attempt.__exit__(RuntimeError, RuntimeError("bug"), None)
         finally:
             runtime.release(upstream)
 
@@ -127,7 +127,7 @@ async def run(ops: list[tuple[Any, ...]], active: bool) -> None:
                 runtime.release(upstream)
             else:
                 attempt = upstream.attempt(choice)
-                await attempt.__aenter__()
+                attempt.__enter__()
                 entered += 1
                 open_.append((upstream, attempt))
         elif op[0] == "close" and open_:
