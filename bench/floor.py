@@ -1,4 +1,4 @@
-"""The floor of our stack: the sidecar's uvicorn set-up + a raw ASGI app + one aiohttp session, no features.
+"""The floor of our stack: the sidecar's own server + a raw ASGI app + one aiohttp session, no features.
 
 `python bench/floor.py PORT UPSTREAM_PORT`. The benchmark runs it beside the sidecar, so the table shows what
 the sidecar's features cost on top of the same server and client libraries (no retries, health, logging,
@@ -38,9 +38,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    from sidecar.server import bind_tcp, tune_gc, uvicorn_server
+    from sidecar.http1 import Limits
+    from sidecar.server import Server, bind_tcp, tune_gc
 
-    # The sidecar's own server set-up (its accept fix and GC tuning), so every path is served alike.
+    # The sidecar's own server (its HTTP protocol, accept and GC tuning), so every path is served alike.
     tune_gc()
-    server = uvicorn_server(app, log_level="warning")
-    uvloop.run(server.serve(sockets=[bind_tcp("127.0.0.1", int(sys.argv[1]))]))
+    uvloop.run(Server(app, Limits()).serve(bind_tcp("127.0.0.1", int(sys.argv[1]))))

@@ -1,4 +1,4 @@
-"""A minimal, fast OpenAI-shaped upstream for the benchmark (raw ASGI on the sidecar's uvicorn set-up).
+"""A minimal, fast OpenAI-shaped upstream for the benchmark (raw ASGI on the sidecar's own server).
 
 `python bench/upstream.py PORT [CHUNK_DELAY]`: POST /v1/chat/completions answers a fixed chat completion,
 or 20 SSE chunks when the body asks for `"stream": true` (CHUNK_DELAY seconds apart); GET /v1/models answers
@@ -58,9 +58,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    from sidecar.server import bind_tcp, tune_gc, uvicorn_server
+    from sidecar.http1 import Limits
+    from sidecar.server import Server, bind_tcp, tune_gc
 
-    # The sidecar's own server set-up (its accept fix and GC tuning), so every path is served alike.
+    # The sidecar's own server (its HTTP protocol, accept and GC tuning), so every path is served alike.
     tune_gc()
-    server = uvicorn_server(app, log_level="warning")
-    uvloop.run(server.serve(sockets=[bind_tcp("127.0.0.1", int(sys.argv[1]))]))
+    uvloop.run(Server(app, Limits()).serve(bind_tcp("127.0.0.1", int(sys.argv[1]))))

@@ -23,14 +23,20 @@ RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 
 
 class Acceptor:
-    """The part of `asyncio.Server` that uvicorn uses (close, wait_closed), over our own accept."""
+    """Accepts connections for the proxy's HTTP server (close, wait_closed, pausing at its cap)."""
 
     BURST = 512
     RETRY_DELAY = 1.0
 
-    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        room: Callable[[int], bool] = lambda pending: True,
+    ) -> None:
         self.sock = sock
         self.protocol_factory = protocol_factory
+        self.room = room  # asked before each accept, with how many accepted ones have not started yet
         self.loop = asyncio.get_running_loop()
         self.pending: set[asyncio.Task[object]] = set()
         self.serving = True
@@ -38,6 +44,10 @@ class Acceptor:
 
     def accept(self) -> None:
         for _ in range(self.BURST):
+            if not self.room(len(self.pending)):
+                # At the connection cap: stop reading the listener until the server says there is room.
+                self.loop.remove_reader(self.sock.fileno())
+                return
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from .errors import Send
+from .http1 import DISCONNECT_EXTENSION
 
 
 class Reason(Enum):
@@ -38,10 +39,19 @@ class Interrupt:
         self.complete = False  # the last body message went out
         self.watcher: asyncio.Future[Any] | None = None
 
-    def watch(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        """Once the request body is read, the next message can only be `http.disconnect`."""
+    def watch(self, receive: Callable[[], Awaitable[dict[str, Any]]], scope: dict[str, Any] | None = None) -> None:
+        """Be told when the client leaves: by our server directly (the `llm_sidecar.disconnect` scope
+        extension, see http1.py), else by waiting for `http.disconnect`, the only message that can
+        follow a request body that has been read."""
+        cycle = (scope or {}).get("extensions", {}).get(DISCONNECT_EXTENSION)
+        if cycle is not None:
+            cycle.on_disconnect = self.client_gone
+            return
         self.watcher = asyncio.ensure_future(receive())
         self.watcher.add_done_callback(self._received)
+
+    def client_gone(self) -> None:
+        self.interrupt(Reason.CLIENT_GONE)
 
     def _received(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:

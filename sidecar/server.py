@@ -1,4 +1,4 @@
-"""Process lifecycle: bind, serve the proxy with uvicorn, run the checks, stop gracefully."""
+"""Process lifecycle: bind, serve the proxy (http1.py), run the checks, stop gracefully."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .acceptor import Acceptor
 from .checker import ActiveChecker
 from .config import Config
-from .onewrite import OneWrite
+from .http1 import HTTPServer, Limits
 from .proxy import ProxyApp
 from .runtime import Runtime
 
 log = logging.getLogger("llm_sidecar")
 
 BACKLOG = 2048
-STOP_BACKSTOP = 5.0  # seconds past the grace before uvicorn cancels what is left itself
+FD_RESERVE = 64  # descriptors kept for the control socket, logs, probes and the listener
 FD_LIMIT_CAP = 65536  # when the hard limit is unlimited
 
 
@@ -46,73 +47,70 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Any, **options: Any) -> Any:
-    """uvicorn (httptools) serving a raw ASGI app on sockets we bound, with the changes below.
+class Server:
+    """The proxy's HTTP server (http1.py) on a socket we bound: our accept, the connection cap, a stop.
 
     The benchmark's upstream and floor use it too, so every path is served alike.
     """
-    import uvicorn
 
-    class Server(uvicorn.Server):
-        """uvicorn, with three changes: our own accept (acceptor.py), one write per response
-        head (transport.py), and signals.
+    def __init__(self, app: Any, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+        self.should_exit = False
+        self.exit = asyncio.Event()
+        self.http: HTTPServer | None = None
 
-        uvicorn re-raises SIGTERM after its shutdown, which would kill us before our
-        own clean-up (control socket, sessions), and installs its handlers only once
-        serving, after the port is open; `signals()` handles them on the loop instead,
-        for as long as its caller wants.
-        """
+    def stop(self) -> None:
+        """Stop accepting; requests in flight go on (see Stopper)."""
+        self.should_exit = True
+        self.exit.set()
 
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=[])
-            config = self.config
+    async def serve(self, sock: socket.socket) -> None:
+        http = self.http = HTTPServer(self.app, replace(self.limits, max_connections=connection_cap(self.limits)))
+        acceptor = Acceptor(sock, http.protocol, http.room)
+        http.on_room = acceptor.resume
+        try:
+            await self.exit.wait()
+        finally:
+            acceptor.close()
+            sock.close()  # refuse new connections at once, rather than leave them in the backlog
+            http.stop_accepting_requests()
+            await http.wait_idle()
+            http.close_all()
 
-            class Protocol(config.http_protocol_class):  # type: ignore[misc,name-defined]
-                def connection_made(self, transport: asyncio.Transport) -> None:
-                    super().connection_made(transport)
-                    self.transport = OneWrite(transport, self.loop)
-
-            def protocol() -> asyncio.Protocol:
-                return Protocol(config=config, server_state=self.server_state, app_state=self.lifespan.state)
-
-            self.servers = [Acceptor(sock, protocol) for sock in sockets or []]  # type: ignore[misc]
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield  # see signals()
-
-        @contextlib.contextmanager
-        def signals(self, handler: Callable[[int], None] | None = None) -> Iterator[None]:
-            """SIGINT/SIGTERM go to `handler` (default: uvicorn's graceful stop)."""
-            if threading.current_thread() is not threading.main_thread():
-                yield  # e.g. the demo behind the monitor: its owner stops it
-                return
-            loop = asyncio.get_running_loop()
+    @contextlib.contextmanager
+    def signals(self, handler: Callable[[int], None] | None = None) -> Iterator[None]:
+        """SIGINT/SIGTERM go to `handler` (default: stop), on the loop, from before the port opens."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # e.g. the demo behind the monitor: its owner stops it
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, handler or (lambda _sig: self.stop()), sig)
+        try:
+            yield
+        finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                if handler is None:
-                    loop.add_signal_handler(sig, self.handle_exit, sig, None)
-                else:
-                    loop.add_signal_handler(sig, handler, sig)
-            try:
-                yield
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+                loop.remove_signal_handler(sig)
 
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        ws="none",  # the proxy speaks HTTP only; no upgrade path to a websocket protocol
-        loop="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # a localhost sidecar has no proxy in front; saves a middleware per request
-        server_header=False,
-        date_header=False,
-        **options,
+
+def connection_cap(limits: Limits) -> int:
+    """max_connections, and no more than the open-file limit allows (each proxied request holds two)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limits.max_connections
+    return min(limits.max_connections, max(16, (soft - FD_RESERVE) // 2))
+
+
+def limits_of(config: Config) -> Limits:
+    s = config.server
+    return Limits(
+        max_header_bytes=s.max_header_bytes,
+        header_timeout=s.header_timeout,
+        body_timeout=s.body_timeout,
+        keepalive_timeout=s.keepalive_timeout,
+        max_connections=s.max_connections,
     )
-    return Server(config)
 
 
 class Stopper:
@@ -129,7 +127,7 @@ class Stopper:
 
     def signal(self, sig: int) -> None:
         if not self.server.should_exit:
-            self.server.should_exit = True
+            self.server.stop()
             n = len(self.app.inflight)
             if n:
                 log.info(
@@ -147,7 +145,6 @@ class Stopper:
         count = await self.app.stop_requests()
         if count:
             log.warning("stopped now: %d request(s) still in flight were ended with an error", count)
-        self.server.force_exit = True
 
     def cancel(self) -> None:
         if self.timer is not None:
@@ -171,10 +168,8 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     raise_fd_limit()
     runtime = Runtime(config)
     app = ProxyApp(runtime)
-    # Built (uvicorn imported) and signals handled before the port opens: a client that can
-    # connect may signal us at once. Our own stopper ends requests at `grace`; uvicorn's
-    # timeout is only a backstop.
-    server = uvicorn_server(app, timeout_keep_alive=75, timeout_graceful_shutdown=grace + STOP_BACKSTOP)
+    # Signals are handled before the port opens: a client that can connect may signal us at once.
+    server = Server(app, limits_of(config))
     stopper = Stopper(server, app, grace)
     with server.signals(stopper.signal):
         try:
@@ -208,7 +203,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         log.info("control socket %s", control.path)
     tune_gc()
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sock)
     finally:
         log.info("stopping")
         watchdog.cancel()

@@ -514,7 +514,11 @@ async def test_low_soft_fd_limit_is_raised_to_the_hard_limit(fakes, limited_side
         assert line.split()[3] != "256", line
 
 
-async def test_out_of_descriptors_is_503_sidecar_overloaded_and_no_node_is_blamed(fakes, limited_sidecar) -> None:
+async def test_near_the_fd_limit_connections_wait_for_room_and_no_node_is_blamed(fakes, limited_sidecar) -> None:
+    """With soft = hard = 200 descriptors, 250 concurrent streams: the server caps its client connections
+    below what the descriptors allow (the rest wait in the backlog), so every request is answered, and
+    whatever runs out is never held against a node. (Running out anyway is a 503 `sidecar_overloaded`:
+    tests/test_failover_matrix.py.)"""
     primary = await fakes("primary", chunks=5, chunk_delay=0.3)
     backup = await fakes("backup", chunks=5, chunk_delay=0.3)
     car = await limited_sidecar(two_node_config(primary, backup), 200, 200)
@@ -534,8 +538,9 @@ async def test_out_of_descriptors_is_503_sidecar_overloaded_and_no_node_is_blame
     ok = statuses.count(200)
     overloaded = [json.loads(body)["error"]["code"] for status, body in results if status == 503]
     assert ok + len(overloaded) == 250, sorted(set(statuses))  # no 502, no dropped connection
-    assert overloaded and set(overloaded) == {"sidecar_overloaded"}  # the limit was really hit
-    assert ok > 0
+    assert set(overloaded) <= {"sidecar_overloaded"}
+    assert ok >= 200
+    assert "connection limit reached" in car.log()  # the cap was really hit
     for state in (await car.status())["nodes"]:
         assert state["state"] == "healthy", state
         counters = state["passive"]["counters"]

@@ -1,4 +1,4 @@
-"""The sidecar's uvicorn set-up on a real socket: a response head leaves with its body, never alone for long."""
+"""The sidecar's HTTP server on a real socket: a response head leaves with its body, never alone for long."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import socket
 from typing import Any
 
-from sidecar.server import bind_tcp, uvicorn_server
+from sidecar.http1 import Limits
+from sidecar.server import Server, bind_tcp
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -31,11 +32,9 @@ def first_reads(port: int, path: str) -> tuple[bytes, bytes]:
 async def test_head_and_body_leave_together_and_a_lone_head_is_not_held() -> None:
     sock = bind_tcp("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn_server(app, log_level="warning")
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    server = Server(app, Limits())
+    serving = asyncio.ensure_future(server.serve(sock))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
         first, _ = await asyncio.to_thread(first_reads, port, "/fast")
         # One write: the client's first read holds the whole response, head and body.
         assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\nhello")
@@ -44,6 +43,5 @@ async def test_head_and_body_leave_together_and_a_lone_head_is_not_held() -> Non
         assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n")
         assert rest == b"hello"
     finally:
-        server.should_exit = True
+        server.stop()
         await asyncio.wait_for(serving, 10)
-        sock.close()

@@ -1,0 +1,597 @@
+"""HTTP/1.1 for the proxy's listener: httptools' parser (llhttp) in front of an ASGI app.
+
+Our own protocol rather than uvicorn's, because a sidecar next to an agent needs
+limits uvicorn does not enforce and behaviour it does not have, and getting
+them from uvicorn meant subclassing its private protocol class:
+
+- a request head larger than `max_header_bytes` is answered 431 before more is
+  buffered (httptools accumulates a header value internally, so the bytes fed
+  while the head is incomplete are what is counted);
+- a head must arrive within `header_timeout`, a body within `body_timeout`, and
+  an idle keep-alive connection closes after `keepalive_timeout` (slowloris);
+- a client that half-closes after its request still gets its answer;
+- HTTP/1.0 clients get close-delimited bodies, never chunked ones;
+- a request line without a version, or a missing or repeated Host, is a 400;
+- the response head goes out with the first body bytes in one write;
+- a client that leaves is reported to the app at once through the
+  `llm_sidecar.disconnect` scope extension (no task per request to notice it).
+
+The parser is llhttp in its strict mode (no leniencies), which rejects the
+request-smuggling shapes (Content-Length with Transfer-Encoding, bad chunk
+sizes, bare LF, obs-fold, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import socket
+import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+
+log = logging.getLogger("llm_sidecar")
+
+App = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Any]], Awaitable[None]
+]
+DISCONNECT_EXTENSION = "llm_sidecar.disconnect"
+HIGH_WATER = 64 * 1024  # request body bytes buffered before reading pauses
+HEADER_OVERHEAD = 32  # counted per header on top of its bytes, so many tiny headers count too
+DISCONNECT = {"type": "http.disconnect"}
+PEER_CHECK_DELAY = 0.02  # seconds for a closed client's reset to arrive over loopback
+FULL_LOG_EVERY = 10.0  # seconds between "connection limit reached" lines
+TCP_CLOSE = 7  # tcp_info.tcpi_state after a reset (linux/tcp_states.h)
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+STATUS_LINE = {status: _status_line(status) for status in range(100, 600)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 30.0
+    max_connections: int = 4096
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+def plain(status: int, message: str) -> bytes:
+    """A complete JSON error response that closes the connection (for errors before the app runs)."""
+    body = b'{"error": {"message": "%s", "type": "invalid_request_error", "code": null}}' % message.encode()
+    return (
+        STATUS_LINE[status]
+        + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        + body
+    )
+
+
+class Cycle:
+    """One request and its response: the ASGI receive/send pair and what has gone over the wire."""
+
+    __slots__ = (
+        "body", "body_done", "buffered", "chunked", "conn", "disconnected", "expect_continue", "head",
+        "head_request", "http11", "keep_alive", "more_body", "no_body", "on_disconnect", "response_complete",
+        "response_started", "scope", "task", "waiter",
+    )  # fmt: skip
+
+    def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.http11 = scope["http_version"] == "1.1"
+        self.head_request = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.more_body = True  # the parser has more of the body to come
+        self.body_done = False  # the app has been given the last body message
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.no_body = False
+        self.head: bytes | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        # Set by the app through the scope extension: called once if the client goes before the answer is complete.
+        self.on_disconnect: Callable[[], None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        if not self.body_done:
+            while not self.body and self.more_body and not self.disconnected:
+                if self.expect_continue:
+                    self.expect_continue = False
+                    conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                conn.resume_reading()
+                self.waiter = conn.loop.create_future()
+                await self.waiter
+            if self.disconnected:
+                return DISCONNECT
+            chunks, self.body, self.buffered = self.body, [], 0
+            self.body_done = not self.more_body
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return {"type": "http.request", "body": data, "more_body": self.more_body}
+        # The body was delivered: the next message is the client leaving (or the response ending).
+        while not self.disconnected and not self.response_complete:
+            self.waiter = conn.loop.create_future()
+            await self.waiter
+        return DISCONNECT
+
+    async def send(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn.write_paused is not None and not self.disconnected:
+            await conn.write_paused
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"expected http.response.start, got {message['type']}")
+            self.response_started = True
+            self.expect_continue = False
+            self.start(message["status"], message.get("headers", ()))
+            return
+        if message["type"] != "http.response.body" or self.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {message['type']} after the response")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self.no_body:
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            data = body
+        head = self.head
+        if head is not None:
+            self.head = None
+            data = head + data
+        if data:
+            conn.write(data)
+        if not more:
+            self.response_complete = True
+            self.wake()
+            conn.response_done(self)
+
+    def start(self, status: int, headers: Any) -> None:
+        """Build the head; it leaves with the first body bytes (one write per response)."""
+        parts = [STATUS_LINE.get(status) or _status_line(status)]
+        length = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = True
+            elif lowered == b"transfer-encoding":
+                continue  # framing is ours to choose
+            elif lowered == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+            parts += (name, b": ", value, b"\r\n")
+        self.no_body = self.head_request or status in (204, 304) or status < 200
+        if not length and not self.no_body:
+            if self.http11:
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0 has no chunked: the body ends when the connection does
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+        # Normally the first body message follows at once and takes the head along (one write);
+        # an app that waits first still gets its head out on the next turn of the loop.
+        self.conn.loop.call_soon(self.flush_head)
+
+    def flush_head(self) -> None:
+        head = self.head
+        if head is not None and not self.disconnected:
+            self.head = None
+            self.conn.write(head)
+
+    def lost(self) -> None:
+        if self.response_complete:
+            return
+        self.disconnected = True
+        self.wake()
+        callback, self.on_disconnect = self.on_disconnect, None
+        if callback is not None:
+            callback()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs them one at a time, enforces the limits."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.limits = server.limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sockname: Any = None
+        self.peername: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.write_paused: asyncio.Future[None] | None = None
+        self.reading = True
+        self.served = 0  # answers completed on this connection
+        self.read_eof = False
+        self.closing = False
+        # The request being parsed, and the one the app is running (they differ when pipelined).
+        self.url: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.in_head = False
+        self.too_large = False
+        self.parsing: Cycle | None = None
+        self.active: Cycle | None = None
+        self.queue: deque[Cycle] = deque()
+
+    # -------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        self.sockname = transport.get_extra_info("sockname")
+        self.peername = transport.get_extra_info("peername")
+        self.server.opened(self)
+        self.arm(self.limits.header_timeout, self.head_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.reject(400, "protocol upgrades are not supported")
+            return
+        except httptools.HttpParserError:
+            # httptools wraps what a callback raises; the flag says it was the size limit.
+            if self.too_large:
+                self.reject(431, "request headers too large")
+            else:
+                self.reject(400, "invalid HTTP request")
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.max_header_bytes:
+                self.reject(431, "request headers too large")
+
+    def eof_received(self) -> bool | None:
+        """The client sent FIN: it either closed (gone) or only shut down writing (wants its answer).
+
+        TCP tells the two apart only once we write: a closed socket answers with a reset. So an
+        HTTP/1.1 request still waiting for its answer gets an interim `103` (clients skip 1xx they
+        did not ask for), and a moment later the socket's state says whether the client is there.
+        """
+        self.read_eof = True
+        if self.in_head or (self.parsing is not None and self.parsing.more_body):
+            return None  # the request can never complete: treat it as gone
+        active = self.active
+        if active is None and not self.queue:
+            return None
+        if active is not None and not active.response_started and active.http11:
+            self.write(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+            self.loop.call_later(PEER_CHECK_DELAY, self.check_peer)
+        return True  # keep writing: a half-closed client still gets its answer
+
+    def check_peer(self) -> None:
+        """After the probe: a reset means the client had closed, and its request is abandoned."""
+        if self.closing or self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except (OSError, AttributeError):
+            return  # no way to tell here: answer as if half-closed
+        if state == TCP_CLOSE:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.cancel_timer()
+        self.server.closed(self)
+        for cycle in (self.active, *self.queue, self.parsing):
+            if cycle is not None:
+                cycle.lost()
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.write_paused is None:
+            self.write_paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self.write_paused = self.write_paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = []
+        self.headers = []
+        self.head_bytes = 0
+        self.in_head = True
+        if self.active is None:
+            self.arm(self.limits.header_timeout, self.head_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        self.url.append(url)
+        self.count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        self.count(len(name) + len(value) + HEADER_OVERHEAD)
+
+    def count(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > self.limits.max_header_bytes:
+            self.too_large = True
+            raise HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise httptools.HttpParserError("unsupported HTTP version")
+        if parser.should_upgrade():
+            raise httptools.HttpParserError("protocol upgrades are not supported")
+        hosts = 0
+        expect = False
+        for name, value in self.headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue"
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise httptools.HttpParserError("a request needs exactly one Host header")
+        url = b"".join(self.url)
+        parsed = httptools.parse_url(url)
+        raw_path: bytes = parsed.path
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path, encoding="latin-1")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "method": parser.get_method().decode("latin-1"),
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": parsed.query or b"",
+            "root_path": "",
+            "headers": self.headers,
+            "server": self.sockname,
+            "client": self.peername,
+        }
+        cycle = Cycle(self, scope, parser.should_keep_alive(), expect)
+        scope["extensions"] = {DISCONNECT_EXTENSION: cycle}
+        self.parsing = cycle
+        if self.active is None:
+            self.run(cycle)
+        else:
+            self.queue.append(cycle)  # pipelined: runs once the one before has answered
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.body_done:
+            return
+        cycle.body.append(body)
+        cycle.buffered += len(body)
+        if cycle.buffered > HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        self.parsing = None
+        if cycle is None:
+            return
+        cycle.more_body = False
+        if cycle is self.active:
+            self.cancel_timer()
+        cycle.wake()
+
+    # -------------------------------------------------------------- running requests
+
+    def run(self, cycle: Cycle) -> None:
+        self.active = cycle
+        if cycle.more_body:
+            self.arm(self.limits.body_timeout, self.body_timed_out)
+        else:
+            self.cancel_timer()
+        cycle.task = self.loop.create_task(self.server.run(cycle))
+
+    def response_done(self, cycle: Cycle) -> None:
+        self.active = None
+        self.served += 1
+        if not cycle.keep_alive or self.read_eof or self.server.stopping:
+            self.close()
+            return
+        if cycle.more_body:
+            self.close()  # the app answered before reading the whole body: the stream is out of sync
+            return
+        if self.server.full:
+            self.close()  # at the connection cap a kept-alive connection makes room for a waiting one
+            return
+        if self.queue:
+            self.run(self.queue.popleft())
+            self.resume_reading()
+            return
+        self.arm(self.limits.keepalive_timeout, self.close)
+        self.resume_reading()
+
+    @property
+    def idle(self) -> bool:
+        """Kept alive after an answer and waiting for the next request: safe to close at the cap."""
+        return self.served > 0 and self.active is None and not self.in_head and not self.queue
+
+    # -------------------------------------------------------------- timers and errors
+
+    def arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self.cancel_timer()
+        self.timer = self.loop.call_later(seconds, callback)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def head_timed_out(self) -> None:
+        if self.in_head:
+            self.reject(408, "request headers not received in time")
+        else:
+            self.close()  # connected and silent
+
+    def body_timed_out(self) -> None:
+        cycle = self.active
+        if cycle is not None and not cycle.response_started:
+            self.write(plain(408, "request body not received in time"))
+        self.close()
+
+    def reject(self, status: int, message: str) -> None:
+        """Answer an error the app never sees (the request could not be read) and close."""
+        active = self.active
+        if active is not None and not active.response_started:
+            active.lost()  # its body turned out malformed: the app stops, the error below is the answer
+        if active is None or not active.response_started or active.response_complete:
+            self.write(plain(status, message))
+        log.warning("client request rejected: %d %s", status, message)
+        self.close()
+
+    # -------------------------------------------------------------- transport
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.reading and self.transport is not None and not self.closing:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.reading and self.transport is not None and not self.closing:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.cancel_timer()
+            self.transport.close()
+
+
+class HTTPServer:
+    """Connections on one listening socket, their cap, and a graceful stop."""
+
+    def __init__(self, app: App, limits: Limits, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.app = app
+        self.limits = limits
+        self.loop = loop or asyncio.get_running_loop()
+        self.connections: dict[Connection, None] = {}  # insertion order: oldest first
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.capacity = limits.max_connections
+        self.on_room: Callable[[], None] | None = None  # resumes accepting after the cap was reached
+        self.full = False
+        self.full_logged = -FULL_LOG_EVERY
+
+    def protocol(self) -> asyncio.Protocol:
+        return Connection(self)
+
+    async def run(self, cycle: Cycle) -> None:
+        task = cycle.task
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            await self.app(cycle.scope, cycle.receive, cycle.send)
+        except asyncio.CancelledError:
+            cycle.conn.close()  # stopped from outside the app
+            return
+        except Exception:
+            log.exception("request failed inside the server")
+            if not cycle.response_started and not cycle.disconnected:
+                cycle.conn.write(plain(500, "internal error"))
+            cycle.conn.close()
+            return
+        finally:
+            if task is not None:
+                self.tasks.discard(task)
+        if not cycle.response_complete and not cycle.disconnected:
+            log.error("request ended without a complete response")
+            cycle.conn.close()
+
+    def opened(self, conn: Connection) -> None:
+        self.connections[conn] = None
+
+    def room(self, pending: int) -> bool:
+        """May one more connection be accepted (`pending` are accepted but not yet started)?
+
+        At the cap an idle keep-alive connection is closed to make room (oldest first, as nginx
+        reuses them); with none idle, the new connection waits in the backlog until one closes.
+        """
+        if len(self.connections) + pending < self.capacity:
+            return True
+        for other in self.connections:
+            if other.idle:
+                other.close()
+                self.connections.pop(other, None)
+                return True
+        if not self.full:
+            self.full = True
+            now = self.loop.time()
+            if now - self.full_logged > FULL_LOG_EVERY:  # one line per episode, not one per connection
+                self.full_logged = now
+                log.warning(
+                    "connection limit reached (%d open): new connections wait until one closes "
+                    "(server.max_connections, and the open-file limit)",
+                    len(self.connections),
+                )
+        return False
+
+    def closed(self, conn: Connection) -> None:
+        self.connections.pop(conn, None)
+        if self.full and len(self.connections) < self.capacity:
+            self.full = False
+            if self.on_room is not None:
+                self.on_room()
+
+    def stop_accepting_requests(self) -> None:
+        """Idle connections close now; busy ones close after their answer."""
+        self.stopping = True
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+
+    async def wait_idle(self) -> None:
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
