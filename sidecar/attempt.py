@@ -6,21 +6,28 @@ response. On exit it records exactly one outcome, on every path:
 
 - success: the body ended normally;
 - failure (a kind and a reason): an `UpstreamError` left the scope, or the
-  relay called `fail()` after it had to end a stream with an error event;
+  relay called `fail()` after the node broke an answer already under way;
 - neutral: anything else (the client left, the sidecar is stopping, a bug in
   the sidecar, the request's own retry budget ran out): the lease goes back
   with no verdict on the node.
 
 Nothing reaches the client before `first_bytes` returns, so anything that goes
 wrong until then is still retryable: the response headers are held until the
-first body byte (for SSE, the first non-comment line), which lets a node that
-answers 200 and then stays silent be failed over. Non-stream bodies are read
-whole for the same reason.
+first body byte (for SSE, the first non-comment line, within SSE_HOLD_LIMIT),
+which lets a node that answers 200 and then stays silent be failed over. JSON
+bodies are read whole for the same reason, up to `max_response_bytes`; bodies
+nobody needs to inspect (audio, files, anything too large to hold) are handed
+on as they arrive once their first bytes are in.
+
+`first_bytes` also decides which answers are the node's failure although they
+are no error status: a redirect, a non-JSON 2xx on a JSON API path, a body
+past the limit, an SSE answer of nothing but comments.
 """
 
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +42,14 @@ if TYPE_CHECKING:
     from .upstream import NodeState, Upstream
 
 ERROR_BODY_LIMIT = 64 * 1024
+# What is held of an SSE answer before its first real event: comments (": keep-alive") are
+# forwarded once the hold ends, so a node sending only comments would otherwise grow it forever.
+SSE_HOLD_LIMIT = 1 << 20
+# A Retry-After longer than a day is a broken header, not a plan (health caps it further).
+MAX_RETRY_AFTER = 86400.0
+# The OpenAI API paths whose successful answers are JSON or SSE and nothing else: a 200 text/html
+# there is a captive portal or a CDN's error page, not an answer. Others (files, audio) keep any type.
+JSON_API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 
 
 class Outcome(Enum):
@@ -43,11 +58,19 @@ class Outcome(Enum):
     NEUTRAL = "neutral"
 
 
+class Body(Enum):
+    """How an answer's body goes to the client."""
+
+    WHOLE = "whole"  # read whole (bounded) before anything is sent: a cut can still fail over
+    EVENTS = "events"  # SSE: held until the first real event, then relayed event by event
+    PASS = "pass"  # streamed as it arrives once its first bytes are in (audio, files, large bodies)
+
+
 @dataclass(slots=True)
 class Ready:
     response: Response
-    stream: bool
-    body: bytes  # the whole body, or what was held back of a stream
+    kind: Body
+    body: bytes  # the whole body, what was held back of a stream, or the first bytes of a pass-through
     first_byte: float
     first_token: float | None
 
@@ -60,65 +83,157 @@ def status_reason(status: int) -> str:
     return f"http {status}"
 
 
+def is_json_api(path: str) -> bool:
+    """A path whose 2xx answers must be JSON or SSE (see JSON_API_PATHS)."""
+    return path in JSON_API_PATHS or path.startswith("/v1/responses/")
+
+
+def _seconds(value: str, scale: float = 1.0) -> float | None:
+    """A finite delay in [0, MAX_RETRY_AFTER]; None for what is no number (NaN included)."""
+    try:
+        seconds = float(value) / scale
+    except ValueError:
+        return None
+    if seconds != seconds:  # NaN: neither a delay nor comparable
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)  # clamps inf and -inf too
+
+
 def retry_after(header: Callable[[str], str | None]) -> float | None:
-    """Seconds from Retry-After (seconds or HTTP date) or OpenAI's retry-after-ms."""
+    """Seconds from Retry-After (seconds or HTTP date) or OpenAI's retry-after-ms, always finite.
+
+    The header is the node's to write: `inf`, `1e999`, `nan` or a date in year 9999 must not
+    become a non-finite block time or an Infinity in the status JSON.
+    """
     ms = header("retry-after-ms")
     if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
+        seconds = _seconds(ms, 1000.0)
+        if seconds is not None:
+            return seconds
     value = header("retry-after")
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
-def has_payload(held: bytes | bytearray) -> bool:
-    """True once the SSE bytes carry a line that is not a comment (": keep-alive")."""
-    for line in held.split(b"\n"):
-        line = line.strip()
-        if line and not line.startswith(b":"):
+# A line that starts (after blanks) with anything but ":" is a real SSE field. Only horizontal
+# blanks are skipped after a line start, so a run of newlines is not rescanned from each of them.
+_FIELD = re.compile(rb"(?<![^\r\n])[ \t\f\v]*[^:\s]")
+_EOL = re.compile(rb"[\r\n]")
+
+
+class EventScan:
+    """Finds the first SSE line that is not a comment, chunk by chunk, looking at each byte once.
+
+    Rescanning the whole held buffer on every chunk made a comment flood quadratic.
+    """
+
+    __slots__ = ("in_comment",)
+
+    def __init__(self) -> None:
+        self.in_comment = False  # the previous chunk ended inside a comment line
+
+    def payload(self, chunk: bytes) -> bool:
+        if self.in_comment:
+            end = _EOL.search(chunk)
+            if end is None:
+                return False
+            chunk = chunk[end.end() :]
+            self.in_comment = False
+        if _FIELD.search(chunk) is not None:
             return True
-    return False
+        tail = chunk[max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1 :]
+        self.in_comment = tail.lstrip().startswith(b":")
+        return False
 
 
-async def first_bytes(response: Response, retry_statuses: frozenset[int]) -> Ready:
-    """Wait for what may be sent to the client; raise UpstreamError when the node failed instead."""
-    now = time.monotonic
+def media_type(value: str | None) -> str:
+    return "" if not value else value.partition(";")[0].strip().lower()
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """A node-supplied value fit for a failure reason (it reaches logs and the monitor)."""
+    return "".join(c if "!" <= c <= "~" else "?" for c in text[:limit])
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400 and status != 304  # 304 answers the client's own conditional request
+
+
+async def failed_answer(response: Response, reason: str, retry: float | None = None) -> UpstreamError:
+    """A node's answer that is a failure, kept (bounded) in case it is the last one to pass on."""
+    return UpstreamError(
+        Failure.HTTP,
+        reason,
+        status=response.status,
+        headers=list(response.raw_headers),
+        body=await response.read(ERROR_BODY_LIMIT),
+        retry_after=retry,
+    )
+
+
+async def first_bytes(
+    response: Response, retry_statuses: frozenset[int], max_bytes: int, json_api: bool = False
+) -> Ready:
+    """Wait for what may be sent to the client; raise UpstreamError when the node failed instead.
+
+    `max_bytes` bounds what is held of a body read whole; `json_api`: the request's path is one
+    whose successful answers must be JSON or SSE.
+    """
     status = response.status
     if status in retry_statuses:
-        data = await response.read(ERROR_BODY_LIMIT)
-        raise UpstreamError(
-            Failure.HTTP,
-            status_reason(status),
-            status=status,
-            headers=list(response.raw_headers),
-            body=data,
-            retry_after=retry_after(response.header) if status == 429 else None,
+        raise await failed_answer(
+            response, status_reason(status), retry_after(response.header) if status == 429 else None
         )
-    if (response.header("content-type") or "").startswith("text/event-stream"):
-        held = bytearray()
-        first_byte = 0.0
-        while True:
-            chunk = await response.chunk()
-            if not chunk:
-                raise UpstreamError(Failure.TCP, "stream ended before any data")
-            if not held:
-                first_byte = now()
-            held += chunk
-            if has_payload(held):
-                return Ready(response, True, bytes(held), first_byte, now())
-    data = await response.read()
-    return Ready(response, False, data, now(), None)
+    if is_redirect(status):
+        # A provider redirecting an API call is misconfigured; the prompt and key go nowhere else.
+        raise await failed_answer(response, f"redirect ({status})")
+    media = media_type(response.header("content-type"))
+    if media == "text/event-stream":
+        return await first_event(response)
+    is_json = media == "application/json" or media.endswith("+json")
+    if json_api and not is_json and media and 200 <= status < 300:
+        raise UpstreamError(Failure.HTTP, f"bad content-type ({printable(media)})")
+    if is_json or (json_api and not media):
+        length = response.header("content-length")
+        if not (length and length.isdigit() and int(length) > max_bytes):
+            return await whole(response, max_bytes)
+    # Nothing in it needs inspecting: hand it on as it comes, holding nothing.
+    data = await response.chunk()
+    return Ready(response, Body.PASS, data, time.monotonic(), None)
+
+
+async def whole(response: Response, max_bytes: int) -> Ready:
+    data = await response.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UpstreamError(Failure.HTTP, "response too large", code="upstream_response_too_large")
+    return Ready(response, Body.WHOLE, data, time.monotonic(), None)
+
+
+async def first_event(response: Response) -> Ready:
+    """Hold an SSE answer until its first real event (bounded), so a silent node still fails over."""
+    now = time.monotonic
+    held = bytearray()
+    scan = EventScan()
+    first_byte = 0.0
+    while True:
+        chunk = await response.chunk()
+        if not chunk:
+            raise UpstreamError(Failure.TCP, "stream ended before any data")
+        if not held:
+            first_byte = now()
+        held += chunk
+        if scan.payload(chunk):
+            return Ready(response, Body.EVENTS, bytes(held), first_byte, now())
+        if len(held) > SSE_HOLD_LIMIT:
+            raise UpstreamError(Failure.HTTP, "no data before limit")
 
 
 class Attempt:

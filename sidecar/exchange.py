@@ -106,6 +106,8 @@ class BodyRewriter:
         if self.parsed is None:
             try:
                 parsed = json.loads(self.body)
+            except RecursionError:
+                raise BadBody("request body is nested too deeply") from None
             except ValueError as exc:
                 raise BadBody(f"request body is not valid JSON ({exc})") from None
             if not isinstance(parsed, dict):
@@ -117,4 +119,21 @@ class BodyRewriter:
         target = node.config.rewrite_model(model)
         if target == model:
             return self.body
-        return json.dumps({**self.parsed, "model": target}, ensure_ascii=False, separators=(",", ":")).encode()
+        return dump({**self.parsed, "model": target})
+
+
+def dump(body: dict[str, Any]) -> bytes:
+    """A rewritten body, or BadBody for what json.loads accepts but cannot go out as JSON.
+
+    Those are a lone surrogate ("\\ud800", which UTF-8 cannot encode) and a number out of
+    float range (1e999 parses as inf, which would be dumped as the non-JSON `Infinity`).
+    """
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode()
+    except RecursionError:
+        raise BadBody("request body is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise BadBody("request body is not valid JSON (a lone UTF-16 surrogate in a string)") from None
+    except ValueError:
+        raise BadBody("request body is not valid JSON (a number out of range)") from None

@@ -543,7 +543,9 @@ class HTTPServer:
             if task is not None:
                 self.tasks.discard(task)
         if not cycle.response_complete and not cycle.disconnected:
-            log.error("request ended without a complete response")
+            # The app could not finish the body (an upstream cut a streamed download): closing is
+            # how HTTP/1.1 tells the client its body is short.
+            log.warning("response ended incomplete: connection closed")
             cycle.conn.close()
 
     def opened(self, conn: Connection) -> None:

@@ -1,4 +1,8 @@
-"""Logging set-up: one access line per request on stderr, as text or JSON."""
+"""Logging set-up: one access line per request on stderr, as text or JSON.
+
+Both stay one line per record whatever a client or a node put in a field: the text
+format quotes and escapes untrusted values, the JSON one is ASCII-only JSON.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -15,15 +20,41 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else str(value)
 
 
+# Untrusted text (the client's path and model, a node's answer in a reason) must not forge a line,
+# a field or a terminal escape in the text log. A value made only of these goes as it is:
+_BARE = re.compile(r"[!#-\[\]-~]+")  # printable ASCII without blanks, quotes or backslashes
+_INNER = re.compile(r"[ !#-Z^-~]*")  # inside [...] or "...": blanks too, no quotes, brackets, backslashes
+_DEL = str.maketrans({"\x7f": "\\u007f"})  # json.dumps leaves DEL as it is
+_DEL_AND_BRACKETS = str.maketrans({"\x7f": "\\u007f", "[": "\\u005b", "]": "\\u005d"})
+
+
+def _escaped(text: str, table: dict[int, str] = _DEL) -> str:
+    """JSON string escapes (ASCII only: control characters, C1, U+2028, lone surrogates), no quotes."""
+    return json.dumps(text)[1:-1].translate(table)
+
+
+def _value(text: str) -> str:
+    """A field value: bare when it is plainly safe, else quoted with escapes (logfmt's convention)."""
+    return text if _BARE.fullmatch(text) else f'"{_escaped(text)}"'
+
+
+def _inner(text: str) -> str:
+    """Text inside the failed=[...] list or the quoted error: escaped only when it needs to be."""
+    return text if _INNER.fullmatch(text) else _escaped(text, _DEL_AND_BRACKETS)
+
+
 def _fields(record: dict[str, Any]) -> str:
-    failed = ",".join(f"{a['node']}:{a['reason']}" for a in record["failed"]) or "-"
+    failed = ",".join(f"{_inner(str(a['node']))}:{_inner(str(a['reason']))}" for a in record["failed"]) or "-"
+    model = record["model"]
+    node = record["node"]
     return (
-        f"id={record['id']} {record['method']} {record['path']} model={record['model'] or '-'} "
-        f"node={record['node'] or '-'} status={record['status']} attempts={record['attempts']} failed=[{failed}] "
+        f"id={_value(str(record['id']))} {_value(str(record['method']))} {_value(str(record['path']))} "
+        f"model={_value(model) if model else '-'} node={_value(node) if node else '-'} "
+        f"status={record['status']} attempts={record['attempts']} failed=[{failed}] "
         f"stream={'yes' if record['stream'] else 'no'} ttfb_ms={_ms(record['ttfb_ms'])} "
         f"ttft_ms={_ms(record['ttft_ms'])} total_ms={_ms(record['total_ms'])}"
         + (f" tokens={record['tokens_in']}/{record['tokens_out']}" if record["tokens_in"] is not None else "")
-        + (f' error="{record["error"]}"' if record["error"] else "")
+        + (f' error="{_inner(str(record["error"]))}"' if record["error"] else "")
     )
 
 
@@ -116,6 +147,4 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's own start-up lines describe its sockets, not our addresses.
-    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ class MockResponse:
         self.transport = transport
         self.status = script.status
         self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in script.headers]
-        self.steps = list(script.body)
+        self.steps = deque(script.body)  # popped from the left: a long script stays linear
         self.state = "open"
         transport.open.add(self)
 
@@ -51,7 +52,7 @@ class MockResponse:
     async def chunk(self) -> bytes:
         read = self.transport.read_timeout
         while self.steps:
-            step = self.steps.pop(0)
+            step = self.steps.popleft()
             if isinstance(step, UpstreamError):
                 raise step
             if isinstance(step, bytes):

@@ -17,6 +17,7 @@ import hmac
 import itertools
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
-from .attempt import Attempt, Ready, first_bytes
+from .attempt import Attempt, Ready, first_bytes, is_json_api
 from .errors import Send, error_json, send_error, send_json
 from .exchange import MODEL_RE, STREAM_RE, BadBody, BodyRewriter, Exchange
 from .interrupt import Interrupt, Reason
@@ -44,6 +45,21 @@ REQUEST_DROP = frozenset(
         b"x-api-key", b"api-key", b"x-request-id",
     }
 )  # fmt: skip
+# The OpenAI API uses no other method. TRACE to an echoing upstream handed the node's key to the
+# client; OPTIONS would answer browsers' CORS preflights with the node's CORS policy; HEAD and PUT/PATCH
+# serve nothing an SDK calls.
+ALLOWED_METHODS = frozenset({"GET", "POST", "DELETE"})
+ALLOW_HEADER = (b"allow", b"GET, POST, DELETE")
+# What a node (or a server in front of it) may resolve into another path than the one checked here:
+# dot segments, raw or percent-encoded in any case (and `..;`, which Tomcat reads as `..`),
+# encoded slashes and backslashes. The decoded path is checked too, in case the server's differs.
+RAW_PATH_TRICK = re.compile(rb"\\|%2f|%5c|(?:^|/)(?:\.|%2e){1,2}(?:[/;]|\Z)", re.IGNORECASE)
+PATH_TRICK = re.compile(r"\\|(?:^|/)\.{1,2}(?:[/;]|\Z)")
+# A client's X-Request-Id is logged, echoed and sent upstream: printable ASCII without blanks,
+# quotes or backslashes, at most MAX_REQUEST_ID long, else a generated one is used.
+MAX_REQUEST_ID = 128
+REQUEST_ID = re.compile(rb"[!#-&(-\[\]-~]+")
+NOT_HEADERS = frozenset({b"", b"close", b"keep-alive"})  # Connection tokens naming no header to drop
 URL_CACHE_SIZE = 1024
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
@@ -57,8 +73,37 @@ class BudgetExceeded(Exception):
     """The request's retry_timeout ran out: no verdict on the node that was being tried."""
 
 
-async def begin(attempt: Attempt, request: Request, statuses: frozenset[int]) -> Ready:
-    return await first_bytes(await attempt.send(request), statuses)
+async def begin(attempt: Attempt, request: Request, statuses: frozenset[int], limit: int, json_api: bool) -> Ready:
+    return await first_bytes(await attempt.send(request), statuses, limit, json_api)
+
+
+def path_is_safe(path: str, raw: bytes) -> bool:
+    """False for a path a node could resolve elsewhere (see RAW_PATH_TRICK).
+
+    Normal paths carry no ".", "%" or backslash: they skip the regular expressions.
+    """
+    if b"." not in raw and b"%" not in raw and b"\\" not in raw and "." not in path and "\\" not in path:
+        return True
+    return RAW_PATH_TRICK.search(raw) is None and PATH_TRICK.search(path) is None
+
+
+def client_request_id(value: bytes) -> str | None:
+    """The client's X-Request-Id capped at MAX_REQUEST_ID, or None when it is not in the safe charset."""
+    value = value[:MAX_REQUEST_ID]
+    return value.decode("ascii") if REQUEST_ID.fullmatch(value) else None
+
+
+def request_drop(connection: list[bytes]) -> frozenset[bytes]:
+    """The headers not forwarded upstream: the fixed set, plus those the client's Connection names.
+
+    A header named in Connection is hop-by-hop (RFC 9110 7.6.1): `Connection: close, X-Secret` means
+    X-Secret was for the sidecar, not for the node. Usually it names only keep-alive or close.
+    """
+    if not connection or (len(connection) == 1 and connection[0].lower() in NOT_HEADERS):
+        return REQUEST_DROP  # what HTTP clients send: nothing, or `keep-alive` (already dropped) or `close`
+    tokens = {token.strip().lower() for value in connection for token in value.split(b",")}
+    extra = tokens - REQUEST_DROP - NOT_HEADERS
+    return REQUEST_DROP | extra if extra else REQUEST_DROP
 
 
 async def within(seconds: float, pending: Awaitable[T]) -> T:
@@ -122,6 +167,16 @@ class ProxyApp:
 
     async def http(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         path: str = scope["path"]
+        if scope["method"] not in ALLOWED_METHODS:
+            await send_error(
+                send,
+                405,
+                f"method {scope['method'][:16]!r} is not allowed: the sidecar serves GET, POST and DELETE",
+                "invalid_request_error",
+                "method_not_allowed",
+                [ALLOW_HEADER],
+            )
+            return
         if path == "/healthz":
             await self.healthz(send)
             return
@@ -134,17 +189,30 @@ class ProxyApp:
                 "not_found",
             )
             return
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        if not path_is_safe(path, raw_path):
+            await send_error(
+                send,
+                400,
+                "invalid path: dot segments, encoded slashes and backslashes are not allowed",
+                "invalid_request_error",
+                "invalid_path",
+            )
+            return
         server = self.runtime.config.server
-        rid = ""
+        rid = None
         auth = b""
         declared = -1
+        connection: list[bytes] = []
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                rid = value.decode("latin-1")[:128]
+                rid = client_request_id(value)
             elif name == b"authorization":
                 auth = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
+            elif name == b"connection":
+                connection.append(value)
         rid = rid or self.next_id()
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         if server.api_key is not None and not hmac.compare_digest(auth, b"Bearer " + server.api_key.encode()):
@@ -182,10 +250,10 @@ class ProxyApp:
             started=time.monotonic(),
         )
         interrupt = Interrupt(send)
-        interrupt.watch(receive)
+        interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
         try:
-            await self.forward(scope, interrupt.send, body, ex)
+            await self.forward(scope, interrupt.send, body, ex, request_drop(connection))
         except asyncio.CancelledError:
             if interrupt.reason is None:
                 raise  # not ours to handle
@@ -255,24 +323,34 @@ class ProxyApp:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
 
-    async def forward(self, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange) -> None:
+    async def forward(
+        self, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange, drop: frozenset[bytes] = REQUEST_DROP
+    ) -> None:
         upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
         try:
-            await self.attempts(upstream, scope, send, body, ex)
+            await self.attempts(upstream, scope, send, body, ex, drop)
         finally:
             self.runtime.release(upstream)
 
-    async def attempts(self, upstream: Upstream, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange) -> None:
+    async def attempts(
+        self,
+        upstream: Upstream,
+        scope: dict[str, Any],
+        send: Send,
+        body: bytes,
+        ex: Exchange,
+        drop: frozenset[bytes] = REQUEST_DROP,
+    ) -> None:
         """The policy loop: which node next, until one answers or the budget is spent."""
         config = upstream.config.upstream
         budget = config.retries + 1
         deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
+        limit = config.max_response_bytes
+        json_api = is_json_api(ex.path)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope["query_string"]
         suffix = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        base_headers = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in REQUEST_DROP
-        ]
+        base_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
         base_headers.append(("X-Request-Id", ex.rid))
         rewriter = BodyRewriter(body, scope["headers"])
         tried: set[int] = set()
@@ -298,9 +376,10 @@ class ProxyApp:
             try:
                 with upstream.attempt(choice) as attempt:
                     if deadline is None:
-                        ready = await first_bytes(await attempt.send(request), statuses)
+                        ready = await first_bytes(await attempt.send(request), statuses, limit, json_api)
                     else:
-                        ready = await within(deadline - upstream.clock(), begin(attempt, request, statuses))
+                        pending = begin(attempt, request, statuses, limit, json_api)
+                        ready = await within(deadline - upstream.clock(), pending)
                     await relay(send, attempt, ready, ex, len(tried))
                 node.stats.tokens_in += ex.tokens_in or 0
                 node.stats.tokens_out += ex.tokens_out or 0

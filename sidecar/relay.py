@@ -6,7 +6,7 @@ attempt scope's business (it is told through `Attempt.fail`).
 
 from __future__ import annotations
 
-from .attempt import Attempt, Ready
+from .attempt import Attempt, Body, Ready
 from .errors import Send, error_json, send_error, send_json
 from .exchange import Exchange, count_tokens
 from .health import Failure
@@ -24,6 +24,8 @@ RESPONSE_DROP = frozenset(
         b"content-length",
     }
 )
+# A body streamed as it comes keeps the node's own length: the client can tell a cut from an end.
+PASS_DROP = RESPONSE_DROP - {b"content-length"}
 # An incomplete SSE event is held back until it completes, so a stream cut inside
 # an event never hands the client half a JSON object; past this size it goes as it is.
 MAX_PARTIAL_EVENT = 1 << 20
@@ -55,29 +57,68 @@ async def give_up(send: Send, ex: Exchange, last: UpstreamError | None, tried: i
         ex.status, ex.error = 503, "no upstream node is available (all are manually down)"
         await send_error(send, 503, ex.error, "upstream_error", "no_upstream", extra[:2])
         return
-    status, code = (504, "upstream_timeout") if timed_out else (502, "upstream_unavailable")
+    if timed_out:
+        status, code = 504, "upstream_timeout"
+    else:  # the last failure may name what went wrong (e.g. upstream_response_too_large)
+        status, code = 502, (last.code if last is not None else None) or "upstream_unavailable"
     ex.status, ex.error = status, f"all upstream attempts failed: {why}"
     await send_json(send, status, error_json(ex.error, "upstream_error", code), extra)
 
 
 async def relay(send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attempts: int) -> None:
-    """Forward a ready response to the client; a break mid-stream ends it with an SSE error event."""
+    """Forward a ready response to the client, the way its body kind needs (see attempt.Body)."""
     response = ready.response
     node = attempt.node
     ex.node, ex.status = node.name, response.status
     ex.first_byte, ex.first_token = ready.first_byte, ready.first_token
-    headers = [(k, v) for k, v in response.raw_headers if k.lower() not in RESPONSE_DROP]
+    kind = ready.kind
+    drop = PASS_DROP if kind is Body.PASS else RESPONSE_DROP
+    headers = [(k, v) for k, v in response.raw_headers if k.lower() not in drop]
     headers += [
         (b"x-llm-sidecar-node", node.name.encode()),
         (b"x-llm-sidecar-attempts", str(attempts).encode()),
         (b"x-request-id", ex.rid.encode("latin-1")),
     ]
-    if not ready.stream:
+    if kind is Body.WHOLE:
         count_tokens(ex, ready.body)
         headers.append((b"content-length", str(len(ready.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": ready.body})
-        return
+    elif kind is Body.EVENTS:
+        await relay_events(send, attempt, ready, ex, headers)
+    else:
+        await pass_through(send, attempt, ready, ex, headers)
+
+
+async def pass_through(
+    send: Send, attempt: Attempt, ready: Ready, ex: Exchange, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """A body nobody inspects (audio, files, too large to hold), handed on as it arrives.
+
+    The node's Content-Length is kept. Once bytes went out a cut cannot be retried, and ending the
+    response cleanly would pass a truncated file off as whole: it is left unfinished instead, so
+    the server closes the connection and the client sees the cut (the node takes the failure).
+    """
+    response = ready.response
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    chunk = ready.body
+    while chunk:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            chunk = await response.chunk()
+        except UpstreamError as exc:
+            ex.error = f"body interrupted: {exc.reason}"
+            attempt.fail(exc)
+            return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def relay_events(
+    send: Send, attempt: Attempt, ready: Ready, ex: Exchange, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """An SSE answer, event by event; a break mid-stream ends it with an SSE error event."""
+    response = ready.response
+    node = attempt.node
     ex.stream = True
     data = ready.body
     if b'"usage"' in data:

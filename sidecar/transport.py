@@ -45,6 +45,7 @@ class UpstreamError(Exception):
         headers: Sequence[tuple[bytes, bytes]] = (),
         body: bytes = b"",
         retry_after: float | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.kind = kind  # None: the sidecar's own failure (out of file descriptors), no health verdict
@@ -53,6 +54,7 @@ class UpstreamError(Exception):
         self.headers = headers
         self.body = body
         self.retry_after = retry_after
+        self.code = code  # the client's error code when this is the last failure (default upstream_unavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ class Response(Protocol):
     def header(self, name: str) -> str | None: ...
 
     async def read(self, limit: int = -1) -> bytes:
-        """The body (or its first `limit` bytes); raises UpstreamError."""
+        """The body, or its first `limit` bytes (reads until then or the end); raises UpstreamError."""
 
     async def chunk(self) -> bytes:
         """The next bytes as they arrive; b"" at the end; raises UpstreamError."""
@@ -128,12 +130,26 @@ class AiohttpResponse:
         return self._response.headers.get(name)
 
     async def read(self, limit: int = -1) -> bytes:
-        try:
-            if limit < 0:
+        if limit < 0:
+            try:
                 return await self._response.read()
-            return await self._response.content.read(limit)
+            except CLIENT_ERRORS as exc:
+                raise translate(exc) from None
+        # StreamReader.read(n) returns what is buffered (up to n): loop, so a body that arrives in
+        # several segments is whole, and never hold more than `limit` of it.
+        content = self._response.content
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < limit:
+                chunk = await content.read(limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except CLIENT_ERRORS as exc:
             raise translate(exc) from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def chunk(self) -> bytes:
         try:
@@ -197,7 +213,8 @@ class AiohttpTransport:
                 request.url,
                 headers=request.headers,
                 data=request.body or None,
-                # A redirect is the node's answer to relay, never a reason to send the prompt elsewhere.
+                # A redirect is never followed: the prompt and the node's key go nowhere else
+                # (the attempt treats it as the node's failure).
                 allow_redirects=False,
             )
         except asyncio.CancelledError:

@@ -15,7 +15,7 @@ from typing import Any
 from sidecar.config import Config, parse
 from sidecar.mock import Handler, MockTransport
 from sidecar.proxy import ProxyApp
-from sidecar.runtime import Runtime
+from sidecar.runtime import Runtime, TransportFactory
 from sidecar.watchdog import SendWatch
 
 
@@ -41,6 +41,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     complete: bool = False
+    parts: list[bytes] = field(default_factory=list)  # the body as the client received it, message by message
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -49,11 +51,12 @@ class Answer:
 class Harness:
     """A runtime on mock transports (one per config generation) and the proxy app in front."""
 
-    def __init__(self, handler: Handler, cfg: Config) -> None:
+    def __init__(self, handler: Handler, cfg: Config, transport: TransportFactory | None = None) -> None:
+        """`transport`: another transport than the mock (the real one, against loopback upstreams)."""
         self.handler = handler
         self.transports: list[MockTransport] = []
         self.on_send: Callable[[str], None] | None = None
-        self.runtime = Runtime(cfg, transport=self._transport)
+        self.runtime = Runtime(cfg, transport=transport or self._transport)
         self.app = ProxyApp(self.runtime)
 
     def _transport(self, cfg: Config, watch: SendWatch) -> MockTransport:
@@ -82,8 +85,13 @@ class Harness:
         headers: list[tuple[bytes, bytes]] | None = None,
         gone: asyncio.Event | None = None,
         leave_after_first_byte: bool = False,
+        method: str = "POST",
+        raw_path: bytes | None = None,
     ) -> Answer:
-        """One request as uvicorn would run it; the client leaves when `gone` is set."""
+        """One request as the HTTP server would run it; the client leaves when `gone` is set.
+
+        `raw_path`: the path as it came on the wire, when it differs from `path` (percent-encoded).
+        """
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         gone = gone or asyncio.Event()
         answer = Answer()
@@ -102,8 +110,10 @@ class Harness:
                 return  # like uvicorn: writes to a client that left go nowhere
             if message["type"] == "http.response.start":
                 answer.status = message["status"]
-                answer.headers = {k.decode(): v.decode() for k, v in message["headers"]}
+                answer.raw_headers = list(message["headers"])
+                answer.headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}
                 return
+            answer.parts.append(message.get("body", b""))
             answer.body += message.get("body", b"")
             if not message.get("more_body", False):
                 answer.complete = True
@@ -112,9 +122,9 @@ class Harness:
 
         scope = {
             "type": "http",
-            "method": "POST",
+            "method": method,
             "path": path,
-            "raw_path": path.encode(),
+            "raw_path": path.encode() if raw_path is None else raw_path,
             "query_string": b"",
             "headers": headers if headers is not None else [(b"content-type", b"application/json")],
         }

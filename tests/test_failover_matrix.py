@@ -74,7 +74,8 @@ def faults(stream: bool) -> list[Fault]:
         Fault("http 401", Script(401, body=[b'{"error": {"message": "bad key"}}'])),
         Fault("http 400", Script(400, body=[b'{"error": {"message": "bad request"}}']), fails_over=False),
         Fault("http 404", Script(404, body=[b'{"error": {"message": "no such model"}}']), fails_over=False),
-        Fault("http 302", Script(302, (("location", "http://elsewhere.invalid/"),), [b""]), fails_over=False),
+        # A provider redirecting an API call is misconfigured: the node's failure, never followed.
+        Fault("http 302", Script(302, (("location", "http://elsewhere.invalid/"),), [b""])),
         Fault("cut mid-body", Script(200, SSE if stream else (), cut), fails_over=not stream, kind=Failure.TCP),
     ]
 

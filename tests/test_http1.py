@@ -6,6 +6,7 @@ A tiny ASGI app stands behind it; clients are raw sockets, so every byte on the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -81,10 +82,9 @@ def exchange(port: int, data: bytes, *, shut: bool = False, timeout: float = 3.0
             except OSError:
                 pass  # cut off: what the server said is still there to read
         else:
-            try:
+            # The server may close before taking it all (that is the point of a limit).
+            with contextlib.suppress(OSError):
                 conn.sendall(data)
-            except OSError:
-                pass  # the server may close before taking it all (that is the point of a limit)
         if shut:
             conn.shutdown(socket.SHUT_WR)
         out = b""
