@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .config import CONFIG_NAME, Config, ConfigError, load
+from .config import CONFIG_NAME, Config, ConfigError, load, one_line
 from .discovery import control_socket_path, discover
 
 CONFIG_OPTION = click.option(
@@ -25,7 +25,8 @@ SOCKET_OPTION = click.option(
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"llm-sidecar: {message}", err=True)
+    # One line whatever the message holds (a path, a node name, a peer's answer).
+    click.echo(f"llm-sidecar: {one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -108,7 +109,10 @@ def init(path: Path, force: bool) -> None:
 
     if path.exists() and not force:
         fail(f"{path} exists; use --force to overwrite it")
-    path.write_text(render(), encoding="utf-8")
+    try:
+        path.write_text(render(), encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
     click.echo(f"wrote {path}; set OPENAI_API_KEY and DEEPSEEK_API_KEY, then run `llm-sidecar check`")
 
 

@@ -7,18 +7,24 @@ httpx over the Unix socket: the right tool off the hot path. This module and
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import stat
 import tomllib
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
+from urllib.parse import quote
 
 import httpx
 
-from .config import ConfigError
+from .config import ConfigError, one_line, read_text
 from .discovery import control_socket_path, discover
 from .shapes import FailoverJSON, ManualJSON, ReloadJSON, StatusJSON
+
+T = TypeVar("T")
 
 
 class NotRunning(Exception):
@@ -32,11 +38,44 @@ class NotRunning(Exception):
 class ControlError(Exception):
     """The sidecar refused (e.g. 409 on a failover with no backup); carries its message."""
 
-    def __init__(self, status: int, payload: dict[str, Any]) -> None:
+    def __init__(self, status: int, payload: Any) -> None:
         self.status = status
-        self.payload = payload
-        error = payload.get("error") or {}
-        super().__init__(error.get("message") or f"control API answered {status}")
+        self.payload: dict[str, Any] = payload if isinstance(payload, dict) else {}
+        error = self.payload.get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        text = message if isinstance(message, str) and message else f"control API answered {status}"
+        super().__init__(one_line(text))
+
+
+class BadReply(ControlError):
+    """What answered on the socket is not the control API (another program, or a bug): said in one line."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(0, {"error": {"message": f"control socket {path}: {problem}"}})
+
+
+class UnsafeSocket(ControlError):
+    """The socket is not one this user's sidecar made, so its answers cannot be trusted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, {"error": {"message": message}})
+
+
+def verify_socket(path: Path) -> None:
+    """Talk only to a socket owned by this user: whoever owns the one at `path` reads our
+    commands and chooses the answers (the sidecar makes its own directory safe, see control.py)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotRunning(path) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise UnsafeSocket(f"cannot use control socket {path}: {exc}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UnsafeSocket(f"{path} is not a socket; check --control-socket or [server].control_socket")
+    if st.st_uid != os.getuid():
+        raise UnsafeSocket(
+            f"control socket {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); refusing to use it"
+        )
 
 
 def find_socket(override: str | None = None, config_path: str | None = None) -> Path:
@@ -52,8 +91,8 @@ def find_socket(override: str | None = None, config_path: str | None = None) -> 
     except ConfigError:
         return control_socket_path(None)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = tomllib.loads(read_text(path))
+    except (ConfigError, ValueError, RecursionError):  # what config.load turns into ConfigError
         return control_socket_path(None)
     server = data.get("server")
     configured = server.get("control_socket") if isinstance(server, dict) else None
@@ -62,14 +101,76 @@ def find_socket(override: str | None = None, config_path: str | None = None) -> 
     return control_socket_path(None)
 
 
-def _check(response: httpx.Response) -> Any:
+def _check(path: Path, response: httpx.Response, shape: type[T]) -> T:
+    """The answer, if it is JSON of `shape`; else ControlError (the sidecar refused) or BadReply."""
     try:
-        payload = response.json()
-    except ValueError:
-        payload = {"error": {"message": response.text[:200]}}
+        payload = json.loads(response.content)
+    except (ValueError, RecursionError):
+        payload = None
     if response.status_code >= 400:
+        if payload is None:
+            payload = {"error": {"message": f"control API answered {response.status_code}: {response.text[:200]}"}}
         raise ControlError(response.status_code, payload)
-    return payload
+    asked = response.request.url.raw_path.decode()
+    if payload is None:
+        raise BadReply(path, f"the answer to {asked} is not JSON")
+    if problem := _mismatch(payload, shape, "answer"):
+        raise BadReply(path, f"malformed answer to {asked}: {problem}")
+    return cast(T, payload)
+
+
+@functools.cache
+def _fields(shape: type) -> dict[str, Any]:
+    return get_type_hints(shape)
+
+
+def _mismatch(value: Any, hint: Any, where: str) -> str | None:
+    """Why `value` (parsed JSON) is not of type `hint` (a shape from shapes.py), or None."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return None if value in get_args(hint) else f"{where} is not one of {get_args(hint)}"
+    if origin in (Union, types.UnionType):
+        if any(_mismatch(value, option, where) is None for option in get_args(hint)):
+            return None
+        return f"{where} has the wrong type"
+    if origin is dict:
+        return None if isinstance(value, dict) else f"{where} is not an object"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{where} is not a list"
+        return next((p for i, v in enumerate(value) if (p := _mismatch(v, get_args(hint)[0], f"{where}[{i}]"))), None)
+    if is_typeddict(hint):
+        if not isinstance(value, dict):
+            return f"{where} is not an object"
+        for key, sub in _fields(hint).items():
+            if key not in value:
+                if key in hint.__required_keys__:
+                    return f"{where}.{key} is missing"
+            elif problem := _mismatch(value[key], sub, f"{where}.{key}"):
+                return problem
+        return None
+    if hint is type(None):
+        return None if value is None else f"{where} is not null"
+    if hint is float:  # JSON has one number type: 1.0 may arrive as 1
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    return None if ok else f"{where} is not {getattr(hint, '__name__', hint)}"
+
+
+def _failed(path: Path, exc: Exception) -> ControlError | NotRunning:
+    """The one-line error for a request that got no HTTP answer."""
+    if isinstance(exc, httpx.TimeoutException):
+        return BadReply(path, "no answer in time")
+    if isinstance(exc, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError | OSError):
+        return NotRunning(path)  # gone, or going: the sidecar closes its connections when it stops
+    return BadReply(path, f"no valid HTTP answer ({type(exc).__name__})")
+
+
+def _node_path(name: str, manual: str) -> str:
+    return f"/v1/nodes/{quote(name, safe='')}/{manual}"  # a name with "/" or "?" must stay one path segment
 
 
 class ControlClient:
@@ -87,23 +188,25 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, shape: type[T], body: dict[str, Any] | None = None) -> T:
+        verify_socket(self.path)
         try:
-            return _check(self.http.request(method, path, json=body))
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError):
-            raise NotRunning(self.path) from None
+            response = self.http.request(method, path, json=body)
+        except (httpx.HTTPError, OSError) as exc:
+            raise _failed(self.path, exc) from None
+        return _check(self.path, response, shape)
 
     def status(self) -> StatusJSON:
-        return cast(StatusJSON, self.request("GET", "/v1/status"))
+        return self.request("GET", "/v1/status", StatusJSON)
 
     def node(self, name: str, manual: str) -> ManualJSON:
-        return cast(ManualJSON, self.request("POST", f"/v1/nodes/{name}/{manual}"))
+        return self.request("POST", _node_path(name, manual), ManualJSON)
 
     def failover(self, node: str | None = None) -> FailoverJSON:
-        return cast(FailoverJSON, self.request("POST", "/v1/failover", None if node is None else {"node": node}))
+        return self.request("POST", "/v1/failover", FailoverJSON, None if node is None else {"node": node})
 
     def reload(self) -> ReloadJSON:
-        return cast(ReloadJSON, self.request("POST", "/v1/reload"))
+        return self.request("POST", "/v1/reload", ReloadJSON)
 
 
 class AsyncControlClient:
@@ -121,26 +224,29 @@ class AsyncControlClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
-    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def request(self, method: str, path: str, shape: type[T], body: dict[str, Any] | None = None) -> T:
+        verify_socket(self.path)
         try:
-            return _check(await self.http.request(method, path, json=body))
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError):
-            raise NotRunning(self.path) from None
+            response = await self.http.request(method, path, json=body)
+        except (httpx.HTTPError, OSError) as exc:
+            raise _failed(self.path, exc) from None
+        return _check(self.path, response, shape)
 
     async def status(self) -> StatusJSON:
-        return cast(StatusJSON, await self.request("GET", "/v1/status"))
+        return await self.request("GET", "/v1/status", StatusJSON)
 
     async def node(self, name: str, manual: str) -> ManualJSON:
-        return cast(ManualJSON, await self.request("POST", f"/v1/nodes/{name}/{manual}"))
+        return await self.request("POST", _node_path(name, manual), ManualJSON)
 
     async def failover(self, node: str | None = None) -> FailoverJSON:
-        return cast(FailoverJSON, await self.request("POST", "/v1/failover", None if node is None else {"node": node}))
+        return await self.request("POST", "/v1/failover", FailoverJSON, None if node is None else {"node": node})
 
     async def reload(self) -> ReloadJSON:
-        return cast(ReloadJSON, await self.request("POST", "/v1/reload"))
+        return await self.request("POST", "/v1/reload", ReloadJSON)
 
     async def events(self, replay: bool = True, stop: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         """The event stream (replayed history first), until `stop` is set or the sidecar goes."""
+        verify_socket(self.path)
         params = {"replay": "1" if replay else "0"}
         try:
             async with self.http.stream("GET", "/v1/events", params=params, timeout=None) as response:
@@ -150,11 +256,21 @@ class AsyncControlClient:
                     if line is None:
                         return
                     if line:
-                        yield json.loads(line)
+                        yield _event(self.path, line)
         except (httpx.ConnectError, FileNotFoundError):
             raise NotRunning(self.path) from None
         except (httpx.RemoteProtocolError, httpx.ReadError):
             return
+
+
+def _event(path: Path, line: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        event = None
+    if not isinstance(event, dict):
+        raise BadReply(path, "an event line is not a JSON object")
+    return event
 
 
 async def _next_or_stop(lines: AsyncIterator[str], stop: asyncio.Event | None) -> str | None:

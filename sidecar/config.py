@@ -7,8 +7,12 @@ Field names follow Apache APISIX's upstream object.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import stat
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +24,24 @@ CONFIG_ENV = "LLM_SIDECAR_CONFIG"
 CONFIG_NAME = "llm-sidecar.toml"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504)
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLAIN_KEY = re.compile(r"[^\s.\[\]\"\\]+")
+# Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the
+# arithmetic on them sane; they are far past any useful setting.
+SECONDS_MAX = 1_000_000.0
+COUNT_MAX = 1_000_000
+BYTES_MAX = 1 << 32
+MAX_FILE_BYTES = 1 << 20
+# sun_path is 108 bytes on Linux (104 on the BSDs and macOS), the terminating NUL included.
+UNIX_PATH_MAX = 103 if sys.platform == "darwin" or "bsd" in sys.platform else 107
+
+
+def one_line(text: str) -> str:
+    """`text` with newlines and other control characters escaped: errors are printed one per line,
+    and a config value must not be able to forge log lines or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 class ConfigError(Exception):
@@ -31,7 +52,7 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
         where = f"{file}: {key}: " if key else f"{file}: "
-        super().__init__(where + message)
+        super().__init__(one_line(where + message))
 
     def to_dict(self) -> dict[str, str]:
         return {"file": self.file, "key": self.key, "message": self.message}
@@ -150,6 +171,7 @@ class _Table:
         self.seen: set[str] = set()
 
     def key(self, name: str) -> str:
+        name = _key_part(name)
         return f"{self.path}.{name}" if self.path else name
 
     def error(self, name: str, message: str) -> ConfigError:
@@ -167,16 +189,24 @@ class _Table:
             raise self.error(name, f"expected {names}, got {_describe(value)}")
         return value
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        value = float(self.get(name, (int, float), default))
+    def number(self, name: str, default: float, *, minimum: float = 0.0, maximum: float = SECONDS_MAX) -> float:
+        """Seconds: TOML allows inf and nan, which would pass every comparison or break every timer."""
+        value: int | float = self.get(name, (int, float), default)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, got {value}")
+        # Compared before float(): an int too large for a float is still compared exactly.
         if value < minimum:
-            raise self.error(name, f"must be >= {minimum:g}, got {value:g}")
-        return value
+            raise self.error(name, f"must be >= {minimum:.10g}, got {_show(value)}")
+        if value > maximum:
+            raise self.error(name, f"must be <= {maximum:.10g}, got {_show(value)}")
+        return float(value)
 
-    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, minimum: int = -COUNT_MAX, maximum: int = COUNT_MAX) -> int:
         value: int = self.get(name, int, default)
-        if minimum is not None and value < minimum:
-            raise self.error(name, f"must be >= {minimum}, got {value}")
+        if value < minimum:
+            raise self.error(name, f"must be >= {minimum}, got {_show(value)}")
+        if value > maximum:
+            raise self.error(name, f"must be <= {maximum}, got {_show(value)}")
         return value
 
     def statuses(self, name: str, default: frozenset[int]) -> frozenset[int]:
@@ -185,7 +215,9 @@ class _Table:
             return default
         for i, code in enumerate(value):
             if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-                raise ConfigError(self.file, f"{self.key(name)}[{i}]", f"expected an HTTP status 100-599, got {code!r}")
+                raise ConfigError(
+                    self.file, f"{self.key(name)}[{i}]", f"expected an HTTP status 100-599, got {_describe(code)}"
+                )
         return frozenset(value)
 
     def table(self, name: str) -> _Table | None:
@@ -210,10 +242,23 @@ _TYPE_NAMES = {
 
 def _describe(value: Any) -> str:
     return (
-        f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({value!r})"
+        f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({_show(value)})"
         if not isinstance(value, dict | list)
         else _TYPE_NAMES[type(value)]
     )
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: short, and never str() of a huge int (which raises)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key_part(name: str) -> str:
+    """A key as written in a key path: quoted (JSON escapes) when it would be ambiguous or unprintable."""
+    return name if name.isprintable() and _PLAIN_KEY.fullmatch(name) else json.dumps(name)
 
 
 def _secret(table: _Table, name: str, env: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -221,7 +266,7 @@ def _secret(table: _Table, name: str, env: Mapping[str, str]) -> tuple[str | Non
     raw = table.get(name, str, None)
     if raw is None or raw == "":
         return None, None
-    match = _ENV_REF.match(raw)
+    match = _ENV_REF.fullmatch(raw)
     if not match:
         raise table.error(
             name, 'must reference an environment variable, like "${OPENAI_API_KEY}"; keys are not stored in the file'
@@ -232,37 +277,80 @@ def _secret(table: _Table, name: str, env: Mapping[str, str]) -> tuple[str | Non
         raise table.error(name, f"environment variable {var} is not set")
     if not value.strip():
         raise table.error(name, f"environment variable {var} is empty")
+    # Sent in a header: a newline would inject headers, and non-ASCII fails every request.
+    # The value is never echoed.
+    if _bad_char(value.strip()):
+        raise table.error(name, f"environment variable {var} holds a space, control or non-ASCII character")
     return value.strip(), var
 
 
 def _parse_listen(table: _Table, raw: str) -> tuple[str, int]:
-    match = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$", raw)
+    # ASCII only: a host the resolver cannot encode would fail at bind with no clear error.
+    match = re.fullmatch(r"(?:\[([0-9A-Za-z:.%]+)\]|([A-Za-z0-9._-]+)):([0-9]{1,5})", raw)
     if not match or not 0 < int(match.group(3)) < 65536:
-        raise table.error("listen", f'expected "host:port" (e.g. "{DEFAULT_LISTEN}"), got {raw!r}')
+        raise table.error("listen", f'expected "host:port" (e.g. "{DEFAULT_LISTEN}"), got {_show(raw)}')
     return match.group(1) or match.group(2), int(match.group(3))
 
 
+def _bad_char(raw: str) -> str | None:
+    """The first character that is not printable ASCII or is a space, described without echoing the rest
+    (it may be secret). urlsplit silently drops tab, CR and LF; a non-ASCII host or key fails every request."""
+    for i, ch in enumerate(raw):
+        if not "\x21" <= ch <= "\x7e":
+            return f"{ch!r} at position {i}"
+    return None
+
+
 def _parse_url(table: _Table, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error("url", f"expected an http:// or https:// URL, got {raw!r}")
-    if parts.username or parts.password:
-        # Not echoed: the URL carries a secret, and errors are printed.
-        raise table.error("url", 'must not carry credentials (user:password@); use api_key = "${VAR}"')
-    if parts.query or parts.fragment:
-        raise table.error("url", f"must not carry a query or fragment, got {raw!r}")
+    if bad := _bad_char(raw):
+        raise table.error(
+            "url",
+            f"must be printable ASCII without spaces (percent-encode the path, xn-- form for the host), found {bad}",
+        )
     try:
+        parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise table.error("url", f"has an invalid port: {raw!r}") from None
+    except ValueError as exc:
+        # Not echoed: the URL may carry credentials, and errors are printed.
+        raise table.error("url", f"is not a valid URL: {exc}") from None
+    if parts.username or parts.password:
+        raise table.error("url", 'must not carry credentials (user:password@); use api_key = "${VAR}"')
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error("url", f"expected an http:// or https:// URL, got {_show(raw)}")
+    if parts.query or parts.fragment or "?" in raw or "#" in raw:  # even empty: paths are appended to the URL
+        raise table.error("url", f"must not carry a query or fragment, got {_show(raw)}")
     return raw.rstrip("/")
+
+
+def _control_socket(table: _Table) -> str:
+    """Checked here so `check` catches it and `run` creates nothing before refusing it."""
+    raw: str = table.get("control_socket", str, "")
+    if not raw:
+        return raw
+    if not raw.isprintable():
+        raise table.error(
+            "control_socket", f"must not contain control characters (NUL, newline, ...), got {_show(raw)}"
+        )
+    path = os.path.expanduser(raw)
+    if not os.path.isabs(path):
+        raise table.error("control_socket", f'must be an absolute path (or start with "~/"), got {_show(raw)}')
+    if path.endswith("/"):
+        raise table.error("control_socket", f"must name a socket file, not a directory, got {_show(raw)}")
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > UNIX_PATH_MAX:
+        raise table.error(
+            "control_socket", f"is {size} bytes long; a Unix socket path may have at most {UNIX_PATH_MAX}"
+        )
+    return raw
 
 
 def _active(t: _Table) -> ActiveCheck:
     d = ActiveCheck()
     path = t.get("http_path", str, d.http_path)
     if not path.startswith("/"):
-        raise t.error("http_path", f'must start with "/", got {path!r}')
+        raise t.error("http_path", f'must start with "/", got {_show(path)}')
+    if bad := _bad_char(path):
+        raise t.error("http_path", f"must be printable ASCII without spaces (percent-encode them), found {bad}")
     healthy = t.table("healthy") or _Table({}, t.key("healthy"), t.file)
     unhealthy = t.table("unhealthy") or _Table({}, t.key("unhealthy"), t.file)
     check = ActiveCheck(
@@ -315,8 +403,12 @@ def _checks(t: _Table | None, inherited: Checks) -> Checks:
 def _models(t: _Table) -> dict[str, str]:
     raw = t.get("models", dict, {})
     for source, target in raw.items():
-        if not isinstance(target, str) or not target:
-            raise ConfigError(t.file, f"{t.key('models')}.{source}", f"expected a model name, got {target!r}")
+        # Printed by `check` and the logs: no control characters in either name.
+        if not isinstance(target, str) or not target or not target.isprintable() or not source.isprintable():
+            where = f"{t.key('models')}.{_key_part(source)}"
+            raise ConfigError(
+                t.file, where, f"expected a model name without control characters, got {_describe(target)}"
+            )
     return dict(raw)
 
 
@@ -355,11 +447,13 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     server = ServerConfig(
         host=host,
         port=port,
-        control_socket=server_t.get("control_socket", str, ""),
+        control_socket=_control_socket(server_t),
         api_key=client_key,
         api_key_env=client_key_env,
-        max_body_bytes=server_t.integer("max_body_bytes", ServerConfig.max_body_bytes, minimum=1),
-        max_header_bytes=server_t.integer("max_header_bytes", ServerConfig.max_header_bytes, minimum=1024),
+        max_body_bytes=server_t.integer("max_body_bytes", ServerConfig.max_body_bytes, minimum=1, maximum=BYTES_MAX),
+        max_header_bytes=server_t.integer(
+            "max_header_bytes", ServerConfig.max_header_bytes, minimum=1024, maximum=BYTES_MAX
+        ),
         header_timeout=server_t.number("header_timeout", ServerConfig.header_timeout, minimum=0.01),
         body_timeout=server_t.number("body_timeout", ServerConfig.body_timeout, minimum=0.01),
         keepalive_timeout=server_t.number("keepalive_timeout", ServerConfig.keepalive_timeout, minimum=0.01),
@@ -402,7 +496,9 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         # APISIX's default: as many retries as there are other nodes.
         retries=up.integer("retries", len(nodes) - 1, minimum=0),
         retry_timeout=up.number("retry_timeout", 0.0),
-        max_response_bytes=up.integer("max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024),
+        max_response_bytes=up.integer(
+            "max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024, maximum=BYTES_MAX
+        ),
         timeout=timeouts,
     )
     up.done()
@@ -410,17 +506,42 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     return Config(server=server, upstream=upstream, path=file)
 
 
+def read_text(path: str | Path) -> str:
+    """The file's text, refusing what is not a small regular file: `-c /dev/zero` or a FIFO
+    must not make `check` read forever."""
+    file = str(Path(path).absolute())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO would wait for a writer
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(file, "", f"cannot read: {exc}") from None
+    with open(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(file, "", "cannot read: not a regular file")
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(file, "", f"cannot read: {exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(file, "", f"cannot read: larger than {MAX_FILE_BYTES // 1024} KiB, so not a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", f"cannot read: not UTF-8 ({exc})") from None
+
+
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file."""
     file = str(Path(path).absolute())
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(file, "", f"cannot read: {exc}") from None
+    text = read_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"invalid TOML: {exc}") from None
+    except ValueError as exc:
+        # tomllib lets Python's int-to-str limit (4300 digits) through; drop its advice on raising the limit.
+        raise ConfigError(file, "", f"invalid TOML: {str(exc).split(';')[0]}") from None
+    except RecursionError:
+        raise ConfigError(file, "", "invalid TOML: arrays or tables nested too deeply") from None
     return parse(data, file, env)

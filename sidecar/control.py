@@ -9,6 +9,7 @@ refused rather than robbed of its socket.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -16,44 +17,135 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 
 from . import api
-from .config import ConfigError
+from .config import UNIX_PATH_MAX, ConfigError, one_line
 from .runtime import Runtime
 from .server import StartupError
 from .shapes import FailoverJSON, ReloadJSON
 
 log = logging.getLogger("llm_sidecar")
 
+DROP_GRACE = 5.0  # seconds a dropped event reader has to take its last line before its connection is cut
+GONE_CHECK_EVERY = 1.0  # seconds between checks that an idle event reader's client is still there
+
 
 def socket_is_live(path: Path) -> bool:
+    """Whether something accepts connections on `path` (a stale socket refuses them)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(str(path))
-    except OSError:
+    except (OSError, ValueError):
         return False
     finally:
         probe.close()
     return True
 
 
-def bind_unix(path: Path) -> socket.socket:
-    """Bind `path` with mode 0600 in a 0700 directory; replace only a stale socket."""
+_MOVE_IT = "use a directory only you can write (mkdir -m 700) via --control-socket or [server].control_socket"
+
+
+def _check_path(path: Path) -> None:
+    """Refuse an unusable path before anything is created for it."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise StartupError(f"control socket path {one_line(str(path))} contains a NUL byte")
+    if len(raw) > UNIX_PATH_MAX:
+        raise StartupError(
+            f"control socket path {one_line(str(path))} is {len(raw)} bytes; a Unix socket path may have at most "
+            f"{UNIX_PATH_MAX}: use a shorter --control-socket or [server].control_socket"
+        )
+
+
+def _unsafe_directory(directory: Path) -> str | None:
+    """Why another user could swap the socket in `directory`, or None.
+
+    As ssh and tmux do, every directory up to / must belong to us or root (their owner can
+    rename any entry) and be writable by no one else, unless it is sticky like /tmp: there
+    only an entry's owner may remove or rename it. Directories not made yet are made 0700.
+    """
+    uid = os.getuid()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        real = directory.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        return f"{directory} cannot be resolved ({exc})"
+    for part in (real, *real.parents):
+        try:
+            st = os.stat(part)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{part} cannot be checked ({exc.strerror or exc})"
+        if st.st_uid not in (uid, 0):
+            return f"{part} belongs to uid {st.st_uid}"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            return f"{part} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}, not sticky)"
+    return None
+
+
+def _refuse_unsafe(path: Path) -> None:
+    if why := _unsafe_directory(path.parent):
+        raise StartupError(f"refusing control socket {one_line(str(path))}: {one_line(why)}; {_MOVE_IT}")
+
+
+def _make_directory(directory: Path) -> None:
+    """Each missing level 0700 (`mkdir(parents=True)` would give the parents the umask's mode)."""
+    missing: list[Path] = []
+    while not directory.is_dir() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StartupError(f"cannot create {level}: {exc.strerror or exc}") from None
+    if missing and not missing[0].is_dir():
+        raise StartupError(f"cannot create {missing[0]}: a file is in the way")
+
+
+def _remove_stale(path: Path) -> None:
+    """Replace only a dead socket of ours: a live one is another sidecar, anything else is not ours to delete."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
     except OSError as exc:
-        raise StartupError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise StartupError(f"control socket path {path} exists and is not a socket")
-        if socket_is_live(path):
-            raise StartupError(
-                f"another llm-sidecar is running on control socket {path}; stop it or use --control-socket"
-            )
+        raise StartupError(f"cannot check control socket path {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"control socket path {path} exists and is not a socket")
+    if st.st_uid != os.getuid():
+        raise StartupError(
+            f"control socket path {path} holds a socket of uid {st.st_uid}, not yours; "
+            "have it removed or use another --control-socket"
+        )
+    if socket_is_live(path):
+        raise StartupError(f"another llm-sidecar is running on control socket {path}; stop it or use --control-socket")
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot remove the stale control socket {path}: {exc.strerror or exc}; remove it or use another "
+            "--control-socket"
+        ) from None
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Bind `path` with mode 0600 where no other user can swap it; replace only our own stale socket."""
+    _check_path(path)
+    _refuse_unsafe(path)  # before anything is made: no stray directory in a place we refuse
+    _make_directory(path.parent)
+    _refuse_unsafe(path)
+    _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -73,13 +165,56 @@ def _error(status: int, message: str, type_: str, **extra: object) -> web.Respon
     return web.json_response({"error": {"message": message, "type": type_, **extra}}, status=status)
 
 
+def _refuse(request: web.Request, status: int, message: str, type_: str = "invalid_request") -> web.Response:
+    """A malformed request is the client's mistake, not ours: one WARNING line and a JSON error."""
+    log.warning(
+        "control socket: %s %s refused (%d): %s",
+        request.method,
+        one_line(request.raw_path[:200]),
+        status,
+        one_line(message),
+    )
+    return _error(status, message, type_)
+
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp answers an unknown path, a wrong method or an oversized body in plain text;
+    clients of the control API read JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _refuse(request, exc.status, exc.reason, _HTTP_ERRORS.get(exc.status, "invalid_request"))
+
+
+class _ServerLog(logging.Logger):
+    """aiohttp's server logger, for its errors outside any handler. A request that is not valid
+    HTTP gets one WARNING line instead of an ERROR with a traceback; anything else, a bug, keeps it."""
+
+    def __init__(self) -> None:
+        super().__init__("aiohttp.server")
+        self.parent = logging.getLogger("aiohttp.server")
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            first = str(exc_info.message).strip().splitlines()[:1] or [""]
+            log.warning("control socket: malformed HTTP request refused (%d): %s", exc_info.code, one_line(first[0]))
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class ControlServer:
     def __init__(self, runtime: Runtime, path: Path) -> None:
         self.runtime = runtime
         self.path = path
         self.runner: web.AppRunner | None = None
         self.inode: int | None = None
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/events", self.events)
         app.router.add_post("/v1/nodes/{name}/down", self.node_down)
@@ -92,7 +227,9 @@ class ControlServer:
         sock = bind_unix(self.path)
         self.inode = os.stat(self.path).st_ino
         self.runtime.control_socket = str(self.path)
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        self.runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0, logger=_ServerLog()
+        )
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
 
@@ -109,12 +246,56 @@ class ControlServer:
         return web.json_response(api.status(self.runtime))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
+        """NDJSON events for at most `max_event_subscribers` readers at once (503 past it), so idle or
+        stuck readers cannot pile up cost in the proxy's loop. A reader the hub drops for not reading gets
+        `DROP_GRACE` seconds to take its final `missed` line, then its connection is cut: a peer that
+        never reads would otherwise hold the connection and its unsent bytes forever."""
+        hub = self.runtime.events
+        cap = self.runtime.config.server.max_event_subscribers
+        if len(hub.subscribers) >= cap:
+            return _error(
+                503,
+                f"too many event stream readers: {cap} are attached ([server].max_event_subscribers); "
+                "close one or raise the limit",
+                "overloaded",
+            )
+        # Attached before the first await, so concurrent requests cannot all pass the check above.
+        sub = hub.attach(replay=request.query.get("replay", "1") != "0")
+        loop = asyncio.get_running_loop()
+        transport = request.transport
+        if transport is not None:
+
+            def cut_later() -> None:  # runs in the publisher: only arms a timer
+                loop.call_later(DROP_GRACE, transport.abort)
+
+            sub.on_drop = cut_later
+
+        watch: asyncio.TimerHandle | None = None
+
+        def check_gone() -> None:
+            # aiohttp does not tell a waiting handler that its client left: without this, a reader
+            # that disconnects while no events flow would hold its slot until the next event.
+            nonlocal watch
+            if request.transport is None or request.transport.is_closing():
+                hub.close(sub)
+            else:
+                watch = loop.call_later(GONE_CHECK_EVERY, check_gone)
+
+        watch = loop.call_later(GONE_CHECK_EVERY, check_gone)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        replay = request.query.get("replay", "1") != "0"
-        with contextlib.suppress(ConnectionError):
-            async for event in self.runtime.events.subscribe(replay=replay):
-                await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        try:
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                async for batch in hub.batches(sub):
+                    for chunk in hub.chunks(batch):  # a replay or a burst in a few writes, each line encoded once
+                        await response.write(chunk)
+        finally:
+            if watch is not None:
+                watch.cancel()
+            hub.detach(sub)
+        if sub.dropped:
+            response.force_close()
+            log.warning("dropped an event stream reader: it missed %d events in a row", hub.drop_after)
         return response
 
     async def node_down(self, request: web.Request) -> web.Response:
@@ -127,7 +308,7 @@ class ControlServer:
         node = self.runtime.upstream.by_name.get(request.match_info["name"])
         if node is None:
             names = ", ".join(self.runtime.upstream.by_name)
-            return _error(404, f"no node named {request.match_info['name']!r} (nodes: {names})", "not_found")
+            return _refuse(request, 404, f"no node named {request.match_info['name']!r} (nodes: {names})", "not_found")
         self.runtime.upstream.set_manual(node, down)
         if down:
             log.warning("node %s drained by hand over the control socket", node.name)
@@ -141,12 +322,15 @@ class ControlServer:
         named: str | None = None
         if request.can_read_body:
             try:
-                payload = await request.json()
-            except ValueError:
-                return _error(400, 'body must be JSON, like {"node": "openai"}', "invalid_request")
-            named = payload.get("node") if isinstance(payload, dict) else None
+                # Bytes, not request.json(): a bogus charset would raise LookupError. RecursionError: [[[[...
+                payload = json.loads(await request.read())
+            except (ValueError, RecursionError):
+                return _refuse(request, 400, 'body must be JSON, like {"node": "openai"}')
+            if not isinstance(payload, dict) or set(payload) - {"node"}:
+                return _refuse(request, 400, 'body must be a JSON object with only "node", like {"node": "openai"}')
+            named = payload.get("node")
             if named is not None and not isinstance(named, str):
-                return _error(400, "node must be a string", "invalid_request")
+                return _refuse(request, 400, "node must be a string")
         upstream = self.runtime.upstream
         current = upstream.serving()
         now = upstream.clock()

@@ -34,7 +34,8 @@ def default_control_socket(env: Mapping[str, str] | None = None) -> Path:
     """$XDG_RUNTIME_DIR/llm-sidecar.sock, else ~/.llm-sidecar/control.sock."""
     env = os.environ if env is None else env
     runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_dir():
+    # The XDG spec: a relative XDG_RUNTIME_DIR is invalid and must be ignored.
+    if runtime and os.path.isabs(runtime) and Path(runtime).is_dir():
         return Path(runtime) / "llm-sidecar.sock"
     return Path(env.get("HOME") or Path.home()) / ".llm-sidecar" / "control.sock"
 

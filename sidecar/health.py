@@ -203,7 +203,8 @@ class Health:
     def ejection_time(self) -> float:
         """How long the next ejection lasts."""
         assert self.passive is not None
-        base: float = self.passive.base_ejection_time * 2**self.ejections
+        # The exponent is bounded: a node dead for days must not overflow the float.
+        base: float = self.passive.base_ejection_time * 2 ** min(self.ejections, 40)
         return min(base, self.passive.max_ejection_time)
 
     def _eject(self, now: float) -> None:

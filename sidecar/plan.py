@@ -30,6 +30,14 @@ def _passive(check: PassiveCheck | None) -> str:
     )
 
 
+def _size(n: int) -> str:
+    """Bytes as written in the file, and readable."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n} ({n / scale:.3g} {unit})"
+    return str(n)
+
+
 def _key(node: Node) -> str:
     return f"key from ${node.api_key_env}" if node.api_key_env else "no key"
 
@@ -42,8 +50,13 @@ def render(config: Config) -> str:
         f"listen   http://{s.listen}/v1"
         + (f"  (clients must send the key from ${s.api_key_env})" if s.api_key_env else ""),
         f"control  {control_socket_path(config)}",
+        f"limits   max_body_bytes {_size(s.max_body_bytes)}, max_header_bytes {_size(s.max_header_bytes)}, "
+        f"max_connections {s.max_connections}, max_event_subscribers {s.max_event_subscribers}",
+        f"         header_timeout {s.header_timeout:g}s, body_timeout {s.body_timeout:g}s, "
+        f"keepalive_timeout {s.keepalive_timeout:g}s",
         f"upstream {u.type}, retries {u.retries}, retry_timeout {u.retry_timeout:g}s"
         f" (0 = none), timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s",
+        f"         max_response_bytes {_size(u.max_response_bytes)}",
     ]
     nodes = sorted(u.nodes, key=lambda n: -n.priority)
     for priority, level in groupby(nodes, key=lambda n: n.priority):

@@ -85,8 +85,14 @@ class Runtime:
             self.events.publish("config", ok=False, path=self.config.path, error=exc.to_dict())
             log.error("reload failed, keeping the running config: %s", exc)
             raise
-        if (config.server.host, config.server.port) != (self.config.server.host, self.config.server.port):
-            log.warning("reload: [server].listen changes take effect on restart")
+        # Read once, when the listener and the control socket start.
+        at_start = (
+            "listen control_socket max_header_bytes header_timeout body_timeout keepalive_timeout max_connections"
+        )
+        was, now = self.config.server, config.server
+        later = [key for key in at_start.split() if getattr(was, key) != getattr(now, key)]
+        if later:
+            log.warning("reload: changes to [server] %s take effect on restart", ", ".join(later))
         new = self.apply(config)
         self.events.publish("config", ok=True, path=config.path, nodes=[n.name for n in new.nodes])
         log.info("config reloaded from %s (%d nodes)", config.path, len(new.nodes))

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Label
 
@@ -27,7 +29,7 @@ from sidecar.client import AsyncControlClient, ControlError, NotRunning
 from sidecar.shapes import StatusJSON
 from sidecar.stats import percentile
 
-from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable
+from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable, clean
 
 FLUSH_EVERY = 0.25
 STATUS_EVERY = 1.0
@@ -43,6 +45,35 @@ class ConnectionChanged(Message):
     connected: bool
 
 
+@dataclass
+class StreamRefused(Message):
+    reason: str
+
+
+class Seen:
+    """The newest event drawn from one sidecar process. Each attach replays the last 200 events, and
+    the sidecar drops a reader that falls far behind (the monitor then attaches again): what was
+    already drawn must not be drawn twice. A restarted sidecar counts from 1 again."""
+
+    def __init__(self) -> None:
+        self.origin: tuple[object, object] | None = None
+        self.seq = 0
+
+    def attach(self, status: StatusJSON) -> None:
+        origin = (status["sidecar"]["pid"], status["sidecar"]["started_at"])
+        if origin != self.origin:
+            self.origin, self.seq = origin, 0
+
+    def fresh(self, event: dict[str, Any]) -> bool:
+        seq = event.get("seq")
+        if not isinstance(seq, int) or event.get("type") == "missed":
+            return True  # a gap marker says where events were lost, not that they were drawn
+        if seq <= self.seq:
+            return False
+        self.seq = seq
+        return True
+
+
 class ConfirmScreen(ModalScreen[bool]):
     BINDINGS: ClassVar = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
@@ -52,7 +83,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question)
+            yield Label(Text(clean(self.question, 300)))  # a Text: node names are never read as markup
             with Horizontal():
                 yield Button("Yes (y)", variant="warning", id="yes")
                 yield Button("No (n)", id="no")
@@ -88,6 +119,8 @@ class MonitorApp(App[None]):
         self.pending: list[dict[str, Any]] = []
         self.second: list[dict[str, Any]] = []
         self.serving: str | None = None
+        self.seen = Seen()
+        self.refused: str | None = None  # the last reason the event stream was refused, told once
 
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
@@ -127,10 +160,18 @@ class MonitorApp(App[None]):
         while True:
             try:
                 async with AsyncControlClient(self.socket) as client:
-                    self.post_message(StatusArrived(await client.status()))
+                    status = await client.status()
+                    self.post_message(StatusArrived(status))
+                    self.seen.attach(status)
                     async for event in client.events():
-                        self.pending.append(event)
-            except (NotRunning, ControlError, OSError):
+                        if "type" not in event and "error" in event:  # refused, e.g. 503: too many readers
+                            raise ControlError(0, event)
+                        self.refused = None  # attached: a later refusal is news again
+                        if self.seen.fresh(event):
+                            self.pending.append(event)
+            except ControlError as exc:
+                self.post_message(StreamRefused(str(exc)))
+            except (NotRunning, OSError):
                 pass
             self.post_message(ConnectionChanged(False))
             await asyncio.sleep(1.0)
@@ -150,6 +191,17 @@ class MonitorApp(App[None]):
         self.connected = message.connected
         self.query_one(HeaderBar).show(self.status, self.connected, str(self.socket))
 
+    def on_stream_refused(self, message: StreamRefused) -> None:
+        if message.reason != self.refused:  # retried every second: say it once
+            self.refused = message.reason
+            self.tell(message.reason, title="Event stream refused", severity="error", timeout=10)
+
+    def tell(
+        self, message: str, *, title: str, severity: SeverityLevel = "information", timeout: float | None = None
+    ) -> None:
+        """A toast whose text is never read as markup: it quotes node names and the sidecar's messages."""
+        self.notify(clean(message, 500), title=title, severity=severity, timeout=timeout, markup=False)
+
     def show_status(self, status: StatusJSON) -> None:
         """Draw a status answer (also the entry point for tests with canned data)."""
         self.status = status
@@ -158,7 +210,7 @@ class MonitorApp(App[None]):
         self.query_one(NodesTable).show(status["nodes"], self.clock())
         serving = status["serving"]
         if self.serving is not None and serving != self.serving:
-            self.notify(f"{self.serving} → {serving or 'nothing'}", title="Failover", severity="warning")
+            self.tell(f"{self.serving} → {serving or 'nothing'}", title="Failover", severity="warning")
         self.serving = serving
 
     def show_events(self, events: Iterable[dict[str, Any]]) -> None:
@@ -166,7 +218,7 @@ class MonitorApp(App[None]):
         requests = []
         health = self.query_one(HealthLog)
         for event in events:
-            if event["type"] == "request":
+            if event.get("type") == "request":
                 requests.append(event)
             else:
                 health.add_event(event)
@@ -231,15 +283,15 @@ class MonitorApp(App[None]):
                 answer = await getattr(client, method)(*args)
                 self.post_message(StatusArrived(await client.status()))
         except NotRunning as exc:
-            self.notify(str(exc), title="Disconnected", severity="error")
+            self.tell(str(exc), title="Disconnected", severity="error")
             return
         except ControlError as exc:
             title = "Reload failed" if method == "reload" else "Refused"
-            self.notify(str(exc), title=title, severity="error", timeout=10)
+            self.tell(str(exc), title=title, severity="error", timeout=10)
             return
         if method == "failover":
-            self.notify(f"{answer['down']} is down; {answer['serving']} serves now", title="Failover")
+            self.tell(f"{answer['down']} is down; {answer['serving']} serves now", title="Failover")
         elif method == "node":
-            self.notify(f"{answer['node']}: manual {answer['manual']}", title="Node")
+            self.tell(f"{answer['node']}: manual {answer['manual']}", title="Node")
         else:
-            self.notify(f"reloaded {answer['config_path']}", title="Reload")
+            self.tell(f"reloaded {answer['config_path']}", title="Reload")

@@ -1,7 +1,14 @@
-"""The monitor's widgets. Each one is handed data by the app; none talks to the sidecar."""
+"""The monitor's widgets. Each one is handed data by the app; none talks to the sidecar.
+
+Everything shown that came from a request or a node (model names, request ids, node names, reasons,
+paths) is drawn through `plain`: Textual reads `[...]` in strings as markup, so a client sending
+`"model": "[/]"` would otherwise crash every attached monitor, and raw control characters would reach
+the terminal.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -15,6 +22,25 @@ from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 from sidecar.display import age, ms
 from sidecar.shapes import NodeJSON, StatusJSON
 
+# C0/C1 controls and DEL (terminal escapes), line and paragraph separators, bidi overrides (they reorder
+# what is shown), and lone surrogates (valid in JSON escapes, but they cannot be written to a terminal).
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+LIMIT = 200  # characters of one value; a megabyte of model name must not become a megabyte-wide column
+
+
+def clean(value: object, limit: int = LIMIT) -> str:
+    """`value` as one line of inert text, at most `limit` characters: unsafe characters shown escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)] + "…"
+    return UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def plain(value: object, style: str = "", limit: int = LIMIT) -> Text:
+    """`value` as a Text that is never read as markup (DataTable and Label parse plain strings)."""
+    return Text(clean(value, limit), style=style, no_wrap=True, end="")
+
+
 STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "ejected": "bold magenta", "down": "bold yellow"}
 
 
@@ -26,10 +52,11 @@ class HeaderBar(Static):
         line.append(" llm-sidecar ", style="bold reverse")
         if status is not None:
             s = status["sidecar"]
-            line.append(f" {s['version']}  {s['listen']}  up {age(s['started_at'], s['started_at'] + s['uptime_s'])}  ")
-            line.append(s["config_path"], style="dim")
+            uptime = age(s["started_at"], s["started_at"] + s["uptime_s"])
+            line.append(f" {clean(s['version'], 40)}  {clean(s['listen'])}  up {uptime}  ")
+            line.append(clean(s["config_path"]), style="dim")
         else:
-            line.append(f" {socket}", style="dim")
+            line.append(f" {clean(socket)}", style="dim")
         line.append("  ")
         if connected:
             line.append("● connected", style="bold green")
@@ -66,18 +93,18 @@ class NodesTable(DataTable[Any]):
             probe = n["active"]["last_probe"]
             probe_text = "-" if probe is None else f"{probe['status'] or 'err'} {age(probe['time'], now)}"
             self.add_row(
-                Text(("▶ " if n["serving"] else "  ") + n["name"], style="bold" if n["serving"] else ""),
-                Text(n["state"], style=STATE_STYLE.get(n["state"], "")),
-                n["manual"],
-                f"{t['rps']:.1f}",
-                f"{errors:.0f}%",
-                ms(t["p50_ms"]),
-                ms(t["p95_ms"]),
-                str(t["in_flight"]),
-                probe_text,
-                age(n["changed_at"], now),
-                str(n["priority"]),
-                str(n["weight"]),
+                plain(("▶ " if n["serving"] else "  ") + n["name"], style="bold" if n["serving"] else ""),
+                plain(n["state"], style=STATE_STYLE.get(n["state"], "")),
+                plain(n["manual"]),
+                plain(f"{t['rps']:.1f}"),
+                plain(f"{errors:.0f}%"),
+                plain(ms(t["p50_ms"])),
+                plain(ms(t["p95_ms"])),
+                plain(t["in_flight"]),
+                plain(probe_text),
+                plain(age(n["changed_at"], now)),
+                plain(n["priority"]),
+                plain(n["weight"]),
                 key=n["name"],
             )
         if keep is not None and keep in {n["name"] for n in rows}:
@@ -101,19 +128,19 @@ class TrafficTable(DataTable[Any]):
         self.clear()
         for e in reversed(self.rows_seen):
             failover = e["attempts"] > 1
-            status = Text(str(e["status"]), style="green" if e["status"] < 400 else "red")
+            style = "bold yellow" if failover else ""
             tokens = "-" if e["tokens_out"] is None else f"{e['tokens_in']}/{e['tokens_out']}"
             self.add_row(
-                time.strftime("%H:%M:%S", time.localtime(e["time"])),
-                e["id"][-8:],  # generated ids share a per-process prefix; the tail tells them apart
-                (e["model"] or "-")[:14],
-                Text(e["node"] or "-", style="bold yellow" if failover else ""),
-                status,
-                Text(f"{e['attempts']}{'↻' if failover else ''}", style="bold yellow" if failover else ""),
-                "S" if e["stream"] else "-",
-                ms(e["ttfb_ms"]),
-                ms(e["total_ms"]),
-                tokens,
+                plain(time.strftime("%H:%M:%S", time.localtime(e["time"]))),
+                plain(e["id"][-8:]),  # generated ids share a per-process prefix; the tail tells them apart
+                plain(e["model"] or "-", limit=14),
+                plain(e["node"] or "-", style=style),
+                plain(e["status"], style="green" if e["status"] < 400 else "red"),
+                plain(f"{e['attempts']}{'↻' if failover else ''}", style=style),
+                plain("S" if e["stream"] else "-"),
+                plain(ms(e["ttfb_ms"])),
+                plain(ms(e["total_ms"])),
+                plain(tokens),
             )
 
 
@@ -127,7 +154,7 @@ class PlotRow(Horizontal):
         self.line = Sparkline(list(history))
 
     def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="plot-label")
+        yield Label(plain(self.label), classes="plot-label")
         yield self.line
 
     def redraw(self) -> None:
@@ -152,7 +179,7 @@ class RatePlot(Vertical):
         for name in names:
             if name not in self.history:
                 self.history[name] = deque([0.0] * self.WINDOW, maxlen=self.WINDOW)
-                self.mount(PlotRow(f"{name[:10]} r/s", self.history[name]), before=self.p95_row)
+                self.mount(PlotRow(f"{clean(name, 10)} r/s", self.history[name]), before=self.p95_row)
         for name, values in self.history.items():
             values.append(float(per_node.get(name, 0)))
         self.p95.append(p95)
@@ -164,22 +191,23 @@ class HealthLog(RichLog):
     """Health changes, manual actions, reloads: why things moved."""
 
     def add_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind not in ("health", "manual", "config", "missed"):
+            return  # a newer sidecar's event type: nothing to say about it
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-        kind = event["type"]
         line = Text(f"{stamp} ")
         if kind == "health":
-            line.append(f"{event['node']} ")
-            line.append(event["after"], style=STATE_STYLE.get(event["after"], ""))
-            line.append(f" ({event['reason']})")
+            line.append(f"{clean(event['node'])} ")
+            line.append(clean(event["after"]), style=STATE_STYLE.get(event["after"], ""))
+            line.append(f" ({clean(event['reason'], 500)})")
         elif kind == "manual":
-            line.append(f"{event['node']}: manual {event['manual']}", style="yellow")
+            line.append(f"{clean(event['node'])}: manual {clean(event['manual'])}", style="yellow")
         elif kind == "config":
             if event["ok"]:
-                line.append(f"config reloaded: {', '.join(event['nodes'])}", style="green")
+                line.append(f"config reloaded: {clean(', '.join(map(str, event['nodes'])), 500)}", style="green")
             else:
-                line.append(f"reload failed: {event['error']['key']}: {event['error']['message']}", style="red")
-        elif kind == "missed":
-            line.append(f"monitor fell behind: {event['count']} events skipped", style="dim")
+                error = event["error"]
+                line.append(f"reload failed: {clean(error['key'])}: {clean(error['message'], 500)}", style="red")
         else:
-            return
+            line.append(f"monitor fell behind: {clean(event['count'])} events skipped", style="dim")
         self.write(line)
