@@ -30,9 +30,7 @@ class Interrupt:
     __slots__ = ("_send", "complete", "reason", "started", "task", "watcher")
 
     def __init__(self, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
+        self.task: asyncio.Task[Any] | None = None  # set by watch()
         self._send = send
         self.reason: Reason | None = None
         self.started = False  # the response head went out
@@ -44,9 +42,11 @@ class Interrupt:
         extension, see http1.py), else by waiting for `http.disconnect`, the only message that can
         follow a request body that has been read."""
         cycle = (scope or {}).get("extensions", {}).get(DISCONNECT_EXTENSION)
-        if cycle is not None:
+        if cycle is not None and cycle.task is not None:
+            self.task = cycle.task
             cycle.on_disconnect = self.client_gone
             return
+        self.task = asyncio.current_task()
         self.watcher = asyncio.ensure_future(receive())
         self.watcher.add_done_callback(self._received)
 
@@ -63,7 +63,8 @@ class Interrupt:
         if self.complete or self.reason is not None:
             return
         self.reason = reason
-        self.task.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
     def send(self, message: dict[str, Any]) -> Awaitable[None]:
         """The request's `send`, noting what went out (returns the server's own awaitable: no extra frame)."""

@@ -253,9 +253,9 @@ class ProxyApp:
         interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
         try:
-            await self.forward(scope, interrupt.send, body, ex, request_drop(connection))
+            await self.forward(scope, interrupt.send, body, ex, request_drop(connection), interrupt.task)
         except asyncio.CancelledError:
-            if interrupt.reason is None:
+            if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle
             interrupt.task.uncancel()
             await self.interrupted(interrupt, ex)
@@ -300,7 +300,7 @@ class ProxyApp:
         interrupts = list(self.inflight)
         for interrupt in interrupts:
             interrupt.interrupt(Reason.SHUTDOWN)
-        tasks = [i.task for i in interrupts]
+        tasks = [i.task for i in interrupts if i.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=2)
         return len(interrupts)
@@ -324,11 +324,17 @@ class ProxyApp:
             access_log.info("request", extra={"access": record})
 
     async def forward(
-        self, scope: dict[str, Any], send: Send, body: bytes, ex: Exchange, drop: frozenset[bytes] = REQUEST_DROP
+        self,
+        scope: dict[str, Any],
+        send: Send,
+        body: bytes,
+        ex: Exchange,
+        drop: frozenset[bytes] = REQUEST_DROP,
+        task: asyncio.Task[Any] | None = None,
     ) -> None:
         upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
         try:
-            await self.attempts(upstream, scope, send, body, ex, drop)
+            await self.attempts(upstream, scope, send, body, ex, drop, task)
         finally:
             self.runtime.release(upstream)
 
@@ -340,8 +346,11 @@ class ProxyApp:
         body: bytes,
         ex: Exchange,
         drop: frozenset[bytes] = REQUEST_DROP,
+        task: asyncio.Task[Any] | None = None,
     ) -> None:
-        """The policy loop: which node next, until one answers or the budget is spent."""
+        """The policy loop: which node next, until one answers or the budget is spent.
+
+        `task` is the request's own task (known to the server), cancelled if sending stalls."""
         config = upstream.config.upstream
         budget = config.retries + 1
         deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
@@ -371,7 +380,7 @@ class ProxyApp:
                 )
                 return
             headers = base_headers if node.auth is None else [*base_headers, ("Authorization", node.auth)]
-            request = Request(ex.method, self.url(node.config.url, suffix), headers, node_body)
+            request = Request(ex.method, self.url(node.config.url, suffix), headers, node_body, task)
             statuses = node.config.checks.retry_statuses
             try:
                 with upstream.attempt(choice) as attempt:

@@ -69,9 +69,11 @@ class Server:
         http = self.http = HTTPServer(self.app, replace(self.limits, max_connections=connection_cap(self.limits)))
         acceptor = Acceptor(sock, http.protocol, http.room)
         http.on_room = acceptor.resume
+        sweep = asyncio.ensure_future(http.sweep())
         try:
             await self.exit.wait()
         finally:
+            sweep.cancel()
             acceptor.close()
             sock.close()  # refuse new connections at once, rather than leave them in the backlog
             http.stop_accepting_requests()

@@ -16,7 +16,7 @@ import asyncio
 import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -63,6 +63,8 @@ class Request:
     url: URL
     headers: list[tuple[str, str]]
     body: bytes = b""
+    # The task that sends it, when the caller knows it (saves looking it up): a stalled send cancels it.
+    owner: asyncio.Task[Any] | None = None
 
 
 class Response(Protocol):
@@ -206,7 +208,7 @@ class AiohttpTransport:
             session = self.sessions[node] = new_session(self.config)
         t = self.config.upstream.timeout
         # aiohttp arms sock_read only once the body is written; the watch bounds a stalled write.
-        task = self.watch.watch(t.connect + t.send + t.read)
+        task = self.watch.watch(t.connect + t.send + t.read, request.owner)
         try:
             response = await session.request(
                 request.method,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 
 class SendWatch:
@@ -18,8 +19,10 @@ class SendWatch:
         self.deadlines: dict[asyncio.Task[object], float] = {}
         self.fired: set[asyncio.Task[object]] = set()
 
-    def watch(self, seconds: float) -> asyncio.Task[object] | None:
-        task = asyncio.current_task()
+    def watch(self, seconds: float, task: asyncio.Task[Any] | None = None) -> asyncio.Task[Any] | None:
+        """Cancel `task` (default: the current one) if it is still watched `seconds` from now."""
+        if task is None:
+            task = asyncio.current_task()
         if task is not None:
             self.deadlines[task] = time.monotonic() + seconds
         return task
