@@ -27,6 +27,7 @@ past the limit, an SSE answer of nothing but comments.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Callable
@@ -180,12 +181,17 @@ async def failed_answer(response: Response, reason: str, retry: float | None = N
 
 
 async def first_bytes(
-    response: Response, retry_statuses: frozenset[int], max_bytes: int, json_api: bool = False
+    response: Response,
+    retry_statuses: frozenset[int],
+    max_bytes: int,
+    json_api: bool = False,
+    first_event_within: float = math.inf,
 ) -> Ready:
     """Wait for what may be sent to the client; raise UpstreamError when the node failed instead.
 
     `max_bytes` bounds what is held of a body read whole; `json_api`: the request's path is one
-    whose successful answers must be JSON or SSE.
+    whose successful answers must be JSON or SSE; `first_event_within`: seconds an SSE answer may
+    take to its first real event (keep-alive comments do not extend it).
     """
     status = response.status
     if status in retry_statuses:
@@ -197,7 +203,7 @@ async def first_bytes(
         raise await failed_answer(response, f"redirect ({status})")
     media = media_type(response.header("content-type"))
     if media == "text/event-stream":
-        return await first_event(response)
+        return await first_event(response, first_event_within)
     is_json = media == "application/json" or media.endswith("+json")
     if json_api and not is_json and media and 200 <= status < 300:
         raise UpstreamError(Failure.HTTP, f"bad content-type ({printable(media)})")
@@ -217,9 +223,11 @@ async def whole(response: Response, max_bytes: int) -> Ready:
     return Ready(response, Body.WHOLE, data, time.monotonic(), None)
 
 
-async def first_event(response: Response) -> Ready:
-    """Hold an SSE answer until its first real event (bounded), so a silent node still fails over."""
+async def first_event(response: Response, within: float = math.inf) -> Ready:
+    """Hold an SSE answer until its first real event (bounded in bytes and time), so a silent node, or
+    one that sends only keep-alive comments, still fails over."""
     now = time.monotonic
+    deadline = now() + within
     held = bytearray()
     scan = EventScan()
     first_byte = 0.0
@@ -234,6 +242,8 @@ async def first_event(response: Response) -> Ready:
             return Ready(response, Body.EVENTS, bytes(held), first_byte, now())
         if len(held) > SSE_HOLD_LIMIT:
             raise UpstreamError(Failure.HTTP, "no data before limit")
+        if now() > deadline:
+            raise UpstreamError(Failure.TIMEOUT, "only keep-alives before read timeout")
 
 
 class Attempt:

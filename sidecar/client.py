@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import stat
 import tomllib
 import types
@@ -78,6 +79,9 @@ def verify_socket(path: Path) -> None:
         )
 
 
+CONTROL_SOCKET_LINE = re.compile(r'^[ \t]*control_socket[ \t]*=[ \t]*"([^"\\\n]+)"[ \t]*(?:#.*)?$', re.M)
+
+
 def find_socket(override: str | None = None, config_path: str | None = None) -> Path:
     """The socket `run` would use: --control-socket, else the config's, else the default.
 
@@ -91,9 +95,15 @@ def find_socket(override: str | None = None, config_path: str | None = None) -> 
     except ConfigError:
         return control_socket_path(None)
     try:
-        data = tomllib.loads(read_text(path))
-    except (ConfigError, ValueError, RecursionError):  # what config.load turns into ConfigError
+        text = read_text(path)
+    except ConfigError:
         return control_socket_path(None)
+    try:
+        data = tomllib.loads(text)
+    except (ValueError, RecursionError):  # what config.load turns into ConfigError
+        # A file broken elsewhere (the edit `reload` should report) still names its socket.
+        found = CONTROL_SOCKET_LINE.search(text)
+        data = {"server": {"control_socket": found.group(1)}} if found else {}
     server = data.get("server")
     configured = server.get("control_socket") if isinstance(server, dict) else None
     if isinstance(configured, str) and configured:

@@ -140,7 +140,7 @@ class FakeProvider:
         try:
             body = await request.json()
             model = body["model"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return web.json_response(
                 {"error": {"message": "body must be JSON with a model", "type": "invalid_request_error", "code": None}},
                 status=400,

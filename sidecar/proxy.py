@@ -73,8 +73,10 @@ class BudgetExceeded(Exception):
     """The request's retry_timeout ran out: no verdict on the node that was being tried."""
 
 
-async def begin(attempt: Attempt, request: Request, statuses: frozenset[int], limit: int, json_api: bool) -> Ready:
-    return await first_bytes(await attempt.send(request), statuses, limit, json_api)
+async def begin(
+    attempt: Attempt, request: Request, statuses: frozenset[int], limit: int, json_api: bool, within: float
+) -> Ready:
+    return await first_bytes(await attempt.send(request), statuses, limit, json_api, within)
 
 
 def path_is_safe(path: str, raw: bytes) -> bool:
@@ -355,6 +357,7 @@ class ProxyApp:
         budget = config.retries + 1
         deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
         limit = config.max_response_bytes
+        first_event_within = config.timeout.read  # comments are silence, as far as the first event goes
         json_api = is_json_api(ex.path)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope["query_string"]
@@ -385,9 +388,10 @@ class ProxyApp:
             try:
                 with upstream.attempt(choice) as attempt:
                     if deadline is None:
-                        ready = await first_bytes(await attempt.send(request), statuses, limit, json_api)
+                        response = await attempt.send(request)
+                        ready = await first_bytes(response, statuses, limit, json_api, first_event_within)
                     else:
-                        pending = begin(attempt, request, statuses, limit, json_api)
+                        pending = begin(attempt, request, statuses, limit, json_api, first_event_within)
                         ready = await within(deadline - upstream.clock(), pending)
                     await relay(send, attempt, ready, ex, len(tried))
                 node.stats.tokens_in += ex.tokens_in or 0

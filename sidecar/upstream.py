@@ -93,7 +93,8 @@ class Upstream:
     ) -> None:
         """The one place an attempt's outcome reaches health and figures."""
         now = self.clock()
-        node.stats.finished(now, now - started, outcome is not Outcome.FAILURE)
+        if outcome is not Outcome.NEUTRAL:  # an abandoned attempt says nothing of the node's speed
+            node.stats.finished(now, now - started, outcome is Outcome.SUCCESS)
         if outcome is Outcome.SUCCESS:
             reason = "trial request ok" if trial else "ok"
             self._transition(node, node.health.record_success(Source.PASSIVE, now, reason, trial=trial))

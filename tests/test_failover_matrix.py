@@ -264,3 +264,29 @@ async def test_a_stream_that_ends_inside_an_event_is_a_break_not_an_answer(endin
     assert (b"partial" in got.body) is False
     assert h.node("primary").health.counters[Source.PASSIVE].tcp_failures == int(broken)
     h.assert_nothing_held()
+
+
+async def test_a_node_that_sends_only_keepalive_comments_fails_over_after_the_read_timeout() -> None:
+    comments = [b": keep-alive\n\n", 0.02] * 20  # each gap is shorter than timeout.read (0.05 s)
+
+    def handler(node: str, request: Request) -> Script:
+        return Script(200, SSE, comments) if node == "primary" else answer(node, True)
+
+    h = Harness(handler, config())
+    got = await h.request({"model": "m", "stream": True})
+    assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "backup" and b"[DONE]" in got.body
+    assert h.last_event()["failed"] == [{"node": "primary", "reason": "only keep-alives before read timeout"}]
+    assert h.node("primary").health.counters[Source.PASSIVE].timeouts == 1
+    h.assert_nothing_held()
+
+
+async def test_an_abandoned_attempt_is_not_counted_in_the_nodes_figures() -> None:
+    def handler(node: str, request: Request) -> Script:
+        return Script(delay=0.03, body=[b"{}"])
+
+    h = Harness(handler, config(read=1))
+    gone = asyncio.Event()
+    h.on_send = lambda node: gone.set()
+    await h.request({"model": "m"}, gone=gone)
+    stats = h.node("primary").stats
+    assert stats.requests == 0 and stats.errors == 0 and not stats.window

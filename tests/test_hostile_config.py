@@ -354,3 +354,12 @@ def test_cli_socket_lookup_survives_hostile_files(tmp_path: Path) -> None:
         results = list(pool.map(lambda p: cli("status", "-c", str(p), env=env, timeout=20), paths))
     for result in results:
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_finds_the_socket_of_a_config_broken_elsewhere(tmp_path) -> None:
+    # `reload` after a bad edit must reach the running sidecar (and report the edit), not the default socket.
+    from sidecar.client import find_socket
+
+    path = tmp_path / "broken.toml"
+    path.write_text('[server\ncontrol_socket = "/run/llm/ctl.sock"  # ours\n')
+    assert str(find_socket(None, str(path))) == "/run/llm/ctl.sock"
