@@ -254,8 +254,9 @@ class ProxyApp:
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
+        upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
         try:
-            await self.forward(scope, interrupt.send, body, ex, request_drop(connection), interrupt.task)
+            await self.attempts(upstream, scope, interrupt.send, body, ex, request_drop(connection), interrupt.task)
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle
@@ -273,6 +274,7 @@ class ProxyApp:
             elif not interrupt.complete:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            self.runtime.release(upstream)
             interrupt.close()
             self.inflight.discard(interrupt)
             self.finish(ex)
@@ -324,21 +326,6 @@ class ProxyApp:
         record = self.runtime.events.emit(ex.record(time.monotonic()))
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
-
-    async def forward(
-        self,
-        scope: dict[str, Any],
-        send: Send,
-        body: bytes,
-        ex: Exchange,
-        drop: frozenset[bytes] = REQUEST_DROP,
-        task: asyncio.Task[Any] | None = None,
-    ) -> None:
-        upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
-        try:
-            await self.attempts(upstream, scope, send, body, ex, drop, task)
-        finally:
-            self.runtime.release(upstream)
 
     async def attempts(
         self,
