@@ -26,7 +26,7 @@ def _passive(check: PassiveCheck | None) -> str:
         f"passive: unhealthy after {check.unhealthy_http_failures} x {sorted(check.unhealthy_http_statuses)} / "
         f"{check.unhealthy_tcp_failures} tcp / {check.unhealthy_timeouts} timeout failures; "
         f"healthy after {check.healthy_successes} success(es); "
-        f"trial after {check.base_ejection_time:g}s..{check.max_ejection_time:g}s when active checks are off"
+        f"an ejected node gets one trial request after {check.base_ejection_time:g}s..{check.max_ejection_time:g}s"
     )
 
 
