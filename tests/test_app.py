@@ -36,12 +36,13 @@ async def test_a_bug_inside_ends_the_request_with_a_json_500_and_an_event(monkey
     async def broken(*args: Any) -> None:
         raise ValueError("boom")
 
-    monkeypatch.setattr(app, "forward", broken)
+    monkeypatch.setattr(app, "attempts", broken)
     sent = await call(app)
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"]["code"] == "internal_error"
     event = runtime.events.recent[-1]
     assert event["type"] == "request" and event["status"] == 500
+    assert runtime.upstream.refs == 0 and not app.inflight  # the bug gave back the generation it held
 
 
 async def test_unknown_paths_get_a_json_404() -> None:
