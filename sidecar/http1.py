@@ -45,6 +45,7 @@ HIGH_WATER = 64 * 1024  # request body bytes buffered before reading pauses
 HEADER_OVERHEAD = 32  # counted per header on top of its bytes, so many tiny headers count too
 DISCONNECT = {"type": "http.disconnect"}
 PEER_CHECK_DELAY = 0.02  # seconds for a closed client's reset to arrive over loopback
+LINGER = 2.0  # seconds to drain a client's unread bytes after an error answer, before closing
 SWEEP = 0.1  # seconds between deadline checks: timeouts fire up to this late
 FULL_LOG_EVERY = 10.0  # seconds between "connection limit reached" lines
 TCP_CLOSE = 7  # tcp_info.tcpi_state after a reset (linux/tcp_states.h)
@@ -287,6 +288,8 @@ class Connection(asyncio.Protocol):
         did not ask for), and a moment later the socket's state says whether the client is there.
         """
         self.read_eof = True
+        if self.closing:
+            return None  # lingering after an error answer: the client is done, close now
         if self.in_head or (self.parsing is not None and self.parsing.more_body):
             return None  # the request can never complete: treat it as gone
         active = self.active
@@ -482,7 +485,29 @@ class Connection(asyncio.Protocol):
         if active is None or not active.response_started or active.response_complete:
             self.write(plain(status, message))
         log.warning("client request rejected: %d %s", status, message)
-        self.close()
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after an error answer without losing it: stop writing, read and drop what the client
+        is still sending (for LINGER seconds at most), then close. Closing with unread data would make
+        the kernel send a reset, and a client still sending might never read the answer."""
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        self.closing = True  # nothing more is parsed or written
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self.resume_linger_reading(transport)
+        self.deadline = self.loop.time() + LINGER
+        self.on_deadline = transport.close
+
+    def resume_linger_reading(self, transport: asyncio.Transport) -> None:
+        if not self.reading:
+            self.reading = True
+            transport.resume_reading()
 
     # -------------------------------------------------------------- transport
 

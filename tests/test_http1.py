@@ -281,3 +281,19 @@ async def test_at_the_connection_cap_busy_connections_make_new_ones_wait(serve) 
 
     waited, out = await asyncio.to_thread(run)
     assert out.endswith(b"echo:w") and waited >= 0.3  # served once the slow heads timed out
+
+
+async def test_an_error_answer_is_not_lost_to_a_reset_while_the_client_is_still_sending(serve) -> None:
+    port, _ = await serve(Limits(max_header_bytes=8 * 1024))
+
+    def send_then_read() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            # Far past the limit, in one go: the server answers 431 while this is still being sent.
+            conn.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (2 * 1024 * 1024) + b"\r\n\r\n")
+            out = b""
+            while chunk := conn.recv(65536):
+                out += chunk
+            return out
+
+    out = await asyncio.to_thread(send_then_read)  # a reset would raise ConnectionResetError here
+    assert out.startswith(b"HTTP/1.1 431 ")
