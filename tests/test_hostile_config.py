@@ -255,12 +255,14 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(1, 3))):
         table = draw(st.sampled_from(tables(doc)))
         action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
+        # Copies: a drawn value (SPECIAL holds shared lists and dicts) may be mutated by a later round,
+        # and hypothesis needs every example's data to be its own.
         if action == "add" or not table:
-            table[draw(keys)] = draw(values)
+            table[draw(keys)] = copy.deepcopy(draw(values))
         elif action == "delete":
             del table[draw(st.sampled_from(sorted(table)))]
         else:  # mostly: a real key in its real place, with a hostile or any value
-            table[draw(st.sampled_from(sorted(table)))] = draw(st.sampled_from(SPECIAL) | values)
+            table[draw(st.sampled_from(sorted(table)))] = copy.deepcopy(draw(st.sampled_from(SPECIAL) | values))
     return doc
 
 
