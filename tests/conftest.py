@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +181,10 @@ def sidecar(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start `llm-sidecar run` with a config dict; stopped at teardown."""
     started: list[Sidecar] = []
 
-    async def start(config: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> Sidecar:
+    async def start(
+        config: dict[str, Any], *args: str, env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None
+    ) -> Sidecar:
+        """`nofile`: (soft, hard) RLIMIT_NOFILE for the process, set before it starts."""
         port = free_port()
         index = len(started)
         sock = tmp_path / f"ctl{index}.sock"
@@ -194,6 +199,7 @@ def sidecar(tmp_path: Path) -> Iterator[Callable[..., Any]]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,
+                preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile),
             )
         car = Sidecar(proc, port, sock, path, log_path, full_env)
         started.append(car)
@@ -213,3 +219,23 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 def chat(stream: bool = False, model: str = "gpt-4o", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream, **extra}
+
+
+Upstream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Upstream], Awaitable[str]]]:
+    """Start a raw asyncio upstream on loopback (for what aiohttp's server will not send); its base URL."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Upstream) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 1)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -26,7 +26,7 @@ from sidecar.health import Failure, Source
 from sidecar.mock import Script
 from sidecar.transport import AiohttpTransport, Request, UpstreamError
 
-from .conftest import chat, two_node_config
+from .conftest import Upstream, chat, two_node_config
 from .inproc import Answer, Harness, config
 
 JSON = (("content-type", "application/json"),)
@@ -316,25 +316,6 @@ async def test_a_broken_retry_after_never_reaches_health_or_the_status_json_as_i
 
 
 # ---------------------------------------------------------------------------- on real sockets
-
-Upstream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[Upstream], Awaitable[str]]]:
-    """Start a raw asyncio upstream on loopback; its base URL."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Upstream) -> str:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 1)
 
 
 async def read_request(reader: asyncio.StreamReader) -> None:

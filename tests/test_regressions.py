@@ -6,13 +6,10 @@ Each test pins down a bug that was fixed; its name says what must hold.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import resource
 import signal
-import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +22,7 @@ import pytest
 import tomli_w
 from aiohttp import web
 
-from .conftest import Sidecar, chat, cli, cli_env, free_port, two_node_config, wait_for_port
+from .conftest import Sidecar, chat, cli, two_node_config
 
 CHAT = "/v1/chat/completions"
 PASSIVE_ONLY = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0.5}}
@@ -86,55 +83,6 @@ async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[str
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """Start a raw asyncio upstream (for what aiohttp's server will not send); its base URL."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> str:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 1)
-
-
-@pytest.fixture
-def limited_sidecar(tmp_path: Path) -> Any:
-    """`llm-sidecar run` started under a given RLIMIT_NOFILE (the `sidecar` fixture cannot set one)."""
-    started: list[Sidecar] = []
-
-    async def start(config: dict[str, Any], soft: int, hard: int) -> Sidecar:
-        port = free_port()
-        sock = tmp_path / f"limited{len(started)}.sock"
-        path = tmp_path / f"limited{len(started)}.toml"
-        path.write_text(
-            tomli_w.dumps({**config, "server": {"listen": f"127.0.0.1:{port}", "control_socket": str(sock)}})
-        )
-        log_path = tmp_path / f"limited{len(started)}.log"
-        env = cli_env()
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run", "-c", str(path), "--grace", "5"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
-            )
-        car = Sidecar(proc, port, sock, path, log_path, env)
-        started.append(car)
-        await wait_for_port(port, proc)
-        return car
-
-    yield start
-    for car in started:
-        car.stop()
 
 
 # ---------------------------------------------------------------------------- 1. trials
@@ -501,11 +449,11 @@ async def test_stream_cut_inside_an_event_ends_with_a_clean_error_event(
 # ---------------------------------------------------------------------------- 10. file descriptors
 
 
-async def test_low_soft_fd_limit_is_raised_to_the_hard_limit(fakes, limited_sidecar, client) -> None:
+async def test_low_soft_fd_limit_is_raised_to_the_hard_limit(fakes, sidecar, client) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip(f"hard open file limit is {hard}")
-    car = await limited_sidecar(two_node_config(await fakes("primary"), await fakes("backup")), 256, hard)
+    car = await sidecar(two_node_config(await fakes("primary"), await fakes("backup")), nofile=(256, hard))
     assert (await client.post(car.url + CHAT, json=chat())).status_code == 200
     assert "open file limit raised from 256" in car.log()
     limits = Path(f"/proc/{car.proc.pid}/limits")
@@ -514,14 +462,14 @@ async def test_low_soft_fd_limit_is_raised_to_the_hard_limit(fakes, limited_side
         assert line.split()[3] != "256", line
 
 
-async def test_near_the_fd_limit_connections_wait_for_room_and_no_node_is_blamed(fakes, limited_sidecar) -> None:
+async def test_near_the_fd_limit_connections_wait_for_room_and_no_node_is_blamed(fakes, sidecar) -> None:
     """With soft = hard = 200 descriptors, 250 concurrent streams: the server caps its client connections
     below what the descriptors allow (the rest wait in the backlog), so every request is answered, and
     whatever runs out is never held against a node. (Running out anyway is a 503 `sidecar_overloaded`:
     tests/test_failover_matrix.py.)"""
     primary = await fakes("primary", chunks=5, chunk_delay=0.3)
     backup = await fakes("backup", chunks=5, chunk_delay=0.3)
-    car = await limited_sidecar(two_node_config(primary, backup), 200, 200)
+    car = await sidecar(two_node_config(primary, backup), nofile=(200, 200))
     assert "could not raise" not in car.log()  # soft == hard: nothing to raise, nothing to complain about
 
     async def one(c: httpx.AsyncClient) -> tuple[int, bytes]:
