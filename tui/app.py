@@ -8,6 +8,7 @@ busy sidecar (hundreds of requests a second) never costs a repaint per event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
@@ -185,11 +187,13 @@ class MonitorApp(App[None]):
             self.post_message(ConnectionChanged(False))
 
     def on_status_arrived(self, message: StatusArrived) -> None:
-        self.show_status(message.status)
+        with contextlib.suppress(NoMatches):  # a worker's answer can land while the app is closing
+            self.show_status(message.status)
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         self.connected = message.connected
-        self.query_one(HeaderBar).show(self.status, self.connected, str(self.socket))
+        with contextlib.suppress(NoMatches):
+            self.query_one(HeaderBar).show(self.status, self.connected, str(self.socket))
 
     def on_stream_refused(self, message: StreamRefused) -> None:
         if message.reason != self.refused:  # retried every second: say it once
