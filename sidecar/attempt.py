@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import email.utils
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .health import Failure
+from .sse import Signal, Splitter, classify, data_of, error_text
 from .transport import Request, Response, UpstreamError
 
 if TYPE_CHECKING:
@@ -51,6 +51,16 @@ MAX_RETRY_AFTER = 86400.0
 # The OpenAI API paths whose successful answers are JSON or SSE and nothing else: a 200 text/html
 # there is a captive portal or a CDN's error page, not an answer. Others (files, audio) keep any type.
 JSON_API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+# A request too long for a node's context window is no fault of the node: a larger-context node may
+# take it. The wordings of OpenAI, Azure, DeepSeek, vLLM, llama.cpp, Mistral and Anthropic.
+CONTEXT_STATUSES = frozenset({400, 413})
+CONTEXT_MARKERS = (
+    b"context_length_exceeded", b"maximum context length", b"context window", b"context length",
+    b"prompt is too long", b"input is too long", b"too many tokens", b"exceeds the available context",
+    b"reduce the length of the messages",
+)  # fmt: skip
+# A refusal is the answer: another node must not be asked to say what this one would not.
+POLICY_MARKERS = (b"content_policy_violation", b"content_filter", b"content_policy", b"safety system")
 
 
 class Outcome(Enum):
@@ -124,35 +134,10 @@ def retry_after(header: Callable[[str], str | None]) -> float | None:
         return None
 
 
-# A line that starts (after blanks) with anything but ":" is a real SSE field. Only horizontal
-# blanks are skipped after a line start, so a run of newlines is not rescanned from each of them.
-_FIELD = re.compile(rb"(?<![^\r\n])[ \t\f\v]*[^:\s]")
-_EOL = re.compile(rb"[\r\n]")
-
-
-class EventScan:
-    """Finds the first SSE line that is not a comment, chunk by chunk, looking at each byte once.
-
-    Rescanning the whole held buffer on every chunk made a comment flood quadratic.
-    """
-
-    __slots__ = ("in_comment",)
-
-    def __init__(self) -> None:
-        self.in_comment = False  # the previous chunk ended inside a comment line
-
-    def payload(self, chunk: bytes) -> bool:
-        if self.in_comment:
-            end = _EOL.search(chunk)
-            if end is None:
-                return False
-            chunk = chunk[end.end() :]
-            self.in_comment = False
-        if _FIELD.search(chunk) is not None:
-            return True
-        tail = chunk[max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1 :]
-        self.in_comment = tail.lstrip().startswith(b":")
-        return False
+def context_overflow(body: bytes) -> bool:
+    """A 400/413 that says the request does not fit this node's context window (and is no refusal)."""
+    text = body[:ERROR_BODY_LIMIT].lower()
+    return any(m in text for m in CONTEXT_MARKERS) and not any(m in text for m in POLICY_MARKERS)
 
 
 def media_type(value: str | None) -> str:
@@ -198,6 +183,13 @@ async def first_bytes(
         raise await failed_answer(
             response, status_reason(status), retry_after(response.header) if status == 429 else None
         )
+    if status in CONTEXT_STATUSES:
+        ready = await whole(response, max_bytes)
+        if context_overflow(ready.body):
+            raise UpstreamError(
+                None, "context window exceeded", status=status, headers=list(response.raw_headers), body=ready.body
+            )
+        return ready
     if is_redirect(status):
         # A provider redirecting an API call is misconfigured; the prompt and key go nowhere else.
         raise await failed_answer(response, f"redirect ({status})")
@@ -224,12 +216,13 @@ async def whole(response: Response, max_bytes: int) -> Ready:
 
 
 async def first_event(response: Response, within: float = math.inf) -> Ready:
-    """Hold an SSE answer until its first real event (bounded in bytes and time), so a silent node, or
-    one that sends only keep-alive comments, still fails over."""
+    """Hold an SSE answer until its first real token (bounded in bytes and time), so a silent node, or
+    one that sends only keep-alive comments or a role-only delta, still fails over; an error event or a
+    broken one before any token is the node's failure too."""
     now = time.monotonic
     deadline = now() + within
     held = bytearray()
-    scan = EventScan()
+    splitter = Splitter()
     first_byte = 0.0
     while True:
         chunk = await response.chunk()
@@ -238,12 +231,21 @@ async def first_event(response: Response, within: float = math.inf) -> Ready:
         if not held:
             first_byte = now()
         held += chunk
-        if scan.payload(chunk):
-            return Ready(response, Body.EVENTS, bytes(held), first_byte, now())
+        for start, end in splitter.events(held):
+            data = data_of(bytes(held[start:end]))
+            if data is None:
+                continue  # comments: keep-alives
+            signal = classify(data)
+            if signal is Signal.TOKEN:
+                return Ready(response, Body.EVENTS, bytes(held), first_byte, now())
+            if signal is Signal.ERROR:
+                raise UpstreamError(Failure.HTTP, f"error event before any token ({error_text(data)})")
+            if signal is Signal.MALFORMED:
+                raise UpstreamError(Failure.HTTP, "malformed event before any token")
         if len(held) > SSE_HOLD_LIMIT:
             raise UpstreamError(Failure.HTTP, "no data before limit")
         if now() > deadline:
-            raise UpstreamError(Failure.TIMEOUT, "only keep-alives before read timeout")
+            raise UpstreamError(Failure.TIMEOUT, "no token before read timeout")
 
 
 class Attempt:

@@ -24,6 +24,8 @@ CONFIG_ENV = "LLM_SIDECAR_CONFIG"
 CONFIG_NAME = "llm-sidecar.toml"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504)
+# "prefill": a trailing assistant message; "prefix": the same with "prefix": true (README lists providers).
+CONTINUATIONS = ("none", "prefill", "prefix")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLAIN_KEY = re.compile(r"[^\s.\[\]\"\\]+")
 # Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the
@@ -62,7 +64,22 @@ class ConfigError(Exception):
 class Timeouts:
     connect: float = 5.0
     send: float = 30.0
-    read: float = 120.0
+    read: float = 120.0  # the longest silence between bytes
+    # From sending a streamed request to its first real token (comments and role-only deltas do
+    # not count): a silent node costs this, not `read`. 60 s covers a long prompt's prefill and
+    # models that stream their reasoning; raise it (and read) for models that think in silence.
+    first_token: float = 60.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the sidecar retries (see README, "Retries"): it is the only retry owner for a request."""
+
+    max_wait: float = 5.0  # the longest Retry-After waited out on the same node; longer → fail over
+    same_node: int = 1  # same-node retries after a 5xx or a connection reset, before failing over
+    backoff: float = 0.5  # the first backoff (s); doubles per retry, jittered
+    max_backoff: float = 4.0
+    attempts_per_node: int = 3  # attempts on one node for one request
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,8 @@ class Node:
     api_key_env: str | None = None
     models: Mapping[str, str] = field(default_factory=dict)
     checks: Checks = field(default_factory=Checks)
+    timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
+    continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
 
     def rewrite_model(self, model: str) -> str:
         """Exact match, else the "*" entry, else the model unchanged."""
@@ -143,9 +162,10 @@ class ServerConfig:
 class UpstreamConfig:
     nodes: tuple[Node, ...]
     type: str = "roundrobin"
-    retries: int = 1
-    retry_timeout: float = 0.0
+    retries: int | None = None  # a cap on retries per request; None: the retry policy's bounds only
+    retry_timeout: float = 30.0  # seconds in which retries and waits may start; first tries always may
     timeout: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     # What the sidecar holds of an answer before sending it (a non-stream body is read whole so a
     # cut can still fail over); past it, 502 JSON and a failure of the node.
     max_response_bytes: int = 64 * 1024 * 1024
@@ -412,7 +432,44 @@ def _models(t: _Table) -> dict[str, str]:
     return dict(raw)
 
 
-def _node(t: _Table, checks: Checks, env: Mapping[str, str]) -> Node:
+def _timeouts(t: _Table | None, inherited: Timeouts) -> Timeouts:
+    if t is None:
+        return inherited
+    read = t.number("read", inherited.read, minimum=0.001)
+    if "first_token" in t.data:
+        first_token = t.number("first_token", inherited.first_token, minimum=0.001)
+        if first_token > read:
+            raise t.error("first_token", f"must be <= read ({read:g}): read bounds every silence, the first too")
+    else:
+        first_token = min(inherited.first_token, read)
+    timeouts = Timeouts(
+        connect=t.number("connect", inherited.connect, minimum=0.001),
+        send=t.number("send", inherited.send, minimum=0.001),
+        read=read,
+        first_token=first_token,
+    )
+    t.done()
+    return timeouts
+
+
+def _retry(t: _Table | None) -> RetryPolicy:
+    d = RetryPolicy()
+    if t is None:
+        return d
+    policy = RetryPolicy(
+        max_wait=t.number("max_wait", d.max_wait),
+        same_node=t.integer("same_node", d.same_node, minimum=0, maximum=10),
+        backoff=t.number("backoff", d.backoff, minimum=0.001, maximum=60),
+        max_backoff=t.number("max_backoff", d.max_backoff, minimum=0.001, maximum=600),
+        attempts_per_node=t.integer("attempts_per_node", d.attempts_per_node, minimum=1, maximum=100),
+    )
+    if policy.max_backoff < policy.backoff:
+        raise t.error("max_backoff", "must be >= backoff")
+    t.done()
+    return policy
+
+
+def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str]) -> Node:
     name = t.get("name", str, None)
     if not name:
         raise t.error("name", "is required")
@@ -431,9 +488,18 @@ def _node(t: _Table, checks: Checks, env: Mapping[str, str]) -> Node:
         api_key_env=api_key_env,
         models=_models(t),
         checks=_checks(t.table("checks"), checks),
+        timeout=_timeouts(t.table("timeout"), timeouts),
+        continuation=_choice(t, "continuation", CONTINUATIONS),
     )
     t.done()
     return node
+
+
+def _choice(t: _Table, name: str, choices: tuple[str, ...]) -> str:
+    value: str = t.get(name, str, choices[0])
+    if value not in choices:
+        raise t.error(name, f"expected one of {', '.join(map(repr, choices))}, got {_show(value)}")
+    return value
 
 
 def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str] | None = None) -> Config:
@@ -468,13 +534,7 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     kind = up.get("type", str, "roundrobin")
     if kind != "roundrobin":
         raise up.error("type", f'only "roundrobin" (smooth weighted round-robin) is supported, got {kind!r}')
-    timeout_t = up.table("timeout") or _Table({}, "upstream.timeout", file)
-    timeouts = Timeouts(
-        connect=timeout_t.number("connect", Timeouts.connect, minimum=0.001),
-        send=timeout_t.number("send", Timeouts.send, minimum=0.001),
-        read=timeout_t.number("read", Timeouts.read, minimum=0.001),
-    )
-    timeout_t.done()
+    timeouts = _timeouts(up.table("timeout") or _Table({}, "upstream.timeout", file), Timeouts())
     checks = _checks(up.table("checks"), Checks())
 
     raw_nodes = up.get("nodes", list, [])
@@ -485,7 +545,7 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         key = f"upstream.nodes[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(file, key, f"expected a table, got {_describe(raw)}")
-        node = _node(_Table(raw, key, file), checks, env)
+        node = _node(_Table(raw, key, file), checks, timeouts, env)
         if any(n.name == node.name for n in nodes):
             raise ConfigError(file, f"{key}.name", f"duplicate node name {node.name!r}")
         nodes.append(node)
@@ -493,9 +553,9 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     upstream = UpstreamConfig(
         nodes=tuple(nodes),
         type=kind,
-        # APISIX's default: as many retries as there are other nodes.
-        retries=up.integer("retries", len(nodes) - 1, minimum=0),
-        retry_timeout=up.number("retry_timeout", 0.0),
+        retries=up.integer("retries", -1, minimum=0) if "retries" in up.data else None,
+        retry_timeout=up.number("retry_timeout", UpstreamConfig.retry_timeout),
+        retry=_retry(up.table("retry")),
         max_response_bytes=up.integer(
             "max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024, maximum=BYTES_MAX
         ),

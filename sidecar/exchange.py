@@ -31,7 +31,8 @@ class Exchange:
     model: str | None
     stream: bool
     started: float
-    attempts: list[dict[str, str]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # failed attempts: node, reason, wait_ms
+    continued: list[dict[str, str]] = field(default_factory=list)  # continuations: from, to, reason
     node: str | None = None
     status: int = 0
     first_byte: float | None = None
@@ -54,8 +55,9 @@ class Exchange:
             "model": self.model,
             "node": self.node,
             "status": self.status,
-            "attempts": len(self.attempts) + (1 if self.node else 0),
+            "attempts": len(self.attempts) + len(self.continued) + (1 if self.node else 0),
             "failed": self.attempts,
+            "continued": self.continued,
             "stream": self.stream,
             "ttfb_ms": ms(self.first_byte),
             "ttft_ms": ms(self.first_token),
@@ -64,6 +66,15 @@ class Exchange:
             "tokens_out": self.tokens_out,
             "error": self.error,
         }
+
+
+def trail(ex: Exchange) -> bytes:
+    """The `x-llm-sidecar-trail` header: each failed attempt, its reason and the wait after it."""
+    steps = []
+    for a in ex.attempts:
+        wait = a.get("wait_ms")
+        steps.append(f"{a['node']}: {a['reason']}" + (f", waited {wait} ms" if wait is not None else ""))
+    return "; ".join(steps).encode("ascii", "replace")
 
 
 def count_tokens(ex: Exchange, data: bytes) -> None:
@@ -99,10 +110,10 @@ class BodyRewriter:
         self.json = bool(body) and is_json(headers)
         self.parsed: dict[str, Any] | None = None
 
-    def for_node(self, node: NodeState) -> bytes:
-        models = node.config.models
-        if not models or not self.json:
-            return self.body
+    def parse(self) -> dict[str, Any] | None:
+        """The body as a JSON object (parsed once), None for a body that is not declared JSON."""
+        if not self.json:
+            return None
         if self.parsed is None:
             try:
                 parsed = json.loads(self.body)
@@ -113,13 +124,21 @@ class BodyRewriter:
             if not isinstance(parsed, dict):
                 raise BadBody("request body must be a JSON object")
             self.parsed = parsed
-        model = self.parsed.get("model")
+        return self.parsed
+
+    def for_node(self, node: NodeState) -> bytes:
+        models = node.config.models
+        if not models or not self.json:
+            return self.body
+        parsed = self.parse()
+        assert parsed is not None
+        model = parsed.get("model")
         if not isinstance(model, str):
             return self.body
         target = node.config.rewrite_model(model)
         if target == model:
             return self.body
-        return dump({**self.parsed, "model": target})
+        return dump({**parsed, "model": target})
 
 
 def dump(body: dict[str, Any]) -> bytes:

@@ -3,6 +3,13 @@
 Users point the sidecar at it to test their agent's resilience; our tests and
 the demo use it as the stand-in for real providers. Its behaviour can be changed
 while it runs: `POST /_fake/behaviour` with a JSON object of the fields below.
+
+Besides those provider-wide settings, a request can pick its own fault by model
+name (see FAULT_MODELS): `fault-500-once-t7` gets fault `500-once`, and the whole
+model string is the key for "once" state, so every test can use a fresh key.
+Those answers always carry CANONICAL, so a test can check exactly what a proxy
+in front stitched together. A request whose last message is from the assistant
+asks to continue it (see `Behaviour.continuation`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,76 @@ from typing import Any
 from aiohttp import web
 
 FAULTS = ("error", "rate_limit", "hang", "silent", "drop", "close", "keepalive")
+CONTINUATIONS = ("prefill", "prefix", "none")  # the dialects for continuing a partial assistant message
+
+# Every answer to a fault model is this text, so a test can compare what a client got with it exactly.
+CANONICAL_WORDS = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
+    "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray",
+)  # fmt: skip
+CANONICAL = " ".join(CANONICAL_WORDS)
+# The streamed pieces: their concatenation is CANONICAL, one word per chunk.
+CANONICAL_PIECES = [CANONICAL_WORDS[0], *(" " + w for w in CANONICAL_WORDS[1:])]
+
+FAULT_MODEL_PREFIX = "fault-"
+# Faults chosen per request by model `fault-<name><tag>`; "first" means the first request for the full model string
+# on this provider. The stream faults (cut, stall, malformed, error-event, no-done) send the role chunk and the first
+# `cut_after` words before failing; without "stream", cut sends part of the JSON body (short of its Content-Length)
+# and aborts, stall sends the headers and goes silent, and malformed, error-event and no-done answer normally.
+# A continuation request (see Behaviour.continuation) ignores the fault, except for context and policy.
+FAULT_MODELS: dict[str, str] = {
+    "429-once": "first request: 429 with Retry-After: 1, then normal answers",
+    "429-long": "first request: 429 with Retry-After: 60, then normal answers",
+    "429-noheader": "first request: 429 without Retry-After, then normal answers",
+    "429": "always 429 with Retry-After: 1",
+    "500-once": "first request: 500, then normal answers",
+    "503": "always 503",
+    "reset": "connection aborted before any response headers",
+    "reset-once": "first request: connection aborted before headers, then normal answers",
+    "hang": "never answers (no headers)",
+    "slow-first-token": "stream: role chunk, keep-alive comments for first_token_delay, then the words; else a late answer",
+    "cut": "stream: cut_after words, then the connection is aborted; else a truncated JSON body",
+    "stall": "stream: cut_after words, then silence; else headers, then silence",
+    "malformed": "stream: cut_after words, a broken JSON data line, clean end without [DONE]; else normal",
+    "error-event": "stream: cut_after words, an error event, clean end without [DONE]; else normal",
+    "no-done": "stream: cut_after words, clean end without finish_reason or [DONE]; else normal",
+    "context": "400 context_length_exceeded, even for continuations",
+    "policy": "400 content_policy_violation, even for continuations",
+    "reject-prefill": "continuations get 400 unsupported_prefill; normal answers otherwise",
+}
+_ONCE = ("429-once", "429-long", "429-noheader", "500-once", "reset-once")
+_STREAM_FAULTS = ("cut", "stall", "malformed", "error-event", "no-done")
+_FOREVER = 3600.0  # "never", for hang and stall: long enough for any test, and they stop when the client leaves
+
+_CONTEXT_ERROR = {
+    "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
+    "Please reduce the length of the messages.",
+    "type": "invalid_request_error",
+    "param": "messages",
+    "code": "context_length_exceeded",
+}
+_POLICY_ERROR = {
+    "message": "Your request was rejected as a result of our safety system.",
+    "type": "invalid_request_error",
+    "param": None,
+    "code": "content_policy_violation",
+}
+_PREFILL_ERROR = {
+    "message": "continuing a partial assistant message is not supported",
+    "type": "invalid_request_error",
+    "param": "messages",
+    "code": "unsupported_prefill",
+}
+_RATE_LIMIT_ERROR = {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
+
+
+def fault_for_model(model: str) -> str | None:
+    """The FAULT_MODELS name a model selects: the longest one its rest starts with (the remainder is a tag)."""
+    if not model.startswith(FAULT_MODEL_PREFIX):
+        return None
+    rest = model[len(FAULT_MODEL_PREFIX) :]
+    return max((name for name in FAULT_MODELS if rest.startswith(name)), key=len, default=None)
 
 
 @dataclass
@@ -33,6 +110,13 @@ class Behaviour:
     drop_after: int = 2  # for fault "drop": SSE chunks sent before the connection is cut
     keepalive_for: float = 1.0  # for fault "keepalive": seconds of ": keep-alive" before data
     faults_on_models: bool = True  # whether /v1/models (the health probe) fails too
+    first_token_delay: float = 20.0  # for model fault "slow-first-token": seconds of keep-alive before the words
+    cut_after: int = 8  # for the model stream faults (cut, stall, ...): words sent before the fault
+    continuation: str = "prefill"  # how a trailing assistant message must look to be continued, one of CONTINUATIONS
+
+    def __post_init__(self) -> None:
+        if self.continuation not in CONTINUATIONS:
+            raise ValueError(f"continuation must be one of {', '.join(CONTINUATIONS)}")
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name: f for f in dataclasses.fields(self)}
@@ -41,6 +125,8 @@ class Behaviour:
                 raise ValueError(f"unknown field {key!r}")
             if key == "fault" and value not in FAULTS:
                 raise ValueError(f"fault must be one of {', '.join(FAULTS)}")
+            if key == "continuation" and value not in CONTINUATIONS:
+                raise ValueError(f"continuation must be one of {', '.join(CONTINUATIONS)}")
             current = getattr(self, key)
             setattr(self, key, type(current)(value))
 
@@ -55,6 +141,9 @@ class Stats:
     auth_sha256: list[str] = field(default_factory=list)  # hashes only: the fake never keeps keys
     with_cookie: int = 0  # requests that carried a Cookie header
     paths: list[str] = field(default_factory=list)  # the last 100 request paths
+    fault_requests: dict[str, int] = field(default_factory=dict)  # chat requests per fault model string
+    continuations: int = 0  # accepted requests to continue a partial assistant message
+    last_prefill: str = ""  # the partial assistant message of the last one, at most 200 characters
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -68,12 +157,60 @@ def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> b
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def _trailing_assistant(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The last message if it is the assistant's, i.e. the request asks to continue it."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        last: dict[str, Any] = messages[-1]
+        if last.get("role") == "assistant":
+            return last
+    return None
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _rest(pieces: list[str], prefill: str) -> list[str]:
+    """The pieces still to send after `prefill`, split at the same boundaries; all of them if it isn't a prefix."""
+    if not "".join(pieces).startswith(prefill):
+        return list(pieces)  # like a model that ignores what it is asked to continue
+    rest: list[str] = []
+    done = 0
+    for piece in pieces:
+        if done + len(piece) > len(prefill):
+            rest.append(piece[max(0, len(prefill) - done) :])
+        done += len(piece)
+    return rest
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+async def _linger(request: web.Request, seconds: float) -> None:
+    """Sleep up to `seconds`, but stop once the client has gone: aiohttp doesn't cancel handlers on disconnect."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(min(0.1, left))
+
+
 class FakeProvider:
     def __init__(self, name: str = "fake", behaviour: Behaviour | None = None, seed: int | None = None) -> None:
         self.name = name
         self.behaviour = behaviour or Behaviour()
         self.stats = Stats()
         self.random = random.Random(seed)
+        self.seen: dict[str, int] = {}  # chat requests per fault model string, for the "once" faults
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/{prefix:.+}/v1/chat/completions", self.chat)  # behind a path prefix
@@ -148,9 +285,15 @@ class FakeProvider:
         self.stats.models_seen.append(str(model))
         del self.stats.models_seen[:-100]
         stream = bool(body.get("stream"))
+        if isinstance(model, str) and model.startswith(FAULT_MODEL_PREFIX):
+            return await self._fault_model(request, body, model)  # fail_rate does not apply: the model decides
         if self._failing():
             return await self._fail(request, stream)
         await asyncio.sleep(self.behaviour.latency)
+        prefill = _trailing_assistant(body)
+        if prefill is not None:
+            pieces = [f"Hello from {self.name}:", *(f" word{i}" for i in range(self.behaviour.chunks))]
+            return await self._continue(request, body, str(model), pieces, prefill)
         if stream:
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, str(model), usage, keepalive=0.0)
@@ -213,6 +356,156 @@ class FakeProvider:
             await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ faults by model, continuations
+
+    def _error(self, status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+        return web.json_response(
+            {"error": error}, status=status, headers={"x-fake-provider": self.name, **(headers or {})}
+        )
+
+    async def _fault_model(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
+        """The one dispatch for FAULT_MODELS."""
+        self.seen[model] = self.seen.get(model, 0) + 1
+        self.stats.fault_requests[model] = self.stats.fault_requests.get(model, 0) + 1
+        b = self.behaviour
+        name = fault_for_model(model)
+        if name is None:
+            return self._error(
+                404,
+                {
+                    "message": f"unknown fault model {model!r}",
+                    "type": "invalid_request_error",
+                    "code": "model_not_found",
+                },
+            )
+        await asyncio.sleep(b.latency)
+        if name == "context":
+            return self._error(400, _CONTEXT_ERROR)
+        if name == "policy":
+            return self._error(400, _POLICY_ERROR)
+        prefill = _trailing_assistant(body)
+        if prefill is not None:
+            if name == "reject-prefill":
+                return self._error(400, _PREFILL_ERROR)
+            # Any other fault is skipped, so a test can continue on the node that just failed it.
+            return await self._continue(request, body, model, CANONICAL_PIECES, prefill)
+        if name in _ONCE and self.seen[model] > 1:
+            name = "answer"
+        if name.startswith("429"):
+            retry = {"429-long": {"Retry-After": "60"}, "429-noheader": {}}.get(name, {"Retry-After": "1"})
+            return self._error(429, _RATE_LIMIT_ERROR, retry)
+        if name in ("500-once", "503"):
+            status = int(name[:3])
+            return self._error(
+                status, {"message": f"{self.name} simulated {status}", "type": "server_error", "code": None}
+            )
+        if name == "hang":
+            await _linger(request, _FOREVER)
+            self._cut(request)
+            return web.Response()  # never reaches the client
+        if name.startswith("reset"):
+            self._cut(request)
+            return web.Response()  # aiohttp sees the closed transport and drops it
+        stream, usage = bool(body.get("stream")), _wants_usage(body)
+        wait = b.first_token_delay if name == "slow-first-token" else 0.0
+        ending = name if name in _STREAM_FAULTS else "stop"
+        return await self._answer(request, model, CANONICAL_PIECES, stream, usage, ending=ending, wait=wait)
+
+    async def _continue(
+        self, request: web.Request, body: dict[str, Any], model: str, pieces: list[str], prefill: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Answer a request to continue `prefill` with the rest of `pieces`, if it comes in this provider's dialect."""
+        dialect = self.behaviour.continuation
+        if dialect == "prefill":
+            accepted = "prefix" not in prefill
+        else:
+            accepted = dialect == "prefix" and prefill.get("prefix") is True
+        if not accepted:
+            return self._error(400, _PREFILL_ERROR)
+        text = _text_of(prefill)
+        self.stats.continuations += 1
+        self.stats.last_prefill = text[:200]
+        return await self._answer(request, model, _rest(pieces, text), bool(body.get("stream")), _wants_usage(body))
+
+    async def _answer(
+        self,
+        request: web.Request,
+        model: str,
+        pieces: list[str],
+        stream: bool,
+        usage: bool,
+        ending: str = "stop",
+        wait: float = 0.0,
+    ) -> web.StreamResponse:
+        """Answer with `pieces`: after `wait` seconds (of keep-alive, if streamed), ending as `ending` says."""
+        b = self.behaviour
+        cid = f"chatcmpl-{self.name}-{self.stats.chat}"
+        tokens = {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 7 + len(pieces)}
+        if not stream:
+            await _linger(request, wait)
+            message = {"role": "assistant", "content": "".join(pieces)}
+            payload = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": tokens,
+            }
+            if ending not in ("cut", "stall"):
+                return web.json_response(payload, headers={"x-fake-provider": self.name})
+            data = json.dumps(payload).encode()
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(data)),
+                    "x-fake-provider": self.name,
+                }
+            )
+            await response.prepare(request)
+            if ending == "cut":
+                await response.write(data[: len(data) // 2])
+            else:
+                await _linger(request, _FOREVER)
+            self._cut(request)
+            return response
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-fake-provider": self.name}
+        )
+        await response.prepare(request)
+        try:
+            await response.write(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                await response.write(b": keep-alive\n\n")
+                await asyncio.sleep(min(0.2, left))
+            sent = pieces if ending == "stop" else pieces[: b.cut_after]
+            for piece in sent:
+                if b.chunk_delay:
+                    await asyncio.sleep(b.chunk_delay)
+                await response.write(_chunk(cid, model, {"content": piece}, None))
+            if ending in ("cut", "stall"):
+                if ending == "stall":
+                    await _linger(request, _FOREVER)
+                self._cut(request)
+                return response
+            if ending == "malformed":
+                await response.write(b'data: {"choices": [{"delta": {"content"\n\n')
+            elif ending == "error-event":
+                error = {"message": "internal error", "type": "server_error", "code": None}
+                await response.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+            elif ending == "stop":
+                await response.write(_chunk(cid, model, {}, "stop"))
+                if usage:
+                    final = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+                    final |= {"choices": [], "usage": tokens}
+                    await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+                await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()  # no-done, malformed, error-event: a clean end all the same
+        except ConnectionResetError:
+            pass  # the client left; nothing to tell it
         return response
 
     def _cut(self, request: web.Request) -> None:

@@ -1,12 +1,9 @@
 """The proxy as a raw ASGI app: no framework on the hot path, so the server is swappable.
 
-A request is read whole (bounded by max_body_bytes), then tried on up to
-`retries + 1` nodes: this module is the policy loop. Each attempt is owned by
-an `Attempt` scope (attempt.py), the bytes are copied by the relay (relay.py).
-Only once an attempt has produced real bytes does anything reach the client;
-after that a broken upstream ends the stream with an SSE error event instead
-of a hang. A client that leaves, or a sidecar that stops, interrupts the
-request at once (interrupt.py).
+A request is checked (method, path, key, body size), read whole (bounded by
+max_body_bytes), and handed to the policy loop (forward.py), which tries nodes
+until one answers. A client that leaves, or a sidecar that stops, interrupts
+the request at once (interrupt.py): this module turns that into the right end.
 """
 
 from __future__ import annotations
@@ -20,19 +17,15 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from yarl import URL
 
-from .attempt import Attempt, Ready, first_bytes, is_json_api
 from .errors import Send, error_json, send_error, send_json
-from .exchange import MODEL_RE, STREAM_RE, BadBody, BodyRewriter, Exchange
+from .exchange import MODEL_RE, STREAM_RE, Exchange
+from .forward import forward
 from .interrupt import Interrupt, Reason
-from .relay import give_up, relay
 from .runtime import Runtime
-from .transport import Request, UpstreamError
-from .upstream import Upstream
 
 access_log = logging.getLogger("llm_sidecar.access")
 log = logging.getLogger("llm_sidecar")
@@ -69,16 +62,6 @@ class ClientGone(Exception):
     pass
 
 
-class BudgetExceeded(Exception):
-    """The request's retry_timeout ran out: no verdict on the node that was being tried."""
-
-
-async def begin(
-    attempt: Attempt, request: Request, statuses: frozenset[int], limit: int, json_api: bool, within: float
-) -> Ready:
-    return await first_bytes(await attempt.send(request), statuses, limit, json_api, within)
-
-
 def path_is_safe(path: str, raw: bytes) -> bool:
     """False for a path a node could resolve elsewhere (see RAW_PATH_TRICK).
 
@@ -106,14 +89,6 @@ def request_drop(connection: list[bytes]) -> frozenset[bytes]:
     tokens = {token.strip().lower() for value in connection for token in value.split(b",")}
     extra = tokens - REQUEST_DROP - NOT_HEADERS
     return REQUEST_DROP | extra if extra else REQUEST_DROP
-
-
-async def within(seconds: float, pending: Awaitable[T]) -> T:
-    try:
-        async with asyncio.timeout(max(0.0, seconds)):
-            return await pending
-    except TimeoutError:
-        raise BudgetExceeded from None
 
 
 async def read_body(receive: Any, limit: int) -> bytes | None:
@@ -256,7 +231,10 @@ class ProxyApp:
         self.inflight.add(interrupt)
         upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
         try:
-            await self.attempts(upstream, scope, interrupt.send, body, ex, request_drop(connection), interrupt.task)
+            drop = request_drop(connection)
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
+            headers.append(("X-Request-Id", ex.rid))
+            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle
@@ -326,77 +304,3 @@ class ProxyApp:
         record = self.runtime.events.emit(ex.record(time.monotonic()))
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
-
-    async def attempts(
-        self,
-        upstream: Upstream,
-        scope: dict[str, Any],
-        send: Send,
-        body: bytes,
-        ex: Exchange,
-        drop: frozenset[bytes] = REQUEST_DROP,
-        task: asyncio.Task[Any] | None = None,
-    ) -> None:
-        """The policy loop: which node next, until one answers or the budget is spent.
-
-        `task` is the request's own task (known to the server), cancelled if sending stalls."""
-        config = upstream.config.upstream
-        budget = config.retries + 1
-        deadline = upstream.clock() + config.retry_timeout if config.retry_timeout else None
-        limit = config.max_response_bytes
-        first_event_within = config.timeout.read  # comments are silence, as far as the first event goes
-        json_api = is_json_api(ex.path)
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        query: bytes = scope["query_string"]
-        suffix = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        base_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
-        base_headers.append(("X-Request-Id", ex.rid))
-        rewriter = BodyRewriter(body, scope["headers"])
-        tried: set[int] = set()
-        last: UpstreamError | None = None
-        timed_out = False
-        while len(tried) < budget:
-            choice = upstream.choose(tried)
-            if choice is None:
-                break
-            tried.add(choice.index)
-            node = upstream.nodes[choice.index]
-            try:
-                node_body = rewriter.for_node(node)
-            except BadBody as exc:
-                ex.status, ex.error = 400, str(exc)
-                await send_error(
-                    send, 400, str(exc), "invalid_request_error", "invalid_json", [(b"x-request-id", ex.rid.encode())]
-                )
-                return
-            headers = base_headers if node.auth is None else [*base_headers, ("Authorization", node.auth)]
-            request = Request(ex.method, self.url(node.config.url, suffix), headers, node_body, task)
-            statuses = node.config.checks.retry_statuses
-            try:
-                with upstream.attempt(choice) as attempt:
-                    if deadline is None:
-                        response = await attempt.send(request)
-                        ready = await first_bytes(response, statuses, limit, json_api, first_event_within)
-                    else:
-                        pending = begin(attempt, request, statuses, limit, json_api, first_event_within)
-                        ready = await within(deadline - upstream.clock(), pending)
-                    await relay(send, attempt, ready, ex, len(tried))
-                node.stats.tokens_in += ex.tokens_in or 0
-                node.stats.tokens_out += ex.tokens_out or 0
-                return
-            except BudgetExceeded:
-                timed_out = True
-                ex.attempts.append({"node": node.name, "reason": "retry_timeout exceeded"})
-                break
-            except UpstreamError as exc:
-                if exc.kind is None:  # the sidecar's own trouble: another node would fare no better
-                    ex.status, ex.error = 503, exc.reason
-                    log.error("request %s: %s", ex.rid, exc.reason)
-                    await send_error(
-                        send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
-                        "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())],
-                    )  # fmt: skip
-                    return
-                ex.attempts.append({"node": node.name, "reason": exc.reason})
-                last = exc
-        await give_up(send, ex, last, len(tried), timed_out)

@@ -7,10 +7,12 @@ attempt scope's business (it is told through `Attempt.fail`).
 from __future__ import annotations
 
 from .attempt import Attempt, Body, Ready
+from .continuation import Restamp, Transcript, parse_event
 from .errors import Send, error_json, send_error, send_json
-from .exchange import Exchange, count_tokens
+from .exchange import Exchange, count_tokens, trail
 from .health import Failure
-from .transport import UpstreamError
+from .sse import Signal, Splitter, data_of, error_text
+from .transport import Response, UpstreamError
 
 RESPONSE_DROP = frozenset(
     {
@@ -44,6 +46,8 @@ async def give_up(send: Send, ex: Exchange, last: UpstreamError | None, tried: i
         (b"x-llm-sidecar-attempts", str(tried).encode()),
         (b"x-should-retry", b"false"),
     ]
+    if ex.attempts:
+        extra.append((b"x-llm-sidecar-trail", trail(ex)))
     why = "; ".join(f"{a['node']}: {a['reason']}" for a in ex.attempts)
     if last is not None and last.status and not timed_out:
         # The provider's own error tells the client most (e.g. its rate limit).
@@ -65,8 +69,13 @@ async def give_up(send: Send, ex: Exchange, last: UpstreamError | None, tried: i
     await send_json(send, status, error_json(ex.error, "upstream_error", code), extra)
 
 
-async def relay(send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attempts: int) -> None:
-    """Forward a ready response to the client, the way its body kind needs (see attempt.Body)."""
+async def relay(
+    send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attempts: int, transcript: Transcript | None = None
+) -> UpstreamError | None:
+    """Forward a ready response to the client, the way its body kind needs (see attempt.Body).
+
+    With a `transcript` (a stream that could be continued elsewhere), a break mid-stream is returned
+    with the response left open, for the caller to continue or end (`end_stream`)."""
     response = ready.response
     node = attempt.node
     ex.node, ex.status = node.name, response.status
@@ -79,15 +88,103 @@ async def relay(send: Send, attempt: Attempt, ready: Ready, ex: Exchange, attemp
         (b"x-llm-sidecar-attempts", str(attempts).encode()),
         (b"x-request-id", ex.rid.encode("latin-1")),
     ]
+    if ex.attempts:
+        headers.append((b"x-llm-sidecar-trail", trail(ex)))
     if kind is Body.WHOLE:
         count_tokens(ex, ready.body)
         headers.append((b"content-length", str(len(ready.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": ready.body})
     elif kind is Body.EVENTS:
+        if transcript is not None:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            return await pump(send, attempt, ready.response, ready.body, ex, transcript)
         await relay_events(send, attempt, ready, ex, headers)
     else:
         await pass_through(send, attempt, ready, ex, headers)
+    return None
+
+
+async def end_stream(send: Send, ex: Exchange, node: str, error: UpstreamError) -> None:
+    """End a stream that broke mid-way with an SSE error event naming the break."""
+    ex.error = f"stream interrupted: {error.reason}"
+    event = error_json(f"upstream {node} failed mid-stream: {error.reason}", "upstream_error", "stream_interrupted")
+    await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+
+
+async def pump(
+    send: Send,
+    attempt: Attempt,
+    response: Response,
+    held: bytes,
+    ex: Exchange,
+    transcript: Transcript,
+    restamp: Restamp | None = None,
+) -> UpstreamError | None:
+    """An SSE answer event by event, each one read into `transcript`; `restamp` for a continuation.
+
+    Ends the response when the stream completes. A break (the connection cut, a stall, an error
+    event, a broken event, an end before the answer's end) is recorded as the node's failure and
+    returned, with nothing of the bad event sent.
+    """
+    buffer = bytearray(held)
+    splitter = Splitter()
+    while True:
+        out: list[bytes] = []
+        ended = False
+        for start, end in splitter.events(buffer):
+            event = bytes(buffer[start:end])
+            broken = take(event, out, transcript, restamp)
+            if broken is not None:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                attempt.fail(broken)
+                return broken
+        del buffer[: splitter.start]
+        splitter.rebase(len(buffer))
+        if out:
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        try:
+            chunk = await response.chunk()
+        except UpstreamError as exc:
+            attempt.fail(exc)
+            return exc
+        if not chunk:
+            ended = True
+        elif b'"usage"' in chunk:
+            count_tokens(ex, chunk)
+        if ended:
+            tail: list[bytes] = []
+            if buffer.strip() and (broken := take(bytes(buffer) + b"\n\n", tail, transcript, restamp)) is not None:
+                attempt.fail(broken)
+                return broken
+            if not transcript.complete:
+                error = UpstreamError(Failure.TCP, "stream ended before its end")
+                attempt.fail(error)
+                return error
+            await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+            return None
+        buffer += chunk
+
+
+def take(event: bytes, out: list[bytes], transcript: Transcript, restamp: Restamp | None) -> UpstreamError | None:
+    """One complete event: appended to `out` when it belongs in the answer, else the break it is."""
+    data = data_of(event)
+    if data is None:
+        out.append(event)  # comments: keep-alives go on to the client
+        return None
+    payload = parse_event(data)
+    if payload is None:
+        return UpstreamError(Failure.HTTP, "malformed event mid-stream")
+    if restamp is not None:
+        stamped = restamp.event(payload)
+        if stamped is None:
+            return None
+        event = stamped
+    signal = transcript.feed(payload)
+    if signal is Signal.ERROR:
+        return UpstreamError(Failure.HTTP, f"error event mid-stream ({error_text(data)})")
+    out.append(event)
+    return None
 
 
 async def pass_through(

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
-from .config import Config
+from .config import Config, Timeouts
 from .health import Failure
 from .watchdog import SendWatch
 
@@ -46,9 +46,13 @@ class UpstreamError(Exception):
         body: bytes = b"",
         retry_after: float | None = None,
         code: str | None = None,
+        local: bool = False,
     ) -> None:
         super().__init__(reason)
-        self.kind = kind  # None: the sidecar's own failure (out of file descriptors), no health verdict
+        # None: no health verdict: the sidecar's own trouble (`local`, out of file descriptors), or a
+        # request this node cannot take through no fault of its own (too long for its context window).
+        self.kind = kind
+        self.local = local
         self.reason = reason
         self.status = status
         self.headers = headers
@@ -106,10 +110,10 @@ def translate(exc: BaseException) -> UpstreamError:
         return UpstreamError(Failure.TIMEOUT, "read timeout")
     if isinstance(exc, aiohttp.ClientConnectorError):
         if exc.os_error.errno in LOCAL_ERRNOS:
-            return UpstreamError(None, f"sidecar out of resources ({exc.os_error.strerror})")
+            return UpstreamError(None, f"sidecar out of resources ({exc.os_error.strerror})", local=True)
         return UpstreamError(Failure.TCP, f"connect failed ({exc.os_error.strerror or exc.os_error})")
     if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
-        return UpstreamError(None, f"sidecar out of resources ({exc.strerror})")
+        return UpstreamError(None, f"sidecar out of resources ({exc.strerror})", local=True)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return UpstreamError(Failure.TCP, "connection closed before a response")
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -166,8 +170,7 @@ class AiohttpResponse:
         self._response.close()
 
 
-def new_session(config: Config) -> aiohttp.ClientSession:
-    t = config.upstream.timeout
+def new_session(t: Timeouts) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,  # the agent's concurrency is the limit; a cap here would only queue
         limit_per_host=0,
@@ -202,11 +205,14 @@ class AiohttpTransport:
     watch: SendWatch
     sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.timeouts = {node.name: node.timeout for node in self.config.upstream.nodes}
+
     async def send(self, node: str, request: Request) -> Response:
+        t = self.timeouts.get(node) or self.config.upstream.timeout
         session = self.sessions.get(node)
         if session is None:
-            session = self.sessions[node] = new_session(self.config)
-        t = self.config.upstream.timeout
+            session = self.sessions[node] = new_session(t)
         # aiohttp arms sock_read only once the body is written; the watch bounds a stalled write.
         task = self.watch.watch(t.connect + t.send + t.read, request.owner)
         try:

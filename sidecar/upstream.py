@@ -81,6 +81,12 @@ class Upstream:
     def choose(self, tried: set[int]) -> Choice | None:
         return self.balancer.choose(tried, self.clock())
 
+    def again(self, index: int) -> Choice | None:
+        """The same node for a retry the plan decided on, unless it is out by now (ejected, unhealthy,
+        drained). A Retry-After it gave was already waited out by this request."""
+        health = self.nodes[index].health
+        return self.balancer.plain[index] if health.healthy and not health.manual_down else None
+
     def attempt(self, choice: Choice) -> Attempt:
         return Attempt(self, self.nodes[choice.index], choice.trial)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sidecar import proxy
 from sidecar.config import parse
 from sidecar.proxy import ProxyApp
 from sidecar.runtime import Runtime
@@ -36,7 +37,7 @@ async def test_a_bug_inside_ends_the_request_with_a_json_500_and_an_event(monkey
     async def broken(*args: Any) -> None:
         raise ValueError("boom")
 
-    monkeypatch.setattr(app, "attempts", broken)
+    monkeypatch.setattr(proxy, "forward", broken)
     sent = await call(app)
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"]["code"] == "internal_error"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load, parse
+from sidecar.config import ConfigError, RetryPolicy, Timeouts, load, parse
 from sidecar.discovery import control_socket_path, discover
 from sidecar.template import render
 
@@ -35,12 +35,51 @@ def error_of(data: dict, env: dict | None = None) -> ConfigError:
 def test_minimal_file_gets_every_default() -> None:
     config = parse(minimal(), "cfg.toml", ENV)
     assert config.server.listen == "127.0.0.1:8787"
-    assert config.upstream.retries == 1  # APISIX: one per other node
-    assert config.upstream.timeout.read == 120
+    assert config.upstream.retries is None  # bounded by the retry policy instead
+    assert config.upstream.retry_timeout == 30
+    assert config.upstream.retry == RetryPolicy(
+        max_wait=5, same_node=1, backoff=0.5, max_backoff=4, attempts_per_node=3
+    )
+    assert config.upstream.timeout == Timeouts(connect=5, send=30, read=120, first_token=60)
     a = config.upstream.nodes[0]
+    assert a.timeout == config.upstream.timeout and a.continuation == "none"
     assert (a.weight, a.priority, a.api_key, a.api_key_env) == (1, 0, "sk-openai", "OPENAI_API_KEY")
     assert a.checks.active is None and a.checks.passive is None
     assert 429 in a.checks.retry_statuses and 400 not in a.checks.retry_statuses
+
+
+def test_node_timeouts_override_the_upstreams_and_first_token_never_exceeds_read() -> None:
+    data = minimal()
+    data["upstream"]["timeout"] = {"read": 30}
+    data["upstream"]["nodes"][0]["timeout"] = {"first_token": 20}
+    data["upstream"]["nodes"][1]["timeout"] = {"read": 300, "first_token": 240}
+    config = parse(data, "cfg.toml", ENV)
+    assert config.upstream.timeout.first_token == 30  # the default, lowered to read
+    a, b = config.upstream.nodes
+    assert (a.timeout.read, a.timeout.first_token) == (30, 20)
+    assert (b.timeout.read, b.timeout.first_token) == (300, 240)
+    data["upstream"]["nodes"][0]["timeout"] = {"first_token": 31}
+    error = error_of(data)
+    assert error.key == "upstream.nodes[0].timeout.first_token" and "must be <= read (30)" in error.message
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "key", "message"),
+    [
+        (("nodes", 0, "continuation"), "prefil", "upstream.nodes[0].continuation", "expected one of 'none', 'prefill'"),
+        (("retry", "max_backoff"), 0.1, "upstream.retry.max_backoff", "must be >= backoff"),
+        (("retry", "attempts_per_node"), 0, "upstream.retry.attempts_per_node", "must be >= 1"),
+        (("retry", "typo"), 1, "upstream.retry.typo", "unknown key"),
+    ],
+)
+def test_retry_and_continuation_settings_are_checked(where: tuple, value: object, key: str, message: str) -> None:
+    data = minimal()
+    table = data["upstream"]
+    for part in where[:-1]:
+        table = table.setdefault(part, {}) if isinstance(part, str) else table[part]
+    table[where[-1]] = value
+    error = error_of(data)
+    assert error.key == key and message in error.message
 
 
 def test_repo_config_is_the_seed_setup() -> None:

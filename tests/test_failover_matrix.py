@@ -219,7 +219,7 @@ async def test_a_json_body_is_rewritten_for_the_node_with_a_models_map() -> None
 
 async def test_the_sidecars_own_fd_exhaustion_is_a_503_and_no_nodes_fault() -> None:
     def handler(node: str, request: Request) -> Script:
-        return Script(error=UpstreamError(None, "sidecar out of resources (Too many open files)"))
+        return Script(error=UpstreamError(None, "sidecar out of resources (Too many open files)", local=True))
 
     h = Harness(handler, config())
     got = await h.request({"model": "gpt-4o"})
@@ -266,7 +266,7 @@ async def test_a_stream_that_ends_inside_an_event_is_a_break_not_an_answer(endin
     h.assert_nothing_held()
 
 
-async def test_a_node_that_sends_only_keepalive_comments_fails_over_after_the_read_timeout() -> None:
+async def test_a_node_that_sends_only_keepalive_comments_fails_over_after_the_first_token_timeout() -> None:
     comments = [b": keep-alive\n\n", 0.02] * 20  # each gap is shorter than timeout.read (0.05 s)
 
     def handler(node: str, request: Request) -> Script:
@@ -275,7 +275,7 @@ async def test_a_node_that_sends_only_keepalive_comments_fails_over_after_the_re
     h = Harness(handler, config())
     got = await h.request({"model": "m", "stream": True})
     assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "backup" and b"[DONE]" in got.body
-    assert h.last_event()["failed"] == [{"node": "primary", "reason": "only keep-alives before read timeout"}]
+    assert h.last_event()["failed"] == [{"node": "primary", "reason": "no first token in 0.05s"}]
     assert h.node("primary").health.counters[Source.PASSIVE].timeouts == 1
     h.assert_nothing_held()
 

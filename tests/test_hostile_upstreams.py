@@ -20,10 +20,11 @@ import httpx
 import pytest
 
 from sidecar import api
-from sidecar.attempt import MAX_RETRY_AFTER, SSE_HOLD_LIMIT, EventScan, retry_after
+from sidecar.attempt import MAX_RETRY_AFTER, SSE_HOLD_LIMIT, retry_after
 from sidecar.config import Config, parse
 from sidecar.health import Failure, Source
 from sidecar.mock import Script
+from sidecar.sse import Splitter
 from sidecar.transport import AiohttpTransport, Request, UpstreamError
 
 from .conftest import Upstream, chat, two_node_config
@@ -187,32 +188,15 @@ async def test_the_first_event_scan_is_linear_in_small_chunks() -> None:
     assert got.body.startswith(chunk) and got.body.endswith(EVENT + b"data: [DONE]\n\n")  # comments forwarded
 
 
-@pytest.mark.parametrize(
-    ("chunks", "found_at"),
-    [
-        ([b": keep", b"-alive\n", b"\n", b"data: x\n\n"], 3),
-        ([b": comment data: not a field", b" still the comment", b"\r\n", b"d"], 3),
-        ([b":a\r", b"data: x"], 1),  # a lone CR ends a line too
-        ([b":a\r\n:b\r\n\r\n", b"  event: x"], 1),  # leading blanks, as before
-        ([b"\n" * 100_000 + b": x\n", b"\t \n"], None),
-        ([b"   ", b": x"], None),  # blanks, then a comment: still no field
-        ([b"   ", b"data"], 1),
-        ([b"data: partial line without an end"], 0),
-    ],
-)
-def test_the_event_scan_follows_lines_across_chunks(chunks: list[bytes], found_at: int | None) -> None:
-    scan = EventScan()
-    found = [scan.payload(chunk) for chunk in chunks]
-    assert found == [i == found_at for i in range(len(chunks))]
-
-
 @pytest.mark.timeout(30)  # a hang guard: a rescan per chunk never finishes
-def test_the_event_scan_is_linear_on_blank_runs() -> None:
-    scan = EventScan()
+def test_the_event_split_is_linear_on_blank_runs() -> None:
+    buffer = bytearray()
+    splitter = Splitter()
     for _ in range(16):
-        assert not scan.payload(b"\n" * 65536)
-        assert not scan.payload(b" " * 65536)
-        assert not scan.payload(b":" + b" " * 65536 + b"\n")
+        for piece in (b" " * 65536, b":" + b" " * 65536 + b"\n", b"\r" * 3):
+            buffer += piece
+            splitter.events(buffer)
+    assert splitter.searched == len(buffer)
 
 
 # ---------------------------------------------------------------------------- 9. HTML where JSON belongs

@@ -1,0 +1,201 @@
+"""The policy loop of one request: which node next, when to wait, and how a broken stream goes on.
+
+Each attempt is owned by an `Attempt` scope (attempt.py); the bytes are copied by
+the relay (relay.py); when to retry is the retry plan's decision (retry.py).
+Nothing reaches the client before an attempt has produced real bytes, so until
+then every failure is still retryable. After that, a chat stream that breaks is
+continued on a node that can (continuation.py), else ended with an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from yarl import URL
+
+from .attempt import Attempt, Body, Ready, first_bytes, is_json_api
+from .balancer import Choice
+from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
+from .errors import Send, send_error
+from .exchange import BadBody, BodyRewriter, Exchange, dump
+from .health import Failure
+from .relay import end_stream, give_up, pump, relay
+from .retry import RetryPlan, fault_of
+from .transport import Request, UpstreamError
+from .upstream import NodeState, Upstream
+
+log = logging.getLogger("llm_sidecar")
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass
+class Trip:
+    """What every attempt of one request shares."""
+
+    upstream: Upstream
+    send: Send
+    ex: Exchange
+    rewriter: BodyRewriter
+    suffix: str
+    headers: list[tuple[str, str]]
+    url: Callable[[str, str], URL]
+    task: asyncio.Task[Any] | None
+
+    def request(self, node: NodeState, body: bytes) -> Request:
+        headers = self.headers if node.auth is None else [*self.headers, ("Authorization", node.auth)]
+        return Request(self.ex.method, self.url(node.config.url, self.suffix), headers, body, self.task)
+
+    async def first(self, attempt: Attempt, request: Request) -> Ready:
+        """Send, and wait for what may go to the client: a stream's first token within `first_token`."""
+        node = attempt.node
+        config = self.upstream.config.upstream
+        statuses = node.config.checks.retry_statuses
+        limit = config.max_response_bytes
+        json_api = is_json_api(self.ex.path)
+        timeouts = node.config.timeout
+        if not self.ex.stream:
+            return await first_bytes(await attempt.send(request), statuses, limit, json_api, timeouts.read)
+        try:
+            async with asyncio.timeout(timeouts.first_token):
+                return await first_bytes(await attempt.send(request), statuses, limit, json_api)
+        except TimeoutError:
+            raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
+
+
+async def forward(
+    upstream: Upstream,
+    scope: dict[str, Any],
+    send: Send,
+    body: bytes,
+    ex: Exchange,
+    headers: list[tuple[str, str]],
+    url: Callable[[str, str], URL],
+    task: asyncio.Task[Any] | None = None,
+) -> None:
+    """Try nodes until one answers, the retry plan gives up, or the client leaves."""
+    config = upstream.config.upstream
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope["query_string"]
+    suffix = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    trip = Trip(upstream, send, ex, BodyRewriter(body, scope["headers"]), suffix, headers, url, task)
+    plan = RetryPlan(
+        config.retry,
+        upstream.clock(),
+        nodes=len(upstream.nodes),
+        retry_timeout=config.retry_timeout,
+        retries=config.retries,
+    )
+    continuable = ex.stream and ex.path == CHAT_PATH and any(n.continuation != "none" for n in config.nodes)
+    last: UpstreamError | None = None
+    refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
+    same: int | None = None
+    while not plan.exhausted:
+        choice = upstream.again(same) if same is not None else None
+        same = None
+        if choice is None:
+            choice = upstream.choose(plan.excluded())
+        if choice is None:
+            wait = plan.round_wait(upstream.clock())
+            if wait is None:
+                break
+            if ex.attempts:
+                ex.attempts[-1]["wait_ms"] = round(wait * 1000)
+            await asyncio.sleep(wait)
+            continue
+        node = upstream.nodes[choice.index]
+        try:
+            request = trip.request(node, trip.rewriter.for_node(node))
+            transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+        except BadBody as exc:
+            ex.status, ex.error = 400, str(exc)
+            await send_error(
+                send, 400, str(exc), "invalid_request_error", "invalid_json", [(b"x-request-id", ex.rid.encode())]
+            )
+            return
+        plan.start(choice.index, upstream.clock())
+        try:
+            with upstream.attempt(choice) as attempt:
+                ready = await trip.first(attempt, request)
+                broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
+            if broken is not None and transcript is not None:
+                await carry_on(trip, choice.index, broken, transcript)
+            node.stats.tokens_in += ex.tokens_in or 0
+            node.stats.tokens_out += ex.tokens_out or 0
+            return
+        except UpstreamError as exc:
+            if exc.local:  # the sidecar's own trouble: another node would fare no better
+                ex.status, ex.error = 503, exc.reason
+                log.error("request %s: %s", ex.rid, exc.reason)
+                await send_error(
+                    send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
+                    "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())],
+                )  # fmt: skip
+                return
+            ex.attempts.append({"node": node.name, "reason": exc.reason})
+            if exc.kind is None and exc.status and refusal is None:
+                refusal = exc
+            last = exc
+            decision = plan.failed(choice.index, fault_of(exc), exc.retry_after, upstream.clock())
+            if decision.same and upstream.again(choice.index) is not None:  # not ejected by this failure
+                ex.attempts[-1]["wait_ms"] = round(decision.wait * 1000)
+                await asyncio.sleep(decision.wait)
+                same = choice.index
+    answer = refusal or last
+    timed_out = answer is not None and answer.kind is Failure.TIMEOUT
+    await give_up(send, ex, answer, plan.attempts, timed_out)
+
+
+async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Transcript) -> None:
+    """A stream broke after text reached the client: continue it on a node that can, or end it cleanly.
+
+    The same node goes first when its break was not a stall; then the others in failover order.
+    A node that refuses the continuation (a 400) leaves the original break as the error the client sees.
+    """
+    upstream, ex = trip.upstream, trip.ex
+    broken_node = upstream.nodes[index].name
+    unable = {i for i, n in enumerate(upstream.nodes) if n.config.continuation == "none"}
+    tried: set[int] = set()
+    for _ in range(MAX_CONTINUATIONS):
+        why_not = transcript.continuable()
+        if why_not is not None:
+            log.info("request %s: stream from %s not continued: %s", ex.rid, broken_node, why_not)
+            break
+        choice: Choice | None = None
+        if broken.kind is not Failure.TIMEOUT and index not in unable | tried:
+            choice = upstream.again(index)
+        if choice is None:
+            choice = upstream.choose(unable | tried | {index})
+        if choice is None:
+            break
+        tried.add(choice.index)
+        node = upstream.nodes[choice.index]
+        parsed = trip.rewriter.parse()
+        assert parsed is not None  # request_fits() parsed it
+        asked = continuation_body(parsed, transcript.text, node.config.continuation)
+        asked["model"] = node.config.rewrite_model(str(parsed.get("model")))
+        try:
+            with upstream.attempt(choice) as attempt:
+                ready = await trip.first(attempt, trip.request(node, dump(asked)))
+                if ready.kind is not Body.EVENTS:
+                    # The node will not continue (no prefill in its API): no fault of its health.
+                    raise UpstreamError(None, f"continuation refused ({ready.response.status})")
+                ex.continued.append({"from": broken_node, "to": node.name, "reason": broken.reason})
+                ex.node = node.name
+                again = await pump(
+                    trip.send, attempt, ready.response, ready.body, ex, transcript, Restamp(transcript.id)
+                )
+        except UpstreamError as exc:
+            if exc.local:
+                break
+            ex.attempts.append({"node": node.name, "reason": f"continuation: {exc.reason}"})
+            continue
+        if again is None:
+            ex.error = None
+            return
+        broken, index, broken_node = again, choice.index, node.name
+    await end_stream(trip.send, ex, broken_node, broken)
