@@ -24,8 +24,10 @@ CONFIG_ENV = "LLM_SIDECAR_CONFIG"
 CONFIG_NAME = "llm-sidecar.toml"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504)
-# "prefill": a trailing assistant message; "prefix": the same with "prefix": true (README lists providers).
-CONTINUATIONS = ("none", "prefill", "prefix")
+# How a node continues a partial answer (README lists providers): "prefill", a trailing assistant
+# message; "prefix" / "partial", the same marked `"prefix": true` / `"partial": true`;
+# "continue_final_message", the same with vLLM's `continue_final_message` request fields.
+CONTINUATIONS = ("none", "prefill", "prefix", "partial", "continue_final_message")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLAIN_KEY = re.compile(r"[^\s.\[\]\"\\]+")
 # Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the

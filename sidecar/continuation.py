@@ -1,9 +1,10 @@
 """Mid-stream continuation: when a chat stream breaks after text reached the client, another node
 (or the same one) continues from what was delivered, in the same SSE stream.
 
-Two dialects carry "continue this partial answer" (README lists providers):
-"prefill", a trailing `{"role": "assistant", "content": <delivered>}` message, and
-"prefix", the same message with `"prefix": true`. The continuing stream's events
+Providers take "continue this partial answer" in four dialects (README lists them):
+"prefill", a trailing `{"role": "assistant", "content": <delivered>}` message;
+"prefix" and "partial", the same message marked `"prefix": true` / `"partial": true`;
+"continue_final_message", the same with vLLM's request fields that say so. The continuing stream's events
 are re-stamped with the original stream's `id`, and its role-only opening is
 dropped, so the client's assembled text is one answer.
 
@@ -95,9 +96,12 @@ def request_fits(body: dict[str, Any] | None) -> bool:
 def continuation_body(body: dict[str, Any], delivered: str, dialect: str) -> dict[str, Any]:
     """The original request, asking the node to go on from `delivered`."""
     message: dict[str, Any] = {"role": "assistant", "content": delivered}
-    if dialect == "prefix":
-        message["prefix"] = True
-    return {**body, "messages": [*body["messages"], message]}
+    if dialect in ("prefix", "partial"):
+        message[dialect] = True
+    asked = {**body, "messages": [*body["messages"], message]}
+    if dialect == "continue_final_message":
+        asked.update(continue_final_message=True, add_generation_prompt=False)
+    return asked
 
 
 class Restamp:

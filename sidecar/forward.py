@@ -144,6 +144,7 @@ async def forward(
             if decision.same and upstream.again(choice.index) is not None:  # not ejected by this failure
                 ex.attempts[-1]["wait_ms"] = round(decision.wait * 1000)
                 await asyncio.sleep(decision.wait)
+                node.stats.retries += 1
                 same = choice.index
     answer = refusal or last
     timed_out = answer is not None and answer.kind is Failure.TIMEOUT
@@ -185,6 +186,7 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
                     # The node will not continue (no prefill in its API): no fault of its health.
                     raise UpstreamError(None, f"continuation refused ({ready.response.status})")
                 ex.continued.append({"from": broken_node, "to": node.name, "reason": broken.reason})
+                node.stats.continuations += 1
                 ex.node = node.name
                 again = await pump(
                     trip.send, attempt, ready.response, ready.body, ex, transcript, Restamp(transcript.id)

@@ -43,15 +43,27 @@ def _inner(text: str) -> str:
     return text if _INNER.fullmatch(text) else _escaped(text, _DEL_AND_BRACKETS)
 
 
+def _attempt(attempt: dict[str, Any]) -> str:
+    """One failed attempt: `node:reason`, and the wait that followed it when there was one."""
+    text = f"{_inner(str(attempt['node']))}:{_inner(str(attempt['reason']))}"
+    wait = attempt.get("wait_ms")
+    return text if wait is None else f"{text}(wait={wait}ms)"
+
+
 def _fields(record: dict[str, Any]) -> str:
-    failed = ",".join(f"{_inner(str(a['node']))}:{_inner(str(a['reason']))}" for a in record["failed"]) or "-"
+    failed = ",".join(_attempt(a) for a in record["failed"]) or "-"
+    continued = ",".join(
+        f"{_inner(str(c['from']))}>{_inner(str(c['to']))}:{_inner(str(c['reason']))}"
+        for c in record.get("continued", ())
+    )
     model = record["model"]
     node = record["node"]
     return (
         f"id={_value(str(record['id']))} {_value(str(record['method']))} {_value(str(record['path']))} "
         f"model={_value(model) if model else '-'} node={_value(node) if node else '-'} "
         f"status={record['status']} attempts={record['attempts']} failed=[{failed}] "
-        f"stream={'yes' if record['stream'] else 'no'} ttfb_ms={_ms(record['ttfb_ms'])} "
+        + (f"continued=[{continued}] " if continued else "")
+        + f"stream={'yes' if record['stream'] else 'no'} ttfb_ms={_ms(record['ttfb_ms'])} "
         f"ttft_ms={_ms(record['ttft_ms'])} total_ms={_ms(record['total_ms'])}"
         + (f" tokens={record['tokens_in']}/{record['tokens_out']}" if record["tokens_in"] is not None else "")
         + (f' error="{_inner(str(record["error"]))}"' if record["error"] else "")

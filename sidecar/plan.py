@@ -30,6 +30,18 @@ def _passive(check: PassiveCheck | None) -> str:
     )
 
 
+def _retry(config: Config) -> str:
+    u = config.upstream
+    r = u.retry
+    budget = f"within {u.retry_timeout:g}s of arrival" if u.retry_timeout else "with no time limit"
+    cap = f", at most {u.retries} retries" if u.retries is not None else ""
+    return (
+        f"Retry-After up to {r.max_wait:g}s waited out on the same node; {r.same_node} same-node retry(ies) "
+        f"after a 5xx or reset (backoff {r.backoff:g}s..{r.max_backoff:g}s); at most {r.attempts_per_node} "
+        f"attempts per node; rounds {budget}{cap}"
+    )
+
+
 def _size(n: int) -> str:
     """Bytes as written in the file, and readable."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -54,9 +66,9 @@ def render(config: Config) -> str:
         f"max_connections {s.max_connections}, max_event_subscribers {s.max_event_subscribers}",
         f"         header_timeout {s.header_timeout:g}s, body_timeout {s.body_timeout:g}s, "
         f"keepalive_timeout {s.keepalive_timeout:g}s",
-        f"upstream {u.type}, retries {u.retries}, retry_timeout {u.retry_timeout:g}s"
-        f" (0 = none), timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s",
-        f"         max_response_bytes {_size(u.max_response_bytes)}",
+        f"upstream {u.type}, timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s "
+        f"first_token {t.first_token:g}s, max_response_bytes {_size(u.max_response_bytes)}",
+        f"retry    {_retry(config)}",
     ]
     nodes = sorted(u.nodes, key=lambda n: -n.priority)
     for priority, level in groupby(nodes, key=lambda n: n.priority):
@@ -64,6 +76,14 @@ def render(config: Config) -> str:
         for node in level:
             models = ", ".join(f"{k} -> {v}" for k, v in node.models.items()) or "unchanged"
             lines.append(f"  {node.name:<12} {node.url}  weight {node.weight}  {_key(node)}  models: {models}")
+            extra = []
+            if node.timeout != t:
+                nt = node.timeout
+                extra.append(f"timeouts connect {nt.connect:g}s read {nt.read:g}s first_token {nt.first_token:g}s")
+            if node.continuation != "none":
+                extra.append(f"continues broken streams ({node.continuation})")
+            if extra:
+                lines.append(" " * 15 + "; ".join(extra))
     distinct = {(n.checks.active, n.checks.passive) for n in u.nodes}
     for node in u.nodes if len(distinct) > 1 else u.nodes[:1]:
         prefix = f"checks ({node.name})" if len(distinct) > 1 else "checks"

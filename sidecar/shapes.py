@@ -49,6 +49,8 @@ class TrafficJSON(TypedDict):
     p95_ms: float | None
     tokens_in: int
     tokens_out: int
+    retries: int
+    continuations: int
 
 
 class NodeJSON(TypedDict):

@@ -6,7 +6,7 @@ from typing import Any
 
 import tomli_w
 
-from .config import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, ServerConfig, UpstreamConfig
+from .config import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, RetryPolicy, ServerConfig, UpstreamConfig
 
 HEADER = """\
 # llm-sidecar configuration. Field names follow Apache APISIX's upstream object.
@@ -43,17 +43,36 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "# type: smooth weighted round-robin inside one priority level.\n"
-        "# retries: extra attempts, each on a node not tried yet for this request.\n"
-        "# retry_timeout: seconds for all attempts together; 0 = no limit.\n"
-        "# timeout.read: the longest silence between bytes, the first byte included.\n"
-        "# max_response_bytes: the most of an answer held before sending it; past it, 502 JSON and a node failure.",
+        "# retry_timeout: seconds after a request arrived in which retries and waits may start (a first try\n"
+        "#   on each node always may); 0 = no limit. retries = N would cap the retries of one request.\n"
+        "# max_response_bytes: the most of an answer held before sending it; past it, 502 JSON and a node failure.\n"
+        "# timeout.read: the longest silence between bytes. timeout.first_token: from sending a streamed\n"
+        "#   request to its first real token (not keep-alives, not a role-only delta); a silent node costs\n"
+        "#   this, not read. Raise both for models that think in silence. A node may override them:\n"
+        "#   timeout = { first_token = 300, read = 300 } in its [[upstream.nodes]] table.",
         {
             "upstream": {
                 "type": "roundrobin",
-                "retries": 1,
-                "retry_timeout": 0,
+                "retry_timeout": UpstreamConfig.retry_timeout,
                 "max_response_bytes": UpstreamConfig.max_response_bytes,
-                "timeout": {"connect": 5, "send": 30, "read": 120},
+                "timeout": {"connect": 5, "send": 30, "read": 120, "first_token": 60},
+            }
+        },
+    ),
+    (
+        "# The retry policy (the sidecar is the only retry owner: clients get x-should-retry: false).\n"
+        "# max_wait: a 429 whose Retry-After is at most this long is waited out on the same node; longer fails over.\n"
+        "# same_node: retries on the same node after a 5xx, a reset or a short Retry-After, before failing over.\n"
+        "# backoff, max_backoff: the jittered wait before a retry (doubling); attempts_per_node: per request.",
+        {
+            "upstream": {
+                "retry": {
+                    "max_wait": RetryPolicy.max_wait,
+                    "same_node": RetryPolicy.same_node,
+                    "backoff": RetryPolicy.backoff,
+                    "max_backoff": RetryPolicy.max_backoff,
+                    "attempts_per_node": RetryPolicy.attempts_per_node,
+                }
             }
         },
     ),
@@ -75,7 +94,10 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "# The backup: takes traffic only while every node above it is unhealthy.\n"
-        '# models rewrites the body\'s "model": exact name, else "*", else unchanged.',
+        '# models rewrites the body\'s "model": exact name, else "*", else unchanged.\n'
+        "# continuation: how this node continues a stream another node broke mid-answer (README lists\n"
+        '#   providers): "none", "prefill", "prefix", "partial" or "continue_final_message". DeepSeek takes\n'
+        '#   "prefix" on url = "https://api.deepseek.com/beta".',
         {
             "upstream": {
                 "nodes": [

@@ -94,7 +94,7 @@ def test_repo_config_is_the_seed_setup() -> None:
 def test_init_template_parses_to_the_same_plan_as_the_repo_file() -> None:
     from_template = parse(tomllib.loads(render()), "t", ENV)
     from_repo = load(REPO / "llm-sidecar.toml", ENV)
-    assert from_template.upstream.nodes == from_repo.upstream.nodes
+    assert from_template.upstream == from_repo.upstream
     assert from_template.server == from_repo.server
 
 

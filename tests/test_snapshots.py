@@ -78,13 +78,20 @@ STATUS = real_status()
 
 
 def request(i: int) -> dict[str, Any]:
-    failover = i == 6
+    failed: list[dict[str, Any]] = []
+    continued: list[dict[str, str]] = []
+    if i == 4:  # a short Retry-After, waited out on the same node
+        failed = [{"node": "openai", "reason": "rate limited (429)", "wait_ms": 1000}]
+    if i == 5:  # a stream cut mid-way, continued on the backup
+        continued = [{"from": "openai", "to": "deepseek", "reason": "connection closed mid-body"}]
+    if i == 6:
+        failed = [{"node": "openai", "reason": "http 503"}]
     return {
         "type": "request", "seq": i, "time": NOW - 30 + i * 2, "id": f"beefcafe{i:08x}", "method": "POST",
-        "path": "/v1/chat/completions", "model": "gpt-4o-mini", "node": "openai" if i < 6 else "deepseek",
-        "status": 200, "attempts": 2 if failover else 1,
-        "failed": [{"node": "openai", "reason": "http 503"}] if failover else [], "stream": i % 3 == 0,
-        "ttfb_ms": 300.0 + i, "ttft_ms": None, "total_ms": 900.0 + 10 * i, "tokens_in": 12, "tokens_out": 30, "error": None,
+        "path": "/v1/chat/completions", "model": "gpt-4o-mini", "node": "openai" if i < 5 else "deepseek",
+        "status": 200, "attempts": 1 + len(failed) + len(continued), "failed": failed, "continued": continued,
+        "stream": i % 3 == 0 or i == 5, "ttfb_ms": 300.0 + i, "ttft_ms": None, "total_ms": 900.0 + 10 * i,
+        "tokens_in": 12, "tokens_out": 30, "error": None,
     }  # fmt: skip
 
 

@@ -95,6 +95,9 @@ def test_continuation_bodies_in_both_dialects() -> None:
     prefill = continuation_body(body, "Hello", "prefill")
     assert prefill["messages"][-1] == {"role": "assistant", "content": "Hello"}
     assert continuation_body(body, "Hello", "prefix")["messages"][-1]["prefix"] is True
+    assert continuation_body(body, "Hello", "partial")["messages"][-1]["partial"] is True
+    vllm = continuation_body(body, "Hello", "continue_final_message")
+    assert vllm["continue_final_message"] is True and vllm["add_generation_prompt"] is False
     assert body["messages"] == [{"role": "user", "content": "hi"}]  # the original is untouched
     assert request_fits(body) and not request_fits({**body, "n": 2}) and not request_fits({**body, "stream": False})
 

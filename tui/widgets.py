@@ -114,7 +114,8 @@ class NodesTable(DataTable[Any]):
 class TrafficTable(DataTable[Any]):
     """Finished requests, newest first; bounded, and redrawn in batches."""
 
-    COLUMNS = ("time", "id", "model", "node", "st", "att", "s", "ttfb", "total", "tok")
+    # `why` last: the marks in `att` (↻ retried or failed over, ⤳ continued) tell at a glance; why says what.
+    COLUMNS = ("time", "id", "model", "node", "st", "att", "s", "ttfb", "total", "tok", "why")
     LIMIT = 200
 
     def on_mount(self) -> None:
@@ -128,6 +129,8 @@ class TrafficTable(DataTable[Any]):
         self.clear()
         for e in reversed(self.rows_seen):
             failover = e["attempts"] > 1
+            retried = bool(e["failed"])
+            continued = bool(e.get("continued"))
             style = "bold yellow" if failover else ""
             tokens = "-" if e["tokens_out"] is None else f"{e['tokens_in']}/{e['tokens_out']}"
             self.add_row(
@@ -136,12 +139,38 @@ class TrafficTable(DataTable[Any]):
                 plain(e["model"] or "-", limit=14),
                 plain(e["node"] or "-", style=style),
                 plain(e["status"], style="green" if e["status"] < 400 else "red"),
-                plain(f"{e['attempts']}{'↻' if failover else ''}", style=style),
+                plain(f"{e['attempts']}{'↻' if retried else ''}{'⤳' if continued else ''}", style=style),
                 plain("S" if e["stream"] else "-"),
                 plain(ms(e["ttfb_ms"])),
                 plain(ms(e["total_ms"])),
                 plain(tokens),
+                plain(why(e), style=style, limit=WHY_LIMIT),
             )
+
+
+WHY_LIMIT = 24
+_STATUS = re.compile(r"\b([1-5][0-9][0-9])\b")
+
+
+def short_reason(reason: str) -> str:
+    """A failure reason in a few characters: its status code, `timeout`, or its first words."""
+    if status := _STATUS.search(reason):
+        return status.group(1)
+    if "timeout" in reason or "first token" in reason:
+        return "timeout"
+    return " ".join(reason.split()[:2])
+
+
+def why(event: dict[str, Any]) -> str:
+    """What the attempts before the answer met, shortest first: `openai:429 wait1.0s openai:429 ⤳deepseek`."""
+    parts = []
+    for attempt in event["failed"]:
+        wait = attempt.get("wait_ms")
+        parts.append(
+            f"{attempt['node']}:{short_reason(attempt['reason'])}" + (f" wait{wait / 1000:.1f}s" if wait else "")
+        )
+    parts += [f"⤳{c['to']}" for c in event.get("continued", ())]
+    return " ".join(parts) or "-"
 
 
 class PlotRow(Horizontal):
