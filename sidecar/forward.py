@@ -90,7 +90,7 @@ async def forward(
         retry_timeout=config.retry_timeout,
         retries=config.retries,
     )
-    continuable = ex.stream and ex.path == CHAT_PATH and any(n.continuation != "none" for n in config.nodes)
+    continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
     same: int | None = None

@@ -31,6 +31,8 @@ from .health import Failure
 from .transport import UpstreamError
 
 MIN_SPACING = 1.5  # a third attempt on a node waits until this long after the first of the last two
+# One generator for every request: seeding a new one costs more than the rest of a plan (os.urandom).
+_JITTER = random.Random()
 
 
 class Fault(Enum):
@@ -87,7 +89,7 @@ class RetryPlan:
         self.policy = policy
         self.deadline = started + retry_timeout if retry_timeout else math.inf
         self.max_attempts = math.inf if retries is None else retries + 1
-        self.rng = rng or random.Random()
+        self.rng = rng or _JITTER
         self.node_count = nodes
         self.nodes: dict[int, NodeTries] = {}
         self.this_round: set[int] = set()

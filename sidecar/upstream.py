@@ -69,6 +69,7 @@ class Upstream:
                 state.auth = f"Bearer {node.api_key}"
             self.nodes.append(state)
         self.by_name = {n.name: n for n in self.nodes}
+        self.continuable = any(n.continuation != "none" for n in config.upstream.nodes)
         self.balancer = Balancer(
             [n.config.priority for n in self.nodes],
             [n.config.weight for n in self.nodes],
