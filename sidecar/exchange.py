@@ -77,6 +77,15 @@ def trail(ex: Exchange) -> bytes:
     return "; ".join(steps).encode("ascii", "replace")
 
 
+def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
+    """Token counts from a parsed `usage` object (a continued stream's events are parsed anyway)."""
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and not isinstance(prompt, bool):
+        ex.tokens_in = prompt
+    if isinstance(completion, int) and not isinstance(completion, bool):
+        ex.tokens_out = completion
+
+
 def count_tokens(ex: Exchange, data: bytes) -> None:
     start = data.rfind(b'"usage"')  # the counts follow it: scan only from there
     if start < 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .attempt import Attempt, Body, Ready
 from .continuation import Restamp, Transcript, parse_event
 from .errors import Send, error_json, send_error, send_json
-from .exchange import Exchange, count_tokens, trail
+from .exchange import Exchange, count_tokens, count_usage, trail
 from .health import Failure
 from .sse import Signal, Splitter, data_of, error_text
 from .transport import Response, UpstreamError
@@ -131,10 +131,9 @@ async def pump(
     splitter = Splitter()
     while True:
         out: list[bytes] = []
-        ended = False
         for start, end in splitter.events(buffer):
             event = bytes(buffer[start:end])
-            broken = take(event, out, transcript, restamp)
+            broken = take(event, out, ex, transcript, restamp)
             if broken is not None:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
                 attempt.fail(broken)
@@ -148,25 +147,24 @@ async def pump(
         except UpstreamError as exc:
             attempt.fail(exc)
             return exc
-        if not chunk:
-            ended = True
-        elif b'"usage"' in chunk:
-            count_tokens(ex, chunk)
-        if ended:
-            tail: list[bytes] = []
-            if buffer.strip() and (broken := take(bytes(buffer) + b"\n\n", tail, transcript, restamp)) is not None:
-                attempt.fail(broken)
-                return broken
-            if not transcript.complete:
-                error = UpstreamError(Failure.TCP, "stream ended before its end")
-                attempt.fail(error)
-                return error
-            await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
-            return None
-        buffer += chunk
+        if chunk:
+            buffer += chunk
+            continue
+        # The end: what is left is a last event without its blank line (`data: [DONE]\n`), or nothing.
+        tail: list[bytes] = []
+        broken = take(bytes(buffer) + b"\n\n", tail, ex, transcript, restamp) if buffer.strip() else None
+        if broken is None and not transcript.complete:
+            broken = UpstreamError(Failure.TCP, "stream ended before its end")
+        if broken is not None:
+            attempt.fail(broken)
+            return broken
+        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+        return None
 
 
-def take(event: bytes, out: list[bytes], transcript: Transcript, restamp: Restamp | None) -> UpstreamError | None:
+def take(
+    event: bytes, out: list[bytes], ex: Exchange, transcript: Transcript, restamp: Restamp | None
+) -> UpstreamError | None:
     """One complete event: appended to `out` when it belongs in the answer, else the break it is."""
     data = data_of(event)
     if data is None:
@@ -181,6 +179,8 @@ def take(event: bytes, out: list[bytes], transcript: Transcript, restamp: Restam
             return None
         event = stamped
     signal = transcript.feed(payload)
+    if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+        count_usage(ex, payload["usage"])
     if signal is Signal.ERROR:
         return UpstreamError(Failure.HTTP, f"error event mid-stream ({error_text(data)})")
     out.append(event)
@@ -218,10 +218,11 @@ async def relay_events(
     node = attempt.node
     ex.stream = True
     data = ready.body
-    if b'"usage"' in data:
-        count_tokens(ex, data)
     cut = event_boundary(data)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    # Usage is read from whole events only: a usage event split across reads still counts.
+    if b'"usage"' in data[:cut]:
+        count_tokens(ex, data[:cut])
     await send({"type": "http.response.body", "body": data[:cut], "more_body": True})
     pending = data[cut:]
     while True:
@@ -241,16 +242,18 @@ async def relay_events(
             return
         if not chunk:
             break
-        if b'"usage"' in chunk:
-            count_tokens(ex, chunk)
         if pending:
             chunk, pending = pending + chunk, b""
         cut = event_boundary(chunk)
         if cut == len(chunk) or len(chunk) > MAX_PARTIAL_EVENT:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            out = chunk
         else:
-            pending = chunk[cut:]
-            if cut:
-                await send({"type": "http.response.body", "body": chunk[:cut], "more_body": True})
+            out, pending = chunk[:cut], chunk[cut:]
+        if out:
+            if b'"usage"' in out:
+                count_tokens(ex, out)
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+    if b'"usage"' in pending:
+        count_tokens(ex, pending)
     # Complete lines without the final blank line (`data: [DONE]\n` and EOF) are passed as they are.
     await send({"type": "http.response.body", "body": pending, "more_body": False})

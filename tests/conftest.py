@@ -239,3 +239,67 @@ async def raw_server() -> AsyncIterator[Callable[[Upstream], Awaitable[str]]]:
         server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1)
+
+
+# ---------------------------------------------------------------------------- conformance scorecard
+
+CONFORMANCE = "conformance"  # the user property under which a case keeps its scorecard line
+
+
+@dataclass
+class Card:
+    """One line of the conformance scorecard: the fault a case covers and what it saw (set as it goes)."""
+
+    fault: str
+    detail: str = ""
+
+
+# nodeid -> (fault, verdict, detail), in the order the cases ran; printed by pytest_terminal_summary.
+# The verdict is PASS or FAIL, or XFAIL for a case marked as a known sidecar bug that still fails.
+SCORECARD: dict[str, tuple[str, str, str]] = {}
+
+
+@pytest.fixture
+def scorecard(request: pytest.FixtureRequest) -> Callable[[str], Card]:
+    """`card = scorecard("429 once")` opens the case's scorecard line; set `card.detail` once it is known."""
+
+    def open_card(fault: str) -> Card:
+        card = Card(fault)
+        # The report of every phase carries the item's user properties, so the hook below sees the card
+        # whether the case passed or failed, and with whatever detail it had set by then.
+        request.node.user_properties.append((CONFORMANCE, card))
+        return card
+
+    return open_card
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, card in report.user_properties:
+        if name != CONFORMANCE or not isinstance(card, Card):
+            continue
+        key = f"{report.nodeid}::{card.fault}"
+        _, verdict, _ = SCORECARD.get(key, (card.fault, "PASS", ""))
+        if report.when != "call" and not report.failed:
+            continue  # a passing setup or teardown says nothing new
+        detail = card.detail or "no detail recorded"
+        if hasattr(report, "wasxfail"):
+            verdict = "XFAIL" if report.skipped else "XPASS"
+            detail += f" | known bug: {report.wasxfail}"
+        elif report.failed:
+            verdict = "FAIL"
+            crash = getattr(report.longrepr, "reprcrash", None)
+            why = crash.message if crash is not None else str(report.longrepr)
+            detail += f" | {report.when} failed: {why.splitlines()[0] if why else '?'}"
+        SCORECARD[key] = (card.fault, verdict, detail)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not SCORECARD:
+        return  # no conformance case ran
+    terminalreporter.write_sep("=", "conformance scorecard")
+    width = max(len(fault) for fault, _, _ in SCORECARD.values())
+    for fault, verdict, detail in SCORECARD.values():
+        terminalreporter.write_line(f"{verdict:<5} {fault:<{width}}  {detail}")
+    verdicts = [verdict for _, verdict, _ in SCORECARD.values()]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("PASS", "FAIL", "XFAIL", "XPASS") if v in verdicts)
+    terminalreporter.write_line(f"{len(verdicts)} cases: {counts}")
