@@ -137,7 +137,13 @@ def retry_after(header: Callable[[str], str | None]) -> float | None:
 def context_overflow(body: bytes) -> bool:
     """A 400/413 that says the request does not fit this node's context window (and is no refusal)."""
     text = body[:ERROR_BODY_LIMIT].lower()
-    return any(m in text for m in CONTEXT_MARKERS) and not any(m in text for m in POLICY_MARKERS)
+    return any(m in text for m in CONTEXT_MARKERS) and not is_refusal(text)
+
+
+def is_refusal(body: bytes) -> bool:
+    """A content-policy refusal: the node's answer, never retried or continued elsewhere."""
+    text = body[:ERROR_BODY_LIMIT].lower()
+    return any(m in text for m in POLICY_MARKERS)
 
 
 def media_type(value: str | None) -> str:
@@ -179,17 +185,22 @@ async def first_bytes(
     take to its first real event (keep-alive comments do not extend it).
     """
     status = response.status
-    if status in retry_statuses:
-        raise await failed_answer(
-            response, status_reason(status), retry_after(response.header) if status == 429 else None
-        )
-    if status in CONTEXT_STATUSES:
+    if status in CONTEXT_STATUSES:  # before retry_statuses: a context overflow is never the node's fault
         ready = await whole(response, max_bytes)
         if context_overflow(ready.body):
             raise UpstreamError(
                 None, "context window exceeded", status=status, headers=list(response.raw_headers), body=ready.body
             )
+        if status in retry_statuses:
+            raise UpstreamError(
+                Failure.HTTP, status_reason(status), status=status, headers=list(response.raw_headers),
+                body=ready.body[:ERROR_BODY_LIMIT],
+            )  # fmt: skip
         return ready
+    if status in retry_statuses:
+        raise await failed_answer(
+            response, status_reason(status), retry_after(response.header) if status == 429 else None
+        )
     if is_redirect(status):
         # A provider redirecting an API call is misconfigured; the prompt and key go nowhere else.
         raise await failed_answer(response, f"redirect ({status})")

@@ -133,6 +133,11 @@ class Node:
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
 
+    def serves(self, model: str) -> bool:
+        """Whether requests for `model` may come here: no `models` table serves anything; a table serves
+        its keys, and anything else only with a "*" entry."""
+        return not self.models or model in self.models or "*" in self.models
+
     def rewrite_model(self, model: str) -> str:
         """Exact match, else the "*" entry, else the model unchanged."""
         return self.models.get(model) or self.models.get("*") or model

@@ -38,7 +38,16 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        """The delivered text; a surrogate pair split across two events is joined (ValueError: a lone one)."""
+        text = "".join(self.parts)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+            except UnicodeDecodeError:
+                raise ValueError("a lone surrogate in the delivered text") from None
+        return text
 
     @property
     def complete(self) -> bool:
@@ -82,6 +91,10 @@ class Transcript:
             return self.unsafe
         if not self.parts:
             return "nothing delivered"
+        try:
+            self.text  # noqa: B018 - raises for what cannot be sent on
+        except ValueError as exc:
+            return str(exc)
         return None
 
 
@@ -114,7 +127,8 @@ class Restamp:
         self.started = False
 
     def event(self, payload: Any) -> bytes | None:
-        """The event to send for one of the continuing node's events, or None to drop it."""
+        """The event to send for one of the continuing node's events, or None to drop it; ValueError
+        for one that cannot be written back as JSON."""
         if payload is DONE:
             return b"data: [DONE]\n\n"
         if not isinstance(payload, dict):
@@ -128,7 +142,8 @@ class Restamp:
                     choice["delta"].pop("role", None)
         if self.id is not None and "id" in payload:
             payload["id"] = self.id
-        return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        # ASCII escapes keep a lone surrogate sendable; a number out of range raises ValueError.
+        return b"data: " + json.dumps(payload, separators=(",", ":"), allow_nan=False).encode() + b"\n\n"
 
 
 def parse_event(data: bytes) -> Any:

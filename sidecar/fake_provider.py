@@ -9,7 +9,9 @@ name (see FAULT_MODELS): `fault-500-once-t7` gets fault `500-once`, and the whol
 model string is the key for "once" state, so every test can use a fresh key.
 Those answers always carry CANONICAL, so a test can check exactly what a proxy
 in front stitched together. A request whose last message is from the assistant
-asks to continue it (see `Behaviour.continuation`).
+asks to continue it (see `Behaviour.continuation`). With `Behaviour.prompt_cache` on, the
+fake also simulates a per-node prompt cache (see `FakeProvider.prompt_usage`), so a test can tell
+whether a proxy keeps a conversation on the node that has already seen its prefix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import json
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +92,41 @@ _PREFILL_ERROR = {
 }
 _RATE_LIMIT_ERROR = {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
 
+# Prefix hashes one provider remembers for its simulated prompt cache, least recently used first out: bounded so a
+# long soak test through the fake can't grow it without limit, and far more than any test's conversations need.
+PROMPT_CACHE_SIZE = 50_000
+# The prompt tokens every answer reports while prompt_cache is off; tests compare exact usage dicts against it.
+FIXED_PROMPT_TOKENS = 7
+
+
+def estimate_tokens(value: Any) -> int:
+    """The fake's token estimate for the JSON `value` (a request's messages): about 4 characters a token, at least 1.
+
+    Deterministic, so a test can compute the expected numbers from the messages it sent."""
+    return max(1, len(json.dumps(value)) // 4)
+
+
+def prompt_prefixes(model: Any, messages: list[Any]) -> list[tuple[str, int]]:
+    """For k = 1..len(messages): the cache key of `messages[:k]` and its token estimate.
+
+    The key is the sha256 of `json.dumps([model, messages[:k]], sort_keys=True)`: the model is part of it because a
+    provider caches per model, and sort_keys makes it independent of how a client ordered a message's fields. Both are
+    built from each message's serialization once, so a conversation of n messages costs O(n), not O(n²); the result
+    is exactly what serializing every prefix would give (json.dumps joins list items with ", ", and key order does
+    not change a serialization's length).
+    """
+    parts = [json.dumps(m, sort_keys=True) for m in messages]
+    digest = hashlib.sha256(("[" + json.dumps(model, sort_keys=True) + ", [").encode())
+    length = 2  # the brackets of json.dumps(messages[:k])
+    prefixes: list[tuple[str, int]] = []
+    for k, part in enumerate(parts):
+        digest.update(((", " if k else "") + part).encode())
+        length += len(part) + (2 if k else 0)
+        key = digest.copy()
+        key.update(b"]]")
+        prefixes.append((key.hexdigest(), max(1, length // 4)))
+    return prefixes
+
 
 def fault_for_model(model: str) -> str | None:
     """The FAULT_MODELS name a model selects: the longest one its rest starts with (the remainder is a tag)."""
@@ -113,6 +151,7 @@ class Behaviour:
     first_token_delay: float = 20.0  # for model fault "slow-first-token": seconds of keep-alive before the words
     cut_after: int = 8  # for the model stream faults (cut, stall, ...): words sent before the fault
     continuation: str = "prefill"  # how a trailing assistant message must look to be continued, one of CONTINUATIONS
+    prompt_cache: bool = False  # simulate a per-node prompt cache: estimated prompt tokens, cached_tokens in usage
 
     def __post_init__(self) -> None:
         if self.continuation not in CONTINUATIONS:
@@ -128,6 +167,8 @@ class Behaviour:
             if key == "continuation" and value not in CONTINUATIONS:
                 raise ValueError(f"continuation must be one of {', '.join(CONTINUATIONS)}")
             current = getattr(self, key)
+            if isinstance(current, bool) and isinstance(value, str):
+                raise ValueError(f"{key} must be true or false")  # bool("false") would silently turn it on
             setattr(self, key, type(current)(value))
 
 
@@ -144,6 +185,10 @@ class Stats:
     fault_requests: dict[str, int] = field(default_factory=dict)  # chat requests per fault model string
     continuations: int = 0  # accepted requests to continue a partial assistant message
     last_prefill: str = ""  # the partial assistant message of the last one, at most 200 characters
+    # With prompt_cache on: estimated prompt tokens and the cached part of them, summed over the requests answered,
+    # so a test can compute a node's cached share as cached_tokens / prompt_tokens.
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -189,6 +234,13 @@ def _rest(pieces: list[str], prefill: str) -> list[str]:
     return rest
 
 
+def _usage(prompt: dict[str, Any], completion: int) -> dict[str, Any]:
+    """A usage object from `prompt` (FakeProvider.prompt_usage) and the completion tokens, in OpenAI's key order."""
+    details = {k: v for k, v in prompt.items() if k != "prompt_tokens"}
+    tokens: int = prompt["prompt_tokens"]
+    return {"prompt_tokens": tokens, "completion_tokens": completion, "total_tokens": tokens + completion, **details}
+
+
 def _wants_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
@@ -211,6 +263,10 @@ class FakeProvider:
         self.stats = Stats()
         self.random = random.Random(seed)
         self.seen: dict[str, int] = {}  # chat requests per fault model string, for the "once" faults
+        # The simulated prompt cache: prefix keys (see prompt_prefixes), least recently used first. Per instance, as
+        # a real provider's cache is per node: a conversation spread over two nodes loses it.
+        self.cached_prefixes: OrderedDict[str, None] = OrderedDict()
+        self.cache_capacity = PROMPT_CACHE_SIZE
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/{prefix:.+}/v1/chat/completions", self.chat)  # behind a path prefix
@@ -249,6 +305,32 @@ class FakeProvider:
             if digest not in self.stats.auth_sha256:
                 self.stats.auth_sha256.append(digest)
 
+    def prompt_usage(self, body: dict[str, Any] | None) -> dict[str, Any]:
+        """The prompt part of the usage of an answer to `body`, called once per request when its answer starts.
+
+        With prompt_cache off it is the fixed FIXED_PROMPT_TOKENS. With it on: the estimate of the messages and the
+        estimate of the longest prefix this provider has seen as cached_tokens; then every prefix of this request is
+        remembered. Lookup and remembering happen together when the answer starts, as a real provider's cache holds
+        the prompt once prefill is done, before the first token; a request refused before that (429, 5xx, 400,
+        reset, hang) was never processed, so it neither counts nor fills the cache. `body` None (a /v1/models probe
+        answered by a fault's stream) has no prompt.
+        """
+        if body is None or not self.behaviour.prompt_cache:
+            return {"prompt_tokens": FIXED_PROMPT_TOKENS}
+        model, messages = body.get("model"), body.get("messages")
+        prefixes = prompt_prefixes(model, messages) if isinstance(messages, list) else []
+        tokens = estimate_tokens(messages)
+        cached = next((estimate for key, estimate in reversed(prefixes) if key in self.cached_prefixes), 0)
+        cached = min(cached, tokens)
+        for key, _ in prefixes:
+            self.cached_prefixes[key] = None
+            self.cached_prefixes.move_to_end(key)  # a hit counts as a use, as in an LRU
+        while len(self.cached_prefixes) > self.cache_capacity:
+            self.cached_prefixes.popitem(last=False)
+        self.stats.prompt_tokens += tokens
+        self.stats.cached_tokens += cached
+        return {"prompt_tokens": tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+
     def _failing(self, is_probe: bool = False) -> bool:
         b = self.behaviour
         if is_probe and not b.faults_on_models:
@@ -259,7 +341,7 @@ class FakeProvider:
         self._count(request)
         self.stats.models += 1
         if self._failing(is_probe=True):
-            return await self._fail(request, stream=False)
+            return await self._fail(request, None, stream=False)
         await asyncio.sleep(self.behaviour.latency)
         data = [{"id": m, "object": "model", "owned_by": self.name} for m in ("gpt-4o-mini", "deepseek-chat")]
         return web.json_response({"object": "list", "data": data})
@@ -288,7 +370,7 @@ class FakeProvider:
         if isinstance(model, str) and model.startswith(FAULT_MODEL_PREFIX):
             return await self._fault_model(request, body, model)  # fail_rate does not apply: the model decides
         if self._failing():
-            return await self._fail(request, stream)
+            return await self._fail(request, body, stream)
         await asyncio.sleep(self.behaviour.latency)
         prefill = _trailing_assistant(body)
         if prefill is not None:
@@ -296,9 +378,10 @@ class FakeProvider:
             return await self._continue(request, body, str(model), pieces, prefill)
         if stream:
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, str(model), usage, keepalive=0.0)
+            return await self._stream(request, body, str(model), usage, keepalive=0.0)
         b = self.behaviour
         text = " ".join(f"word{i}" for i in range(b.chunks))
+        prompt = self.prompt_usage(body)
         return web.json_response(
             {
                 "id": f"chatcmpl-{self.name}-{self.stats.chat}",
@@ -312,16 +395,23 @@ class FakeProvider:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 7, "completion_tokens": b.chunks, "total_tokens": 7 + b.chunks},
+                "usage": _usage(prompt, b.chunks),
             },
             # Like a CDN in front of a real provider; a proxy must not replay it for others.
             headers={"x-fake-provider": self.name, "Set-Cookie": "__cf_bm=fake-session; Path=/; HttpOnly"},
         )
 
     async def _stream(
-        self, request: web.Request, model: str, usage: bool, keepalive: float, drop_after: int | None = None
+        self,
+        request: web.Request,
+        body: dict[str, Any] | None,
+        model: str,
+        usage: bool,
+        keepalive: float,
+        drop_after: int | None = None,
     ) -> web.StreamResponse:
         b = self.behaviour
+        prompt = self.prompt_usage(body)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-fake-provider": self.name}
         )
@@ -351,7 +441,7 @@ class FakeProvider:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": 7, "completion_tokens": b.chunks, "total_tokens": 7 + b.chunks},
+                "usage": _usage(prompt, b.chunks),
             }
             await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
@@ -411,7 +501,7 @@ class FakeProvider:
         stream, usage = bool(body.get("stream")), _wants_usage(body)
         wait = b.first_token_delay if name == "slow-first-token" else 0.0
         ending = name if name in _STREAM_FAULTS else "stop"
-        return await self._answer(request, model, CANONICAL_PIECES, stream, usage, ending=ending, wait=wait)
+        return await self._answer(request, body, model, CANONICAL_PIECES, stream, usage, ending=ending, wait=wait)
 
     async def _continue(
         self, request: web.Request, body: dict[str, Any], model: str, pieces: list[str], prefill: dict[str, Any]
@@ -427,11 +517,13 @@ class FakeProvider:
         text = _text_of(prefill)
         self.stats.continuations += 1
         self.stats.last_prefill = text[:200]
-        return await self._answer(request, model, _rest(pieces, text), bool(body.get("stream")), _wants_usage(body))
+        stream, usage = bool(body.get("stream")), _wants_usage(body)
+        return await self._answer(request, body, model, _rest(pieces, text), stream, usage)
 
     async def _answer(
         self,
         request: web.Request,
+        body: dict[str, Any],
         model: str,
         pieces: list[str],
         stream: bool,
@@ -442,7 +534,7 @@ class FakeProvider:
         """Answer with `pieces`: after `wait` seconds (of keep-alive, if streamed), ending as `ending` says."""
         b = self.behaviour
         cid = f"chatcmpl-{self.name}-{self.stats.chat}"
-        tokens = {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 7 + len(pieces)}
+        tokens = _usage(self.prompt_usage(body), len(pieces))
         if not stream:
             await _linger(request, wait)
             message = {"role": "assistant", "content": "".join(pieces)}
@@ -513,7 +605,7 @@ class FakeProvider:
         if transport is not None:
             transport.abort()
 
-    async def _fail(self, request: web.Request, stream: bool) -> web.StreamResponse:
+    async def _fail(self, request: web.Request, body: dict[str, Any] | None, stream: bool) -> web.StreamResponse:
         b = self.behaviour
         self.stats.failed += 1
         fault = b.fault
@@ -541,10 +633,10 @@ class FakeProvider:
             await asyncio.sleep(3600)
             return response
         if fault == "keepalive":
-            return await self._stream(request, "keepalive", False, keepalive=b.keepalive_for)
+            return await self._stream(request, body, "keepalive", False, keepalive=b.keepalive_for)
         # drop: cut the connection mid-answer
         if stream:
-            return await self._stream(request, "drop", False, keepalive=0.0, drop_after=b.drop_after)
+            return await self._stream(request, body, "drop", False, keepalive=0.0, drop_after=b.drop_after)
         response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "1000"})
         await response.prepare(request)
         await response.write(b'{"id": "partial", "choices": [')

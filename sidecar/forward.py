@@ -98,7 +98,7 @@ async def forward(
         choice = upstream.again(same) if same is not None else None
         same = None
         if choice is None:
-            choice = upstream.choose(plan.excluded())
+            choice = upstream.choose(plan.excluded(upstream.clock()))
         if choice is None:
             wait = plan.round_wait(upstream.clock())
             if wait is None:
@@ -178,16 +178,22 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
         parsed = trip.rewriter.parse()
         assert parsed is not None  # request_fits() parsed it
         asked = continuation_body(parsed, transcript.text, node.config.continuation)
-        asked["model"] = node.config.rewrite_model(str(parsed.get("model")))
+        if isinstance(parsed.get("model"), str):
+            asked["model"] = node.config.rewrite_model(parsed["model"])
+        try:
+            body = dump(asked)
+        except BadBody:  # cannot happen for a body that was sent once; never worth a crash mid-stream
+            break
         try:
             with upstream.attempt(choice) as attempt:
-                ready = await trip.first(attempt, trip.request(node, dump(asked)))
+                ready = await trip.first(attempt, trip.request(node, body))
                 if ready.kind is not Body.EVENTS:
                     # The node will not continue (no prefill in its API): no fault of its health.
                     raise UpstreamError(None, f"continuation refused ({ready.response.status})")
                 ex.continued.append({"from": broken_node, "to": node.name, "reason": broken.reason})
                 node.stats.continuations += 1
                 ex.node = node.name
+                delivered = len(transcript.parts)
                 again = await pump(
                     trip.send, attempt, ready.response, ready.body, ex, transcript, Restamp(transcript.id)
                 )
@@ -199,5 +205,8 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
         if again is None:
             ex.error = None
             return
+        if len(transcript.parts) == delivered:  # it added nothing: the original break still stands
+            ex.attempts.append({"node": node.name, "reason": f"continuation: {again.reason}"})
+            continue
         broken, index, broken_node = again, choice.index, node.name
     await end_stream(trip.send, ex, broken_node, broken)

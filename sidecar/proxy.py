@@ -62,6 +62,16 @@ class ClientGone(Exception):
     pass
 
 
+def streams(body: bytes) -> bool:
+    """Whether a body that mentions `"stream": true` asks for a stream: the mention may sit anywhere
+    (a JSON schema's property), and a stream gets the first-token limit. Parsed only then."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return True  # not JSON: the node will say what it makes of it
+    return not isinstance(parsed, dict) or parsed.get("stream") is True
+
+
 def path_is_safe(path: str, raw: bytes) -> bool:
     """False for a path a node could resolve elsewhere (see RAW_PATH_TRICK).
 
@@ -223,7 +233,7 @@ class ProxyApp:
             method=scope["method"],
             path=path,
             model=match.group(1).decode("utf-8", "replace") if match else None,
-            stream=STREAM_RE.search(body) is not None,
+            stream=STREAM_RE.search(body) is not None and streams(body),
             started=time.monotonic(),
         )
         interrupt = Interrupt(send)

@@ -6,12 +6,14 @@ attempt scope's business (it is told through `Attempt.fail`).
 
 from __future__ import annotations
 
-from .attempt import Attempt, Body, Ready
+import re
+
+from .attempt import Attempt, Body, Ready, is_refusal
 from .continuation import Restamp, Transcript, parse_event
 from .errors import Send, error_json, send_error, send_json
 from .exchange import Exchange, count_tokens, count_usage, trail
 from .health import Failure
-from .sse import Signal, Splitter, data_of, error_text
+from .sse import DONE, Signal, Splitter, data_of, error_text
 from .transport import Response, UpstreamError
 
 RESPONSE_DROP = frozenset(
@@ -24,10 +26,16 @@ RESPONSE_DROP = frozenset(
         b"trailer",
         b"upgrade",
         b"content-length",
+        # The sidecar is the one retry owner: a node's `x-should-retry: true` would make the SDK retry
+        # what the sidecar already retried (the SDK's retries times the sidecar's).
+        b"x-should-retry",
     }
 )
 # A body streamed as it comes keeps the node's own length: the client can tell a cut from an end.
 PASS_DROP = RESPONSE_DROP - {b"content-length"}
+# Streams on these paths end with a finish_reason and `[DONE]`; one that stops before both was cut.
+ENDED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 # An incomplete SSE event is held back until it completes, so a stream cut inside
 # an event never hands the client half a JSON object; past this size it goes as it is.
 MAX_PARTIAL_EVENT = 1 << 20
@@ -131,35 +139,51 @@ async def pump(
     splitter = Splitter()
     while True:
         out: list[bytes] = []
+        broken: UpstreamError | None = None
         for start, end in splitter.events(buffer):
-            event = bytes(buffer[start:end])
-            broken = take(event, out, ex, transcript, restamp)
-            if broken is not None:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-                attempt.fail(broken)
-                return broken
+            broken = take(bytes(buffer[start:end]), out, ex, transcript, restamp)
+            if broken is not None or transcript.done:
+                break
         del buffer[: splitter.start]
         splitter.rebase(len(buffer))
+        if transcript.done and broken is None:  # [DONE]: whole, whatever the node does after it
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
+            return None
+        if broken is None and len(buffer) > MAX_PARTIAL_EVENT:
+            broken = UpstreamError(Failure.HTTP, "event larger than 1 MiB")
         if out:
             await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-        try:
-            chunk = await response.chunk()
-        except UpstreamError as exc:
-            attempt.fail(exc)
-            return exc
-        if chunk:
-            buffer += chunk
-            continue
-        # The end: what is left is a last event without its blank line (`data: [DONE]\n`), or nothing.
-        tail: list[bytes] = []
-        broken = take(bytes(buffer) + b"\n\n", tail, ex, transcript, restamp) if buffer.strip() else None
-        if broken is None and not transcript.complete:
-            broken = UpstreamError(Failure.TCP, "stream ended before its end")
-        if broken is not None:
-            attempt.fail(broken)
-            return broken
+        if broken is None:
+            try:
+                chunk = await response.chunk()
+            except UpstreamError as exc:
+                broken = exc
+            else:
+                if chunk:
+                    buffer += chunk
+                    continue
+                broken = await at_end(send, buffer, ex, transcript, restamp)
+                if broken is None:
+                    return None
+        if transcript.complete:  # a break after the answer's end (its finish_reason) loses nothing
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return None
+        attempt.fail(broken)
+        return broken
+
+
+async def at_end(
+    send: Send, buffer: bytearray, ex: Exchange, transcript: Transcript, restamp: Restamp | None
+) -> UpstreamError | None:
+    """The node ended the stream: end the response if the answer is whole, else say what broke."""
+    tail: list[bytes] = []
+    # What is left is a last event without its blank line (`data: [DONE]\n`), or nothing.
+    broken = take(bytes(buffer) + b"\n\n", tail, ex, transcript, restamp) if buffer.strip() else None
+    if broken is None and not transcript.complete:
+        broken = UpstreamError(Failure.TCP, "stream ended before its end")
+    if broken is None:
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
-        return None
+    return broken
 
 
 def take(
@@ -174,7 +198,12 @@ def take(
     if payload is None:
         return UpstreamError(Failure.HTTP, "malformed event mid-stream")
     if restamp is not None:
-        stamped = restamp.event(payload)
+        if payload is DONE and not transcript.finished:
+            return UpstreamError(Failure.HTTP, "continuation ended without finishing")
+        try:
+            stamped = restamp.event(payload)
+        except ValueError:  # a lone surrogate or a number out of range: no JSON to send on
+            return UpstreamError(Failure.HTTP, "malformed event mid-stream")
         if stamped is None:
             return None
         event = stamped
@@ -182,6 +211,10 @@ def take(
     if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
         count_usage(ex, payload["usage"])
     if signal is Signal.ERROR:
+        if is_refusal(data):  # the answer, as the node means it: never continued elsewhere
+            transcript.finished = True
+            out.append(event)
+            return None
         return UpstreamError(Failure.HTTP, f"error event mid-stream ({error_text(data)})")
     out.append(event)
     return None
@@ -213,32 +246,40 @@ async def pass_through(
 async def relay_events(
     send: Send, attempt: Attempt, ready: Ready, ex: Exchange, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    """An SSE answer, event by event; a break mid-stream ends it with an SSE error event."""
+    """An SSE answer, event by event; a break mid-stream ends it with an SSE error event.
+
+    On the completion paths an answer is whole once a `finish_reason` or `[DONE]` went by: a node that
+    ends its stream before either broke it, and at `[DONE]` the answer is over, whatever the node does next.
+    """
     response = ready.response
-    node = attempt.node
     ex.stream = True
     data = ready.body
     cut = event_boundary(data)
+    whole = ex.path not in ENDED_PATHS
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    # Usage is read from whole events only: a usage event split across reads still counts.
-    if b'"usage"' in data[:cut]:
-        count_tokens(ex, data[:cut])
-    await send({"type": "http.response.body", "body": data[:cut], "more_body": True})
-    pending = data[cut:]
+    out, pending = data[:cut], data[cut:]
     while True:
+        if out:
+            # Usage is read from whole events only: a usage event split across reads still counts.
+            if b'"usage"' in out:
+                count_tokens(ex, out)
+            if not whole and (b"[DONE]" in out or FINISH.search(out) is not None):
+                whole = True
+            if out.endswith(b"data: [DONE]\n\n"):
+                await send({"type": "http.response.body", "body": out, "more_body": False})
+                return
+            await send({"type": "http.response.body", "body": out, "more_body": True})
         try:
             chunk = await response.chunk()
             if not chunk and pending and not pending.endswith(b"\n"):
                 # A close-delimited stream that ends inside a line: cut, whatever the transport says.
                 raise UpstreamError(Failure.TCP, "stream ended inside an event")
+            if not chunk and not whole and not (b"[DONE]" in pending or FINISH.search(pending)):
+                raise UpstreamError(Failure.TCP, "stream ended before its end")
         except UpstreamError as exc:
-            ex.error = f"stream interrupted: {exc.reason}"
             attempt.fail(exc)
-            event = error_json(
-                f"upstream {node.name} failed mid-stream: {exc.reason}", "upstream_error", "stream_interrupted"
-            )
             # Whatever was held of an incomplete event is dropped: the error event starts clean.
-            await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+            await end_stream(send, ex, attempt.node.name, exc)
             return
         if not chunk:
             break
@@ -249,10 +290,6 @@ async def relay_events(
             out = chunk
         else:
             out, pending = chunk[:cut], chunk[cut:]
-        if out:
-            if b'"usage"' in out:
-                count_tokens(ex, out)
-            await send({"type": "http.response.body", "body": out, "more_body": True})
     if b'"usage"' in pending:
         count_tokens(ex, pending)
     # Complete lines without the final blank line (`data: [DONE]\n` and EOF) are passed as they are.

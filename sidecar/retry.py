@@ -111,9 +111,10 @@ class RetryPlan:
         self.this_round.add(index)
         self.attempts += 1
 
-    def excluded(self) -> set[int]:
-        """Nodes the balancer must not offer now: final ones, and those tried in this round."""
-        return self.this_round | {i for i, t in self.nodes.items() if t.final}
+    def excluded(self, now: float) -> set[int]:
+        """Nodes the balancer must not offer now: final ones, those tried in this round, and those whose
+        Retry-After or backoff is not over (a new round must not undo the wait it began with)."""
+        return self.this_round | {i for i, t in self.nodes.items() if t.final or t.ready_at > now}
 
     def failed(self, index: int, fault: Fault, retry_after: float | None, now: float) -> Decision:
         """Record a failed attempt; say whether the same node goes next (after how long)."""
@@ -143,7 +144,7 @@ class RetryPlan:
 
     def round_wait(self, now: float) -> float | None:
         """Every node was tried in this round: seconds to wait before the next, or None to give up."""
-        if self.exhausted:
+        if self.exhausted or now >= self.deadline:
             return None
         ready = [t.ready_at for t in self.nodes.values() if not t.final and t.ready_at <= self.deadline]
         if not ready:

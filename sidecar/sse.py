@@ -89,8 +89,8 @@ def classify(data: bytes) -> Signal:
 def signal_of(payload: Any) -> Signal:
     if payload is DONE:
         return Signal.TOKEN
-    if not isinstance(payload, dict):
-        return Signal.TOKEN  # a shape we do not know: its business
+    if not isinstance(payload, dict) or not payload:
+        return Signal.WAIT  # `data: {}`, `data: "ping"`: a heartbeat, no token
     kind = payload.get("type")
     if kind == "error" or ("error" in payload and "choices" not in payload):
         return Signal.ERROR
@@ -101,7 +101,7 @@ def signal_of(payload: Any) -> Signal:
         return Signal.TOKEN
     for choice in choices:
         if not isinstance(choice, dict):
-            return Signal.TOKEN
+            continue
         if choice.get("finish_reason") or choice.get("text"):
             return Signal.TOKEN
         delta = choice.get("delta")

@@ -110,9 +110,14 @@ class Upstream:
             if trial:
                 node.health.end_trial()
             return
-        self._transition(node, node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial))
-        if failure.retry_after:
+        if failure.status == 429 and failure.retry_after is not None:
+            # The provider said when to come back: that wait is the whole verdict. Counting it as a
+            # failure too would eject a node for a one-second limit that many requests hit at once.
+            if trial:
+                node.health.end_trial()
             node.health.block(now + failure.retry_after, now)
+            return
+        self._transition(node, node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial))
 
     def probed(self, node: NodeState, kind: Failure | None, reason: str) -> None:
         """An active probe's result (kind None: success)."""

@@ -53,7 +53,7 @@ def test_a_retry_after_past_max_wait_fails_over_and_the_node_waits_its_turn() ->
     p = plan()
     p.start(0, 0.0)
     assert not p.failed(0, Fault.RATE_LIMITED, 6.0, 0.0).same
-    assert p.excluded() == {0}
+    assert p.excluded(0.0) == {0}
     p.start(1, 0.0)
     assert not p.failed(1, Fault.SILENT, None, 0.1).same
     assert p.round_wait(0.1) == pytest.approx(5.9)  # the first node's Retry-After, not a busy loop
@@ -80,7 +80,7 @@ def test_timeouts_and_refusals_never_go_to_the_same_node_again() -> None:
         p = plan()
         p.start(0, 0.0)
         assert not p.failed(0, fault, None, 0.0).same
-        assert 0 in p.excluded()
+        assert 0 in p.excluded(0.0)
         assert p.round_wait(0.0) is None
 
 
@@ -90,7 +90,7 @@ def test_every_node_failing_transiently_starts_rounds_until_the_per_node_cap() -
     starts: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(20):
         for node in (0, 1):
-            if node in p.excluded():
+            if node in p.excluded(now):
                 continue
             p.start(node, now)
             starts[node].append(now)
@@ -131,7 +131,7 @@ def test_under_a_retries_cap_a_same_node_retry_never_costs_another_node_its_firs
     p = plan(retries=1, nodes=2)
     p.start(0, 0.0)
     assert not p.failed(0, Fault.SERVER, None, 0.0).same  # the one retry goes to the other node
-    assert p.excluded() == {0} and not p.exhausted
+    assert p.excluded(0.0) == {0} and not p.exhausted
 
 
 def test_no_retry_timeout_means_only_the_caps_bound_the_plan() -> None:

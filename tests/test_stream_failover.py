@@ -6,6 +6,7 @@ is held afterwards."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -359,3 +360,136 @@ async def test_a_client_that_leaves_during_a_continuation_holds_nothing() -> Non
     got = await h.request({**ASK, "stream": True}, gone=gone)
     assert not got.complete and h.last_event()["status"] == 499
     h.assert_nothing_held()
+
+
+# ---------------------------------------------------------------------------- what an attacker found
+
+
+def contd(**backup: Any) -> Config:
+    return cfg(backup={"continuation": "prefill", **backup})
+
+
+def cut_after(*events: bytes) -> Script:
+    return Script(200, SSE, [chunk(role=True), *events, UpstreamError(Failure.TCP, "closed mid-body")])
+
+
+async def test_a_surrogate_pair_split_across_events_is_joined_for_the_continuation() -> None:
+    asked: list[dict[str, Any]] = []
+
+    def handler(node: str, request: Request) -> Script:
+        if node == "primary":
+            return cut_after(chunk("smile "), chunk("\ud83d"), chunk("\ude00"))
+        asked.append(json.loads(request.body))
+        return Script(200, SSE, stream("!"))
+
+    h = Harness(handler, contd())
+    got = await h.request({**ASK, "stream": True})
+    assert asked[0]["messages"][-1]["content"] == "smile \U0001f600" and text_of(got.body).endswith("!")
+
+
+async def test_a_lone_surrogate_is_not_continued_and_ends_with_the_error_event() -> None:
+    h = Harness(lambda node, r: cut_after(chunk("a"), chunk("\ud83d")), contd())
+    got = await h.request({**ASK, "stream": True})
+    assert got.complete and b"stream_interrupted" in got.body and h.calls("backup") == 0
+    assert h.last_event()["status"] == 200 and "closed mid-body" in h.last_event()["error"]
+
+
+async def test_a_continuing_node_with_a_number_out_of_range_is_a_break_not_a_crash() -> None:
+    bad = b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "b"}, "x": 1e999}]}\n\n'
+    h = Harness(lambda node, r: cut_after(chunk("a")) if node == "primary" else Script(200, SSE, [bad]), contd())
+    got = await h.request({**ASK, "stream": True})
+    assert got.complete and b"Infinity" not in got.body and b"stream_interrupted" in got.body
+
+
+async def test_an_endless_event_is_a_break_when_the_stream_could_be_continued() -> None:
+    endless = [chunk(role=True), chunk("a"), b'data: {"choices": [{"delta": {"content": "' + b"x" * (2 << 20)]
+    h = Harness(lambda node, r: Script(200, SSE, endless), cfg(primary={"continuation": "prefill"}))
+    got = await h.request({**ASK, "stream": True})
+    assert b"event larger than 1 MiB" in got.body and len(got.body) < 4096
+
+
+async def test_a_break_after_the_finish_reason_ends_the_answer_cleanly() -> None:
+    finished = cut_after(chunk("a"), chunk(finish="stop"))
+    h = Harness(lambda node, r: finished if node == "primary" else Script(200, SSE, stream("b")), contd())
+    got = await h.request({**ASK, "stream": True})
+    assert text_of(got.body) == "a" and got.body.endswith(DONE) and b"stream_interrupted" not in got.body
+    assert h.calls("backup") == 0 and h.last_event()["continued"] == []
+
+
+async def test_the_answer_ends_at_done_whatever_the_node_does_after_it() -> None:
+    for config in (cfg(read=0.3), cfg(read=0.3, backup={"continuation": "prefill"})):
+        h = Harness(lambda node, r: Script(200, SSE, [*stream("a"), 5.0]), config)
+        got = await h.request({**ASK, "stream": True})
+        assert got.complete and got.body.endswith(DONE) and h.last_event()["error"] is None
+        assert h.node("primary").health.counters[Source.PASSIVE].timeouts == 0
+
+
+async def test_without_continuation_a_stream_that_stops_before_its_end_is_a_break_not_a_whole_answer() -> None:
+    h = Harness(lambda node, r: Script(200, SSE, [chunk(role=True), chunk("a")]), cfg())
+    got = await h.request({**ASK, "stream": True})
+    assert b"stream ended before its end" in got.body and b"stream_interrupted" in got.body
+
+
+async def test_a_content_filter_error_mid_stream_is_the_answer_not_a_break() -> None:
+    refusal = b'data: {"error": {"message": "filtered", "code": "content_filter"}}\n\n'
+    h = Harness(lambda node, r: cut_after(chunk("Here is how"), refusal), contd())
+    got = await h.request({**ASK, "stream": True})
+    assert refusal in got.body and h.calls("backup") == 0 and b"stream_interrupted" not in got.body
+
+
+async def test_a_continuation_that_only_says_done_is_no_continuation() -> None:
+    h = Harness(lambda node, r: cut_after(chunk("a")) if node == "primary" else Script(200, SSE, [DONE]), contd())
+    got = await h.request({**ASK, "stream": True})
+    assert b"primary failed mid-stream: closed mid-body" in got.body and text_of(got.body) == "a"
+    assert failed(h)[-1] == {"node": "backup", "reason": "continuation: continuation ended without finishing"}
+
+
+async def test_a_new_round_waits_for_each_nodes_retry_after() -> None:
+    loop = asyncio.get_running_loop()
+    sent: dict[str, list[float]] = {"primary": [], "backup": []}
+
+    def handler(node: str, request: Request) -> Script:
+        sent[node].append(loop.time())
+        return Script(429, (("retry-after-ms", "200"),), [b"{}"])
+
+    h = Harness(handler, cfg(retry={"max_wait": 0.1}))  # past max_wait: fail over, then rounds
+    got = await h.request(ASK)
+    assert got.status == 429 and len(sent["primary"]) == len(sent["backup"]) == 3
+    for times in sent.values():
+        assert all(b - a >= 0.19 for a, b in itertools.pairwise(times))
+
+
+async def test_no_retry_starts_after_retry_timeout() -> None:
+    h = Harness(
+        lambda node, r: Script(500, body=[b"{}"]) if node == "primary" else Script(503, body=[b"{}"], delay=0.3),
+        cfg(retry_timeout=0.2),
+    )
+    got = await h.request(ASK)
+    assert got.status == 503 and (h.calls("primary"), h.calls("backup")) == (2, 1)
+
+
+async def test_a_nodes_x_should_retry_true_never_reaches_the_client() -> None:
+    h = Harness(lambda node, r: Script(429, (("x-should-retry", "true"), ("retry-after", "30")), [b"{}"]), cfg())
+    got = await h.request(ASK)
+    assert [v for k, v in got.raw_headers if k == b"x-should-retry"] == [b"false"]
+
+
+async def test_a_stream_true_inside_the_body_does_not_make_a_request_a_stream() -> None:
+    schema = {"type": "json_schema", "json_schema": {"schema": {"properties": {"stream": True}}}}
+    h = Harness(lambda node, r: Script(delay=0.2, body=[OK]), cfg(first_token=0.1))
+    got = await h.request({**ASK, "response_format": schema})
+    assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "primary"
+
+
+async def test_a_continuation_of_a_request_without_a_model_sends_no_model() -> None:
+    asked: list[dict[str, Any]] = []
+
+    def handler(node: str, request: Request) -> Script:
+        if node == "primary":
+            return cut_after(chunk("a"))
+        asked.append(json.loads(request.body))
+        return Script(200, SSE, stream("b"))
+
+    h = Harness(handler, contd())
+    await h.request({"messages": ASK["messages"], "stream": True})
+    assert "model" not in asked[0]
