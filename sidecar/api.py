@@ -50,6 +50,15 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
             "counters": health.counters[Source.PASSIVE].as_dict(),
         },
         "traffic": node.stats.snapshot(now, uptime),
+        "models": [
+            {
+                "model": model,
+                "state": "rate limited" if state.reason == "rate limited" else "ejected",
+                "reason": state.reason,
+                "until": _wall(state.out_until),
+            }
+            for model, state in node.models.out(now)
+        ],
     }
 
 

@@ -266,12 +266,13 @@ class Attempt:
     nothing can run between the balancer's offer of a trial and its taking.
     """
 
-    __slots__ = ("failure", "node", "response", "started", "trial", "upstream")
+    __slots__ = ("failure", "model", "node", "response", "started", "trial", "upstream")
 
-    def __init__(self, upstream: Upstream, node: NodeState, trial: bool) -> None:
+    def __init__(self, upstream: Upstream, node: NodeState, trial: bool, model: str | None = None) -> None:
         self.upstream = upstream
         self.node = node
         self.trial = trial
+        self.model = model  # what the client asked for: a failure may be the model's, not the node's
         self.response: Response | None = None
         self.failure: UpstreamError | None = None
         self.started = 0.0
@@ -305,4 +306,4 @@ class Attempt:
             else:
                 response.close()  # the node stops generating what nobody will read
         self.node.stats.in_flight -= 1
-        self.upstream.record(self.node, outcome, failure, self.trial, self.started)
+        self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model)

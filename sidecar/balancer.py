@@ -59,8 +59,11 @@ class Balancer:
         self.panic_order = order
         self.plain = [Choice(i) for i in range(len(priorities))]  # immutable: reused per pick
 
-    def choose(self, tried: Collection[int], now: float) -> Choice | None:
-        """The highest level with a usable node wins; panic when none is healthy."""
+    def choose(self, tried: Collection[int], now: float, prefer: int | None = None) -> Choice | None:
+        """The highest level with a usable node wins; panic when none is healthy.
+
+        `prefer`: the node a conversation is pinned to (prompt-cache affinity), taken when it is usable
+        in the level that wins, without moving the wheel that places new conversations."""
         health = self.health
         for level, rr in zip(self.levels, self.rr, strict=True):
             candidates = []
@@ -72,6 +75,8 @@ class Balancer:
                     return Choice(i, trial=True)
                 if state.available(now):
                     candidates.append(i)
+            if prefer is not None and prefer in candidates:
+                return self.plain[prefer]
             if len(candidates) == 1:
                 return self.plain[candidates[0]]
             if candidates:

@@ -1,4 +1,8 @@
-"""Active health checks: a periodic GET per node (by default /v1/models, which costs no tokens)."""
+"""Active health checks: a periodic GET per node (by default /v1/models, which costs no tokens).
+
+When that GET is /v1/models, its answer is also the node's model list for the sidecar's own
+GET /v1/models (catalog.py): one request serves both.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 
 from yarl import URL
 
+from . import catalog
 from .health import Failure
 from .runtime import Runtime
 from .transport import Request, UpstreamError
@@ -27,16 +32,21 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
     started = time.monotonic()
     status: int | None = None
     kind: Failure | None = None
+    body = b""
     try:
         async with asyncio.timeout(check.timeout):
             response = await upstream.transport.send(node.name, request)
             status = response.status
             try:
-                await response.read()
+                # Bounded: only the status decides health, and a list past the bound is ignored anyway.
+                body = await response.read(catalog.MAX_LIST_BYTES + 1)
             except BaseException:
                 response.close()
                 raise
-            response.release()
+            if len(body) > catalog.MAX_LIST_BYTES:
+                response.close()  # the rest is never read: the connection cannot be reused
+            else:
+                response.release()
     except TimeoutError:
         kind, reason = Failure.TIMEOUT, "probe timeout"
     except UpstreamError as exc:
@@ -49,6 +59,11 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
         if status not in check.healthy_http_statuses:
             kind = Failure.HTTP
     upstream.probed(node, kind, reason)
+    if kind is None and status == 200 and catalog.probe_lists(node.config) and catalog.any_name(node.config):
+        # The probe fetched the node's model list anyway: keep it for GET /v1/models (catalog.py),
+        # which then asks the node nothing more. A 200 that is no list leaves the node's list empty.
+        node.upstream_models = catalog.parse_ids(body) or ()
+        node.upstream_models_at = upstream.clock()
     node.last_probe = {
         "time": time.time(),
         "status": status,

@@ -173,6 +173,9 @@ class UpstreamConfig:
     retry_timeout: float = 30.0  # seconds in which retries and waits may start; first tries always may
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Seconds a conversation stays on the node that last served it (prompt-cache affinity), among the
+    # equal nodes of one priority level; 0 = off. Providers keep a prompt cache about 5-10 minutes.
+    affinity_ttl: float = 300.0
     # What the sidecar holds of an answer before sending it (a non-stream body is read whole so a
     # cut can still fail over); past it, 502 JSON and a failure of the node.
     max_response_bytes: int = 64 * 1024 * 1024
@@ -563,6 +566,7 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         retries=up.integer("retries", -1, minimum=0) if "retries" in up.data else None,
         retry_timeout=up.number("retry_timeout", UpstreamConfig.retry_timeout),
         retry=_retry(up.table("retry")),
+        affinity_ttl=up.number("affinity_ttl", UpstreamConfig.affinity_ttl),
         max_response_bytes=up.integer(
             "max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024, maximum=BYTES_MAX
         ),

@@ -15,6 +15,8 @@ MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 PROMPT_TOKENS_RE = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 COMPLETION_TOKENS_RE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+# OpenAI's usage.prompt_tokens_details.cached_tokens, DeepSeek's prompt_cache_hit_tokens, Anthropic's.
+CACHED_TOKENS_RE = re.compile(rb'"(?:cached_tokens|prompt_cache_hit_tokens|cache_read_input_tokens)"\s*:\s*(\d+)')
 
 
 class BadBody(Exception):
@@ -39,6 +41,7 @@ class Exchange:
     first_token: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_cached: int | None = None  # prompt tokens the provider served from its cache
     error: str | None = None
 
     def record(self, now: float) -> dict[str, Any]:
@@ -64,6 +67,7 @@ class Exchange:
             "total_ms": ms(now),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
+            "tokens_cached": self.tokens_cached,
             "error": self.error,
         }
 
@@ -84,6 +88,10 @@ def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
         ex.tokens_in = prompt
     if isinstance(completion, int) and not isinstance(completion, bool):
         ex.tokens_out = completion
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else usage.get("prompt_cache_hit_tokens")
+    if isinstance(cached, int) and not isinstance(cached, bool):
+        ex.tokens_cached = cached
 
 
 def count_tokens(ex: Exchange, data: bytes) -> None:
@@ -96,6 +104,9 @@ def count_tokens(ex: Exchange, data: bytes) -> None:
         ex.tokens_in = int(prompt.group(1))
     if completion:
         ex.tokens_out = int(completion.group(1))
+    cached = CACHED_TOKENS_RE.search(data, start)
+    if cached:
+        ex.tokens_cached = int(cached.group(1))
 
 
 def is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from yarl import URL
 
+from .affinity import SESSION_HEADER, conversation_key
 from .attempt import Attempt, Body, Ready, first_bytes, is_json_api
 from .balancer import Choice
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
@@ -33,6 +34,38 @@ log = logging.getLogger("llm_sidecar")
 CHAT_PATH = "/v1/chat/completions"
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a request may go: the model it asks for, the nodes that do not serve it, and the node its
+    conversation is pinned to (prompt-cache affinity)."""
+
+    model: str | None = None
+    skip: frozenset[int] = frozenset()
+    key: str | None = None
+    prefer: int | None = None
+
+
+def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange) -> Route:
+    """The body is parsed only when a `models` table routes or a pin may apply. A body that does not parse
+    still goes, byte for byte, to nodes that need no rewrite (one that does answers 400 then)."""
+    if not upstream.routes and upstream.pins is None:
+        return Route(ex.model)
+    model = ex.model
+    try:
+        parsed = rewriter.parse()
+    except BadBody:
+        parsed = None
+    if parsed is not None:
+        model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
+    skip = upstream.not_serving(model) if upstream.routes and model is not None else frozenset()
+    if upstream.pins is None:
+        return Route(model, skip)
+    session = next((v for k, v in scope["headers"] if k == SESSION_HEADER), None)
+    key = conversation_key(session, parsed)
+    pinned = upstream.pins.get(key, upstream.clock()) if key is not None else None
+    return Route(model, skip, key, upstream.index.get(pinned) if pinned is not None else None)
+
+
 @dataclass
 class Trip:
     """What every attempt of one request shares."""
@@ -45,6 +78,7 @@ class Trip:
     headers: list[tuple[str, str]]
     url: Callable[[str, str], URL]
     task: asyncio.Task[Any] | None
+    route: Route = Route()
 
     def request(self, node: NodeState, body: bytes) -> Request:
         headers = self.headers if node.auth is None else [*self.headers, ("Authorization", node.auth)]
@@ -90,6 +124,10 @@ async def forward(
         retry_timeout=config.retry_timeout,
         retries=config.retries,
     )
+    trip.route = route = route_of(upstream, scope, trip.rewriter, ex)
+    if route.skip and len(route.skip) == len(upstream.nodes):
+        await not_served(send, ex, route.model, upstream.served)
+        return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
@@ -98,7 +136,12 @@ async def forward(
         choice = upstream.again(same) if same is not None else None
         same = None
         if choice is None:
-            choice = upstream.choose(plan.excluded(upstream.clock()))
+            now = upstream.clock()
+            excluded = plan.excluded(now) | route.skip
+            out = upstream.models_out(route.model, now) if route.model is not None else None
+            choice = upstream.choose(excluded | out if out else excluded, route.prefer)
+            if choice is None and out:  # the model is out on every node left: try anyway, as in panic
+                choice = upstream.choose(excluded, route.prefer)
         if choice is None:
             wait = plan.round_wait(upstream.clock())
             if wait is None:
@@ -112,20 +155,20 @@ async def forward(
             request = trip.request(node, trip.rewriter.for_node(node))
             transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
         except BadBody as exc:
-            ex.status, ex.error = 400, str(exc)
-            await send_error(
-                send, 400, str(exc), "invalid_request_error", "invalid_json", [(b"x-request-id", ex.rid.encode())]
-            )
+            await bad_body(send, ex, exc)
             return
         plan.start(choice.index, upstream.clock())
         try:
-            with upstream.attempt(choice) as attempt:
+            with upstream.attempt(choice, route.model) as attempt:
                 ready = await trip.first(attempt, request)
                 broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
             if broken is not None and transcript is not None:
                 await carry_on(trip, choice.index, broken, transcript)
             node.stats.tokens_in += ex.tokens_in or 0
             node.stats.tokens_out += ex.tokens_out or 0
+            node.stats.tokens_cached += ex.tokens_cached or 0
+            if route.key is not None and upstream.pins is not None and ex.status < 500:
+                upstream.pins.pin(route.key, ex.node or node.name, upstream.clock())
             return
         except UpstreamError as exc:
             if exc.local:  # the sidecar's own trouble: another node would fare no better
@@ -151,6 +194,22 @@ async def forward(
     await give_up(send, ex, answer, plan.attempts, timed_out)
 
 
+async def bad_body(send: Send, ex: Exchange, exc: BadBody) -> None:
+    ex.status, ex.error = 400, str(exc)
+    await send_error(send, 400, str(exc), "invalid_request_error", "invalid_json", [(b"x-request-id", ex.rid.encode())])
+
+
+async def not_served(send: Send, ex: Exchange, model: str | None, served: list[str]) -> None:
+    """No node's `models` table has the model: a clear 404, and no node is asked."""
+    names = ", ".join(served[:50]) + (", ..." if len(served) > 50 else "")
+    ex.status = 404
+    ex.error = f"model {model!r} is not served by any node"
+    await send_error(
+        send, 404, f"{ex.error} (served: {names})", "invalid_request_error", "model_not_found",
+        [(b"x-request-id", ex.rid.encode())],
+    )  # fmt: skip
+
+
 async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Transcript) -> None:
     """A stream broke after text reached the client: continue it on a node that can, or end it cleanly.
 
@@ -159,7 +218,7 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
     """
     upstream, ex = trip.upstream, trip.ex
     broken_node = upstream.nodes[index].name
-    unable = {i for i, n in enumerate(upstream.nodes) if n.config.continuation == "none"}
+    unable = {i for i, n in enumerate(upstream.nodes) if n.config.continuation == "none"} | trip.route.skip
     tried: set[int] = set()
     for _ in range(MAX_CONTINUATIONS):
         why_not = transcript.continuable()
@@ -185,7 +244,7 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
         except BadBody:  # cannot happen for a body that was sent once; never worth a crash mid-stream
             break
         try:
-            with upstream.attempt(choice) as attempt:
+            with upstream.attempt(choice, trip.route.model) as attempt:
                 ready = await trip.first(attempt, trip.request(node, body))
                 if ready.kind is not Body.EVENTS:
                     # The node will not continue (no prefill in its API): no fault of its health.

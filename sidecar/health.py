@@ -20,6 +20,7 @@ flips the verdict. Active and passive keep their own counters and thresholds.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -221,3 +222,79 @@ class Health:
         self.reason = reason
         self.changed_at = now
         return Transition(before, after, reason)
+
+
+class ModelHealth:
+    """One model on one node, where the failure is the model's (providers rate-limit and overload per
+    model): out for a Retry-After, or ejected after failures of that model alone, back by its timer.
+    The node's own health is untouched, so its other models keep flowing."""
+
+    __slots__ = ("ejections", "failures", "out_until", "reason")
+
+    def __init__(self) -> None:
+        self.out_until = 0.0
+        self.failures = 0
+        self.ejections = 0
+        self.reason = ""
+
+    def available(self, now: float) -> bool:
+        return now >= self.out_until
+
+    def rate_limited(self, until: float, now: float, cap: float) -> None:
+        self.out_until = max(self.out_until, min(until, now + cap))
+        self.reason = "rate limited"
+
+    def failed(self, now: float, threshold: int, base: float, cap: float, reason: str) -> bool:
+        """Count a failure; True when it ejected the model (for `base` doubling per ejection, capped)."""
+        self.failures += 1
+        if self.failures < threshold:
+            return False
+        self.out_until = now + min(cap, base * 2 ** min(self.ejections, 40))
+        self.ejections += 1
+        self.failures = 0
+        self.reason = reason
+        return True
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.ejections = 0
+
+
+class ModelStates:
+    """A node's per-model health and when each model last succeeded; bounded (least recently used go
+    first), since model names come from clients."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.health: OrderedDict[str, ModelHealth] = OrderedDict()
+        self.succeeded: OrderedDict[str, float] = OrderedDict()
+
+    def get(self, model: str) -> ModelHealth:
+        state = self.health.get(model)
+        if state is None:
+            state = self.health[model] = ModelHealth()
+            if len(self.health) > self.size:
+                self.health.popitem(last=False)
+        else:
+            self.health.move_to_end(model)
+        return state
+
+    def ok(self, model: str, now: float) -> None:
+        self.succeeded[model] = now
+        self.succeeded.move_to_end(model)
+        if len(self.succeeded) > self.size:
+            self.succeeded.popitem(last=False)
+        state = self.health.get(model)
+        if state is not None:
+            state.succeeded()
+
+    def others_fine(self, model: str, now: float, within: float) -> bool:
+        """Another model on this node succeeded lately: a failure of `model` is the model's, not the node's."""
+        return any(m != model and now - t <= within for m, t in self.succeeded.items())
+
+    def available(self, model: str, now: float) -> bool:
+        state = self.health.get(model)
+        return state is None or state.available(now)
+
+    def out(self, now: float) -> list[tuple[str, ModelHealth]]:
+        return [(m, s) for m, s in self.health.items() if not s.available(now)]

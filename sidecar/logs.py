@@ -66,6 +66,7 @@ def _fields(record: dict[str, Any]) -> str:
         + f"stream={'yes' if record['stream'] else 'no'} ttfb_ms={_ms(record['ttfb_ms'])} "
         f"ttft_ms={_ms(record['ttft_ms'])} total_ms={_ms(record['total_ms'])}"
         + (f" tokens={record['tokens_in']}/{record['tokens_out']}" if record["tokens_in"] is not None else "")
+        + (f" cached={record['tokens_cached']}" if record.get("tokens_cached") else "")
         + (f' error="{_inner(str(record["error"]))}"' if record["error"] else "")
     )
 

@@ -69,12 +69,15 @@ def render(config: Config) -> str:
         f"upstream {u.type}, timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s "
         f"first_token {t.first_token:g}s, max_response_bytes {_size(u.max_response_bytes)}",
         f"retry    {_retry(config)}",
+        f"affinity conversations stay on their node for {u.affinity_ttl:g}s where a level has several nodes"
+        if u.affinity_ttl
+        else "affinity off",
     ]
     nodes = sorted(u.nodes, key=lambda n: -n.priority)
     for priority, level in groupby(nodes, key=lambda n: n.priority):
         lines.append(f"priority {priority}:")
         for node in level:
-            models = ", ".join(f"{k} -> {v}" for k, v in node.models.items()) or "unchanged"
+            models = ", ".join(f"{k} -> {v}" for k, v in node.models.items()) or "any, unchanged"
             lines.append(f"  {node.name:<12} {node.url}  weight {node.weight}  {_key(node)}  models: {models}")
             extra = []
             if node.timeout != t:

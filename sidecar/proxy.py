@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
+from . import catalog
 from .errors import Send, error_json, send_error, send_json
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
@@ -177,7 +178,10 @@ class ProxyApp:
             )
             return
         raw_path: bytes = scope.get("raw_path") or path.encode()
-        if not path_is_safe(path, raw_path):
+        # GET /v1/models[/{id}] is answered here, never sent on: an encoded slash in the id
+        # (the openai SDK sends meta-llama%2FLlama-3-8B) cannot mislead a node. Dot segments still can't pass.
+        model_id = catalog.requested(scope["method"], path)
+        if not path_is_safe(path, raw_path) and (model_id is None or PATH_TRICK.search(path) is not None):
             await send_error(
                 send,
                 400,
@@ -226,6 +230,9 @@ class ProxyApp:
                 "request_too_large",
                 [rid_header],
             )
+            return
+        if model_id is not None:  # after the key check: the list is no business of keyless clients
+            await catalog.answer(self.runtime, model_id, send, [rid_header])
             return
         match = MODEL_RE.search(body)
         ex = Exchange(

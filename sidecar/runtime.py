@@ -66,7 +66,7 @@ class Runtime:
     def apply(self, config: Config) -> Upstream:
         """Switch to a new generation; the old one closes when its last request ends."""
         old = self.upstream
-        new = Upstream(config, self.events, self.transport(config, self.send_watch), old.nodes, self.clock)
+        new = Upstream(config, self.events, self.transport(config, self.send_watch), old.nodes, self.clock, old.pins)
         self.upstream = new
         self.config = config
         self.config_loaded_at = time.time()

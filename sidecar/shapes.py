@@ -49,8 +49,18 @@ class TrafficJSON(TypedDict):
     p95_ms: float | None
     tokens_in: int
     tokens_out: int
+    tokens_cached: int
     retries: int
     continuations: int
+
+
+class ModelStateJSON(TypedDict):
+    """A model that is out on a node while the node itself may be fine."""
+
+    model: str
+    state: Literal["rate limited", "ejected"]
+    reason: str
+    until: float | None
 
 
 class NodeJSON(TypedDict):
@@ -67,6 +77,7 @@ class NodeJSON(TypedDict):
     active: ActiveJSON
     passive: PassiveJSON
     traffic: TrafficJSON
+    models: list[ModelStateJSON]
 
 
 class SidecarJSON(TypedDict):

@@ -27,6 +27,7 @@ class NodeStats:
     in_flight: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0
     retries: int = 0  # same-node retries the retry policy made here (after a 5xx, a reset, a short Retry-After)
     continuations: int = 0  # broken streams this node went on with
     # (finished at, seconds) of recent attempts on this node
@@ -64,6 +65,7 @@ class NodeStats:
             "p95_ms": None if p95 is None else round(p95 * 1000, 2),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
+            "tokens_cached": self.tokens_cached,
             "retries": self.retries,
             "continuations": self.continuations,
         }

@@ -49,12 +49,15 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         "# timeout.read: the longest silence between bytes. timeout.first_token: from sending a streamed\n"
         "#   request to its first real token (not keep-alives, not a role-only delta); a silent node costs\n"
         "#   this, not read. Raise both for models that think in silence. A node may override them:\n"
-        "#   timeout = { first_token = 300, read = 300 } in its [[upstream.nodes]] table.",
+        "#   timeout = { first_token = 300, read = 300 } in its [[upstream.nodes]] table.\n"
+        "# affinity_ttl: seconds a conversation stays on the node that served it, among equal nodes of one\n"
+        "#   priority level, so the provider's prompt cache is kept; 0 = off. Clients may send x-session-id.",
         {
             "upstream": {
                 "type": "roundrobin",
                 "retry_timeout": UpstreamConfig.retry_timeout,
                 "max_response_bytes": UpstreamConfig.max_response_bytes,
+                "affinity_ttl": UpstreamConfig.affinity_ttl,
                 "timeout": {"connect": 5, "send": 30, "read": 120, "first_token": 60},
             }
         },
@@ -94,7 +97,8 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "# The backup: takes traffic only while every node above it is unhealthy.\n"
-        '# models rewrites the body\'s "model": exact name, else "*", else unchanged.\n'
+        '# models says what a node serves and what it is called there: { "gpt-4o" = "deepseek-chat" } serves\n'
+        '#   gpt-4o only; "*" serves any other name; no table serves anything.\n'
         "# continuation: how this node continues a stream another node broke mid-answer (README lists\n"
         '#   providers): "none", "prefill", "prefix", "partial" or "continue_final_message". DeepSeek takes\n'
         '#   "prefix" on url = "https://api.deepseek.com/beta".',

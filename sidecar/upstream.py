@@ -12,16 +12,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .affinity import Pins
 from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
 from .config import Config, Node
 from .events import EventHub
-from .health import Failure, Health, Source, State, Transition
+from .health import Failure, Health, ModelStates, Source, State, Transition
 from .shapes import ProbeJSON
 from .stats import NodeStats
 from .transport import Transport, UpstreamError
 
 log = logging.getLogger("llm_sidecar")
+
+MODEL_CACHE = 1024  # model names whose serving nodes are remembered
+MODEL_STATES = 64  # per node: configured models and recent others; model names come from clients
+# A failure of one model counts against the model alone while another model on the node succeeded
+# within this many seconds; else the node itself is failing.
+OTHERS_FINE_WITHIN = 60.0
 
 
 @dataclass(eq=False)
@@ -31,6 +38,13 @@ class NodeState:
     stats: NodeStats = field(default_factory=NodeStats)
     auth: str | None = field(default=None, repr=False)
     last_probe: ProbeJSON | None = None
+    # The model ids its provider's own GET /v1/models listed (bounded, see catalog.py), and when
+    # (upstream clock) that was last asked, by the active probe or the catalog; None: never.
+    upstream_models: tuple[str, ...] | None = None
+    upstream_models_at: float | None = None
+
+    # Per-model health, where a failure is one model's (see health.ModelHealth).
+    models: ModelStates = field(default_factory=lambda: ModelStates(MODEL_STATES))
 
     @property
     def name(self) -> str:
@@ -47,6 +61,7 @@ class Upstream:
         transport: Transport,
         previous: Sequence[NodeState] = (),
         clock: Callable[[], float] = time.monotonic,
+        pins: Pins | None = None,
     ) -> None:
         self.config = config
         self.events = events
@@ -63,12 +78,24 @@ class Upstream:
             if old is not None and old.config.checks == node.checks:
                 # A reload keeps what we learnt about a node whose checks did not change.
                 state.health = old.health
+                state.models = old.models
                 state.stats = old.stats
+                state.upstream_models, state.upstream_models_at = old.upstream_models, old.upstream_models_at
                 state.last_probe = old.last_probe
             if node.api_key:
                 state.auth = f"Bearer {node.api_key}"
             self.nodes.append(state)
         self.by_name = {n.name: n for n in self.nodes}
+        self.index = {n.name: i for i, n in enumerate(self.nodes)}
+        # Routing by model: only when some node has a `models` table (else every node serves anything).
+        self.routes = any(n.config.models for n in self.nodes)
+        self.served = sorted({m for n in self.nodes for m in n.config.models if m != "*"})
+        self.serving_cache: dict[str, frozenset[int]] = {}
+        # Affinity only matters where one level holds several nodes to spread over.
+        ttl = config.upstream.affinity_ttl
+        priorities = [n.config.priority for n in self.nodes]
+        spread = len(set(priorities)) < len(priorities)
+        self.pins = (pins if pins is not None and pins.ttl == ttl else Pins(ttl)) if ttl and spread else None
         self.continuable = any(n.continuation != "none" for n in config.upstream.nodes)
         self.balancer = Balancer(
             [n.config.priority for n in self.nodes],
@@ -79,8 +106,18 @@ class Upstream:
     async def close(self) -> None:
         await self.transport.aclose()
 
-    def choose(self, tried: set[int]) -> Choice | None:
-        return self.balancer.choose(tried, self.clock())
+    def choose(self, tried: set[int], prefer: int | None = None) -> Choice | None:
+        return self.balancer.choose(tried, self.clock(), prefer)
+
+    def not_serving(self, model: str) -> frozenset[int]:
+        """The nodes a request for `model` must not go to (their `models` table lacks it)."""
+        cached = self.serving_cache.get(model)
+        if cached is None:
+            if len(self.serving_cache) >= MODEL_CACHE:  # model names come from clients
+                self.serving_cache.clear()
+            cached = frozenset(i for i, n in enumerate(self.nodes) if not n.config.serves(model))
+            self.serving_cache[model] = cached
+        return cached
 
     def again(self, index: int) -> Choice | None:
         """The same node for a retry the plan decided on, unless it is out by now (ejected, unhealthy,
@@ -88,15 +125,21 @@ class Upstream:
         health = self.nodes[index].health
         return self.balancer.plain[index] if health.healthy and not health.manual_down else None
 
-    def attempt(self, choice: Choice) -> Attempt:
-        return Attempt(self, self.nodes[choice.index], choice.trial)
+    def attempt(self, choice: Choice, model: str | None = None) -> Attempt:
+        return Attempt(self, self.nodes[choice.index], choice.trial, model)
 
     def serving(self) -> NodeState | None:
         index = self.balancer.serving(self.clock())
         return None if index is None else self.nodes[index]
 
     def record(
-        self, node: NodeState, outcome: Outcome, failure: UpstreamError | None, trial: bool, started: float
+        self,
+        node: NodeState,
+        outcome: Outcome,
+        failure: UpstreamError | None,
+        trial: bool,
+        started: float,
+        model: str | None = None,
     ) -> None:
         """The one place an attempt's outcome reaches health and figures."""
         now = self.clock()
@@ -105,8 +148,14 @@ class Upstream:
         if outcome is Outcome.SUCCESS:
             reason = "trial request ok" if trial else "ok"
             self._transition(node, node.health.record_success(Source.PASSIVE, now, reason, trial=trial))
+            if model is not None:
+                node.models.ok(model, now)
             return
         if outcome is Outcome.NEUTRAL or failure is None or failure.kind is None:
+            if trial:
+                node.health.end_trial()
+            return
+        if model is not None and self._model_failure(node, model, failure, now):
             if trial:
                 node.health.end_trial()
             return
@@ -118,6 +167,35 @@ class Upstream:
             node.health.block(now + failure.retry_after, now)
             return
         self._transition(node, node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial))
+
+    def _model_failure(self, node: NodeState, model: str, failure: UpstreamError, now: float) -> bool:
+        """Count a failure against (node, model) when it is the model's: a 429 always (providers limit
+        per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
+        auth failures are the node's."""
+        passive = node.config.checks.passive
+        if passive is None:
+            return False
+        if failure.status == 429:
+            until = now + (failure.retry_after if failure.retry_after is not None else passive.base_ejection_time)
+            node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
+            self._model_event(node, model, "rate limited", failure.reason)
+            return True
+        by_model = failure.status >= 500 or failure.kind is Failure.TIMEOUT
+        if not by_model or not node.models.others_fine(model, now, OTHERS_FINE_WITHIN):
+            return False
+        threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
+        state = node.models.get(model)
+        if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
+            self._model_event(node, model, "ejected", failure.reason)
+        return True
+
+    def _model_event(self, node: NodeState, model: str, after: str, reason: str) -> None:
+        log.warning("node %s, model %s: %s (%s)", node.name, model, after, reason)
+        self.events.publish("health", node=node.name, model=model, before="healthy", after=after, reason=reason)
+
+    def models_out(self, model: str, now: float) -> set[int]:
+        """Nodes where `model` itself is out (rate-limited or ejected) while the node may be fine."""
+        return {i for i, n in enumerate(self.nodes) if n.models.health and not n.models.available(model, now)}
 
     def probed(self, node: NodeState, kind: Failure | None, reason: str) -> None:
         """An active probe's result (kind None: success)."""

@@ -100,3 +100,14 @@ def test_serving_is_the_top_usable_node() -> None:
     assert b.serving(1) == 1
     health[1].set_manual(True, 1)
     assert b.serving(1) == 0
+
+
+def test_a_preferred_node_is_taken_only_inside_the_winning_level_and_does_not_move_the_wheel() -> None:
+    from sidecar.config import PassiveCheck
+    from sidecar.health import Health
+
+    health = [Health(None, PassiveCheck(), 0.0) for _ in range(3)]
+    b = Balancer([0, 0, -1], [1, 1, 1], health)
+    assert b.choose(set(), 0.0, prefer=1).index == 1
+    assert [b.choose(set(), 0.0).index for _ in range(2)] == [0, 1]  # the wheel as if nothing was preferred
+    assert b.choose(set(), 0.0, prefer=2).index != 2  # a lower level is never preferred over a usable one

@@ -178,3 +178,34 @@ def test_manual_down_overrides_health() -> None:
     assert not h.available(6) and not h.trial_ready(6)
     assert h.set_manual(True, 6) is None
     assert h.set_manual(False, 7).after == "healthy"
+
+
+def test_a_model_is_out_for_its_retry_after_capped() -> None:
+    from sidecar.health import ModelHealth
+
+    m = ModelHealth()
+    m.rate_limited(until=1000.0, now=0.0, cap=300.0)
+    assert not m.available(299.0) and m.available(300.0)
+
+
+def test_a_model_is_ejected_after_its_threshold_and_for_longer_each_time() -> None:
+    from sidecar.health import ModelHealth
+
+    m = ModelHealth()
+    assert not m.failed(0.0, 2, 10.0, 300.0, "http 503")
+    assert m.failed(0.0, 2, 10.0, 300.0, "http 503") and not m.available(9.9) and m.available(10.0)
+    m.failed(10.0, 2, 10.0, 300.0, "http 503")
+    assert m.failed(10.0, 2, 10.0, 300.0, "http 503") and not m.available(29.9)  # twice as long
+    m.succeeded()
+    assert m.failures == 0 and m.ejections == 0
+
+
+def test_per_model_states_are_bounded_and_know_when_other_models_succeed() -> None:
+    from sidecar.health import ModelStates
+
+    states = ModelStates(size=3)
+    for i in range(10):
+        states.get(f"m{i}")
+        states.ok(f"m{i}", float(i))
+    assert len(states.health) == 3 and len(states.succeeded) == 3
+    assert states.others_fine("m9", 9.0, within=60) and not states.others_fine("m9", 100.0, within=60)

@@ -129,16 +129,18 @@ async def test_a_short_retry_after_is_waited_out_on_the_same_node() -> None:
     h.assert_nothing_held()
 
 
-async def test_a_long_retry_after_fails_over_at_once_and_keeps_the_node_out() -> None:
+async def test_a_long_retry_after_fails_over_at_once_and_keeps_the_model_out_on_that_node() -> None:
     h = Harness(
         lambda node, r: Script(429, (("retry-after", "30"),), [b"{}"]) if node == "primary" else Script(body=[OK]),
         cfg(),
     )
     got = await h.request(ASK)
     assert got.headers["x-llm-sidecar-node"] == "backup" and (h.calls("primary"), h.calls("backup")) == (1, 1)
-    assert h.node("primary").health.blocked_until > h.runtime.clock() + 25
+    assert not h.node("primary").models.available("gpt-4o", h.runtime.clock() + 25)  # the model, not the node
     await h.request(ASK)
-    assert h.calls("primary") == 1  # still out for the next request
+    assert h.calls("primary") == 1  # still out for the next request of that model
+    await h.request({**ASK, "model": "gpt-4o-mini"})
+    assert h.calls("primary") == 2  # another model still goes to the primary
 
 
 async def test_a_5xx_gets_one_same_node_retry_then_fails_over() -> None:

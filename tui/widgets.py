@@ -94,7 +94,7 @@ class NodesTable(DataTable[Any]):
             probe_text = "-" if probe is None else f"{probe['status'] or 'err'} {age(probe['time'], now)}"
             self.add_row(
                 plain(("▶ " if n["serving"] else "  ") + n["name"], style="bold" if n["serving"] else ""),
-                plain(n["state"], style=STATE_STYLE.get(n["state"], "")),
+                state_text(n, now),
                 plain(n["manual"]),
                 plain(f"{t['rps']:.1f}"),
                 plain(f"{errors:.0f}%"),
@@ -109,6 +109,16 @@ class NodesTable(DataTable[Any]):
             )
         if keep is not None and keep in {n["name"] for n in rows}:
             self.move_cursor(row=self.get_row_index(keep))
+
+
+def state_text(node: NodeJSON, now: float) -> Text:
+    """The node's state, and each model that is out on it while the node is fine:
+    `healthy · gpt-4o: rate limited 12s`."""
+    text = plain(node["state"], style=STATE_STYLE.get(node["state"], ""))
+    for m in node.get("models", ()):
+        left = f" {max(0, round(m['until'] - now))}s" if m["until"] else ""
+        text.append_text(plain(f" · {m['model']}: {m['state']}{left}", style="yellow", limit=48))
+    return text
 
 
 class TrafficTable(DataTable[Any]):
@@ -133,6 +143,8 @@ class TrafficTable(DataTable[Any]):
             continued = bool(e.get("continued"))
             style = "bold yellow" if failover else ""
             tokens = "-" if e["tokens_out"] is None else f"{e['tokens_in']}/{e['tokens_out']}"
+            if e.get("tokens_cached"):
+                tokens += f" ({e['tokens_cached']}c)"  # prompt tokens served from the provider's cache
             self.add_row(
                 plain(time.strftime("%H:%M:%S", time.localtime(e["time"]))),
                 plain(e["id"][-8:]),  # generated ids share a per-process prefix; the tail tells them apart

@@ -1,0 +1,248 @@
+"""`GET /v1/models` and `GET /v1/models/{id}`, answered by the sidecar itself.
+
+Passed through, the list was whatever the serving node's provider has: it changed on every failover
+and missed the names other nodes serve through their `models` tables. The sidecar knows what it
+routes, so it answers with the union of what its usable nodes serve, each id once:
+
+- the keys (but "*") of every node's `models` table: the names clients may ask for;
+- for a node that serves any name (no table, or a "*" key), its provider's own list too, taken from
+  the active probe when that probe is `GET /v1/models` (no extra request), else fetched here and
+  cached; a node whose list cannot be had contributes nothing more, it never fails the answer.
+
+The pure parts (parsing a list, merging nodes into the answer) take nodes and a time; `fetch` and
+`refresh` are the only I/O. Nothing here changes a node's health: that is the probe's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from yarl import URL
+
+from .config import Node
+from .errors import Send, send_error, send_json
+from .runtime import Runtime
+from .transport import Request, UpstreamError
+from .upstream import NodeState, Upstream
+
+log = logging.getLogger("llm_sidecar")
+
+LIST_PATH = "/v1/models"
+ONE_PREFIX = LIST_PATH + "/"
+# What is kept of one upstream's list: a hostile or broken provider must not blow memory up, nor
+# put control characters into the answer (or a terminal that prints it). OpenRouter's list, one of
+# the largest, is a few MB with every model's metadata; ids are far below 200 characters.
+MAX_IDS = 2000
+MAX_ID_CHARS = 200
+MAX_LIST_BYTES = 8 * 1024 * 1024
+FETCH_SECONDS = 5.0  # an answer waits at most this long for the lists it lacks
+CACHE_SECONDS = 60.0  # lists change when a provider ships a model: rarely
+RETRY_SECONDS = 5.0  # an empty list (a failed fetch, most likely) is asked for again sooner
+
+# The fetch in progress per node: concurrent answers on a cold cache share one upstream request.
+# Weak keys: a reload drops NodeStates, and their entries go with them.
+_fetching: weakref.WeakKeyDictionary[NodeState, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+def requested(method: str, path: str) -> str | None:
+    """The model id asked for ("" for the whole list) when the sidecar answers this request itself.
+
+    Only GET: DELETE /v1/models/{id} deletes a fine-tuned model at the provider and goes upstream.
+    An id may contain "/" (meta-llama/Llama-3-8B), so everything after the prefix is the id.
+    """
+    if method != "GET":
+        return None
+    if path == LIST_PATH:
+        return ""
+    if path.startswith(ONE_PREFIX) and len(path) > len(ONE_PREFIX):
+        return path[len(ONE_PREFIX) :]
+    return None
+
+
+def valid_id(model: object) -> bool:
+    """A model id worth keeping: a non-empty printable string of at most MAX_ID_CHARS characters."""
+    return isinstance(model, str) and 0 < len(model) <= MAX_ID_CHARS and model.isprintable()
+
+
+def parse_ids(body: bytes) -> tuple[str, ...] | None:
+    """The ids of an OpenAI-shaped list (`{"data": [{"id": ...}, ...]}`), None for anything else.
+
+    Invalid ids are skipped (not the whole list), duplicates kept once, and at most MAX_IDS kept.
+    """
+    if len(body) > MAX_LIST_BYTES:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), or [[[[...
+        return None
+    data = parsed.get("data") if isinstance(parsed, dict) else None
+    if not isinstance(data, list):
+        return None
+    ids: dict[str, None] = {}  # ordered and unique
+    for item in data:
+        model = item.get("id") if isinstance(item, dict) else None
+        if valid_id(model):
+            assert isinstance(model, str)
+            ids[model] = None
+            if len(ids) >= MAX_IDS:
+                break
+    return tuple(ids)
+
+
+def any_name(node: Node) -> bool:
+    """Whether a node serves names beyond its table's keys, so its provider's own list matters."""
+    return not node.models or "*" in node.models
+
+
+def probe_lists(node: Node) -> bool:
+    """Whether the node's active probe fetches its list anyway (the probe then keeps it fresh)."""
+    check = node.checks.active
+    return check is not None and check.http_path == LIST_PATH
+
+
+def considered(nodes: Sequence[NodeState], now: float) -> list[NodeState]:
+    """The nodes whose models are listed, highest priority first (config order within a level).
+
+    The usable ones; when none is, all of them: while everything is down a list of what the sidecar
+    is configured to serve is more useful than an empty one (clients would conclude the model is
+    gone), and requests will be tried on the nodes anyway (panic mode).
+    """
+    ordered = sorted(nodes, key=lambda n: -n.config.priority)
+    usable = [n for n in ordered if n.health.available(now)]
+    return usable or ordered
+
+
+def owner(model: str, nodes: Sequence[NodeState]) -> str | None:
+    """The first of `nodes` that serves `model`: where a request for it goes first."""
+    return next((n.name for n in nodes if n.config.serves(model)), None)
+
+
+def merge(nodes: Sequence[NodeState]) -> dict[str, str]:
+    """Every id `nodes` serve by name (table keys, and their providers' lists where they take any
+    name), sorted, each once, with the node that would serve it (see `owner`)."""
+    ids: set[str] = set()
+    for node in nodes:
+        ids.update(name for name in node.config.models if name != "*")
+        if any_name(node.config) and node.upstream_models:
+            ids.update(node.upstream_models)
+    found = {model: owner(model, nodes) for model in sorted(ids)}
+    return {model: by for model, by in found.items() if by is not None}
+
+
+def model_object(model: str, owned_by: str) -> dict[str, Any]:
+    # created 0: the sidecar does not know when the provider created a model, and the SDK needs an int.
+    return {"id": model, "object": "model", "created": 0, "owned_by": owned_by}
+
+
+def list_body(owners: dict[str, str]) -> bytes:
+    data = [model_object(model, by) for model, by in owners.items()]
+    return json.dumps({"object": "list", "data": data}).encode()
+
+
+def stale(node: NodeState, now: float) -> bool:
+    """Whether the node's provider list should be asked for before answering."""
+    at = node.upstream_models_at
+    if at is None:
+        return True
+    if not node.upstream_models:
+        return now - at >= RETRY_SECONDS
+    ttl = CACHE_SECONDS
+    check = node.config.checks.active
+    if check is not None and probe_lists(node.config):
+        # The probe refreshes it every interval; fetch only if it stopped doing so (say, it fails).
+        ttl = max(ttl, 2 * check.interval + check.timeout)
+    return now - at >= ttl
+
+
+async def fetch(upstream: Upstream, node: NodeState) -> tuple[str, ...] | None:
+    """GET the node's own /v1/models with its key; None when it cannot be had (logged, not raised).
+
+    Bounded in time (FETCH_SECONDS) and size (MAX_LIST_BYTES); the response is released when read
+    whole and closed otherwise, so no connection is left half-read in the pool.
+    """
+    headers = [("Authorization", node.auth)] if node.auth else []
+    request = Request("GET", URL(node.config.url + LIST_PATH, encoded=True), headers)
+    try:
+        async with asyncio.timeout(FETCH_SECONDS):
+            response = await upstream.transport.send(node.name, request)
+            try:
+                body = await response.read(MAX_LIST_BYTES + 1)
+            except BaseException:
+                response.close()
+                raise
+    except TimeoutError:
+        log.info("model list of %s not fetched: timeout", node.name)
+        return None
+    except UpstreamError as exc:
+        log.info("model list of %s not fetched: %s", node.name, exc.reason)
+        return None
+    if len(body) > MAX_LIST_BYTES:
+        response.close()  # the rest was never read
+        log.info("model list of %s ignored: larger than %d bytes", node.name, MAX_LIST_BYTES)
+        return None
+    response.release()
+    if response.status != 200:
+        log.info("model list of %s not fetched: http %d", node.name, response.status)
+        return None
+    return parse_ids(body)
+
+
+async def _fetch_into(upstream: Upstream, node: NodeState) -> None:
+    try:
+        ids = await fetch(upstream, node)
+    except Exception:  # say, a reload closed the transport under it: the answer goes on without this list
+        log.warning("model list of %s not fetched", node.name, exc_info=True)
+        ids = None
+    finally:
+        _fetching.pop(node, None)
+    node.upstream_models = ids or ()  # a failure leaves the node's list empty (asked again sooner)
+    node.upstream_models_at = upstream.clock()
+
+
+async def refresh(upstream: Upstream, nodes: Iterable[NodeState]) -> None:
+    """Fetch the stale provider lists of the nodes that take any name, at once; one fetch per node."""
+    now = upstream.clock()
+    waits: list[asyncio.Future[None]] = []
+    for node in nodes:
+        if not any_name(node.config) or not stale(node, now):
+            continue
+        task = _fetching.get(node)
+        if task is None:
+            task = _fetching[node] = asyncio.ensure_future(_fetch_into(upstream, node))
+        # Shielded: an answer cut short must not cancel a fetch other answers wait for.
+        waits.append(asyncio.shield(task))
+    if waits:
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def answer(runtime: Runtime, model: str, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer GET /v1/models (`model` "") or GET /v1/models/{model} (see `requested`)."""
+    upstream = runtime.acquire()  # a reload must not close the transport under a fetch
+    try:
+        nodes = considered(upstream.nodes, upstream.clock())
+        if not model:
+            await refresh(upstream, nodes)
+            await send_json(send, 200, list_body(merge(nodes)), headers)
+            return
+        # A node that takes any name serves ids its provider's list lacks (or has not been fetched):
+        # no list is needed to answer for one id.
+        by = owner(model, nodes) if valid_id(model) else None
+        if by is not None:
+            await send_json(send, 200, json.dumps(model_object(model, by)).encode(), headers)
+            return
+        shown = model if len(model) <= MAX_ID_CHARS else model[:MAX_ID_CHARS] + "..."
+        await send_error(
+            send,
+            404,
+            f"model '{shown}' is not served by any node",
+            "invalid_request_error",
+            "model_not_found",
+            headers,
+        )
+    finally:
+        runtime.release(upstream)
