@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from yarl import URL
 
@@ -34,10 +34,9 @@ log = logging.getLogger("llm_sidecar")
 CHAT_PATH = "/v1/chat/completions"
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """Where a request may go: the model it asks for, the nodes that do not serve it, and the node its
-    conversation is pinned to (prompt-cache affinity)."""
+    conversation is pinned to (prompt-cache affinity). A tuple: one is built per request."""
 
     model: str | None = None
     skip: frozenset[int] = frozenset()
@@ -66,7 +65,10 @@ def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, 
     return Route(model, skip, key, upstream.index.get(pinned) if pinned is not None else None)
 
 
-@dataclass
+NO_ROUTE = Route()
+
+
+@dataclass(slots=True)
 class Trip:
     """What every attempt of one request shares."""
 
@@ -78,7 +80,7 @@ class Trip:
     headers: list[tuple[str, str]]
     url: Callable[[str, str], URL]
     task: asyncio.Task[Any] | None
-    route: Route = Route()
+    route: Route = NO_ROUTE
 
     def request(self, node: NodeState, body: bytes) -> Request:
         headers = self.headers if node.auth is None else [*self.headers, ("Authorization", node.auth)]
@@ -138,7 +140,7 @@ async def forward(
         if choice is None:
             now = upstream.clock()
             excluded = plan.excluded(now) | route.skip
-            out = upstream.models_out(route.model, now) if route.model is not None else None
+            out = upstream.models_out(route.model, now) if route.model is not None and upstream.by_model else None
             choice = upstream.choose(excluded | out if out else excluded, route.prefer)
             if choice is None and out:  # the model is out on every node left: try anyway, as in panic
                 choice = upstream.choose(excluded, route.prefer)

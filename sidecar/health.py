@@ -267,7 +267,7 @@ class ModelStates:
     def __init__(self, size: int) -> None:
         self.size = size
         self.health: OrderedDict[str, ModelHealth] = OrderedDict()
-        self.succeeded: OrderedDict[str, float] = OrderedDict()
+        self.succeeded: dict[str, float] = {}
 
     def get(self, model: str) -> ModelHealth:
         state = self.health.get(model)
@@ -280,13 +280,15 @@ class ModelStates:
         return state
 
     def ok(self, model: str, now: float) -> None:
-        self.succeeded[model] = now
-        self.succeeded.move_to_end(model)
-        if len(self.succeeded) > self.size:
-            self.succeeded.popitem(last=False)
-        state = self.health.get(model)
-        if state is not None:
-            state.succeeded()
+        """A success of `model` (once per successful request: kept to a dict store)."""
+        succeeded = self.succeeded
+        if len(succeeded) >= self.size and model not in succeeded:
+            succeeded.clear()  # rare (many model names): forgetting old successes only delays a verdict
+        succeeded[model] = now
+        if self.health:
+            state = self.health.get(model)
+            if state is not None:
+                state.succeeded()
 
     def others_fine(self, model: str, now: float, within: float) -> bool:
         """Another model on this node succeeded lately: a failure of `model` is the model's, not the node's."""

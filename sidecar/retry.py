@@ -95,6 +95,7 @@ class RetryPlan:
         self.this_round: set[int] = set()
         self.attempts = 0
         self.rounds = 0
+        self.current = started  # when the attempt under way started
 
     def tries(self, index: int) -> NodeTries:
         tries = self.nodes.get(index)
@@ -107,18 +108,22 @@ class RetryPlan:
         return self.attempts >= self.max_attempts
 
     def start(self, index: int, now: float) -> None:
-        self.tries(index).times.append(now)
+        # Only failed attempts need their start kept (the spacing rule): a success ends the plan.
+        self.current = now
         self.this_round.add(index)
         self.attempts += 1
 
     def excluded(self, now: float) -> set[int]:
         """Nodes the balancer must not offer now: final ones, those tried in this round, and those whose
         Retry-After or backoff is not over (a new round must not undo the wait it began with)."""
+        if not self.nodes:
+            return self.this_round  # nothing failed yet: the common case, with no set to build
         return self.this_round | {i for i, t in self.nodes.items() if t.final or t.ready_at > now}
 
     def failed(self, index: int, fault: Fault, retry_after: float | None, now: float) -> Decision:
         """Record a failed attempt; say whether the same node goes next (after how long)."""
         tries = self.tries(index)
+        tries.times.append(self.current)
         tries.fault = fault
         policy = self.policy
         count = len(tries.times)

@@ -91,6 +91,8 @@ class Upstream:
         self.routes = any(n.config.models for n in self.nodes)
         self.served = sorted({m for n in self.nodes for m in n.config.models if m != "*"})
         self.serving_cache: dict[str, frozenset[int]] = {}
+        # Whether any model was ever out on a node of this generation (else nothing to look up per request).
+        self.by_model = any(n.models.health for n in self.nodes)
         # Affinity only matters where one level holds several nodes to spread over.
         ttl = config.upstream.affinity_ttl
         priorities = [n.config.priority for n in self.nodes]
@@ -178,6 +180,7 @@ class Upstream:
         if failure.status == 429:
             until = now + (failure.retry_after if failure.retry_after is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
+            self.by_model = True
             self._model_event(node, model, "rate limited", failure.reason)
             return True
         by_model = failure.status >= 500 or failure.kind is Failure.TIMEOUT
@@ -185,6 +188,7 @@ class Upstream:
             return False
         threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
         state = node.models.get(model)
+        self.by_model = True
         if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
             self._model_event(node, model, "ejected", failure.reason)
         return True
