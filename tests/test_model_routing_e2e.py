@@ -78,8 +78,9 @@ async def test_a_rate_limit_on_one_model_keeps_only_that_model_out(fakes, sideca
 
 
 async def cached_share(fakes, sidecar, client, *, nodes: int, affinity: bool) -> float:
-    """15 three-turn conversations, interleaved, through the sidecar over `nodes` equal nodes: cached / prompt
-    tokens. (An odd number: with an even one, strict alternation would happen to keep each on one node.)"""
+    """20 three-turn conversations through the sidecar over `nodes` equal nodes, their turns interleaved in a
+    shuffled order as independent agents' would be: cached / prompt tokens. (In a fixed order, strict
+    round-robin alternation over an even number of conversations would keep each on one node by chance.)"""
     fakes_ = [await fakes(f"n{i}", prompt_cache=True) for i in range(nodes)]
     upstream: dict[str, Any] = {} if affinity else {"affinity_ttl": 0}
     car = await sidecar(
