@@ -149,6 +149,8 @@ def fake_provider(
 
     Change its behaviour while it runs: POST /_fake/behaviour with JSON, e.g.
     {"fail_rate": 1, "fault": "hang"}; GET /_fake/stats counts what it saw.
+    A model named fault-<name> picks a fault per request (429-once, 503, cut, stall, context, ...: see
+    README, "Fake provider"); a trailing assistant message is continued (behaviour field continuation).
     """
     from .fake_provider import Behaviour, serve_forever
 
@@ -261,6 +263,8 @@ def node_auto(name: str, config_path: str | None, control_socket: str | None) ->
 @CONFIG_OPTION
 @SOCKET_OPTION
 def reload(config_path: str | None, control_socket: str | None) -> None:
-    """Re-read the config file; a broken file keeps the running config."""
+    """Make the running sidecar re-read the file it was started with; a broken file keeps the running config.
+
+    -c only finds that sidecar (its control socket); it does not load another file."""
     answer = call(control_socket, config_path, "reload")
     click.echo(f"reloaded {answer['config_path']}: nodes {', '.join(answer['nodes'])}")

@@ -42,7 +42,9 @@ def demo_config(primary: int, backup: int, port: int, socket: Path) -> Config:
             "timeout": {"connect": 1, "send": 5, "read": 5},
             "checks": {
                 "active": {"interval": 2, "timeout": 1, "healthy": {"successes": 2}},
-                "passive": {"unhealthy": {"http_failures": 3}},
+                # Short ejections: the replayed outage must show a recovery every cycle, not a node whose
+                # ejection doubles past the 16 s healthy window (the default would take 10, 20, 40 s...).
+                "passive": {"unhealthy": {"http_failures": 3}, "base_ejection_time": 3, "max_ejection_time": 6},
             },
             "nodes": [
                 {"name": "openai-fake", "url": f"http://127.0.0.1:{primary}", "weight": 100, "priority": 0,
@@ -104,7 +106,8 @@ class Demo:
             await p_runner.cleanup()
             await b_runner.cleanup()
             with contextlib.suppress(OSError):
-                self.socket.unlink()
+                self.socket.unlink(missing_ok=True)  # the server usually removed it already
+            with contextlib.suppress(OSError):
                 self.dir.rmdir()
 
     def shutdown(self) -> None:

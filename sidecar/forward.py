@@ -148,8 +148,8 @@ async def forward(
             wait = plan.round_wait(upstream.clock())
             if wait is None:
                 break
-            if ex.attempts:
-                ex.attempts[-1]["wait_ms"] = round(wait * 1000)
+            if ex.attempts:  # added up: a round may wait twice after one failure
+                ex.attempts[-1]["wait_ms"] = ex.attempts[-1].get("wait_ms", 0) + round(wait * 1000)
             await asyncio.sleep(wait)
             continue
         node = upstream.nodes[choice.index]

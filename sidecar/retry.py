@@ -118,7 +118,8 @@ class RetryPlan:
         Retry-After or backoff is not over (a new round must not undo the wait it began with)."""
         if not self.nodes:
             return self.this_round  # nothing failed yet: the common case, with no set to build
-        return self.this_round | {i for i, t in self.nodes.items() if t.final or t.ready_at > now}
+        # A millisecond of slack: a sleep may end a hair before the time it was asked to wait for.
+        return self.this_round | {i for i, t in self.nodes.items() if t.final or t.ready_at > now + 0.001}
 
     def failed(self, index: int, fault: Fault, retry_after: float | None, now: float) -> Decision:
         """Record a failed attempt; say whether the same node goes next (after how long)."""

@@ -136,7 +136,8 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "# Passive checks: outcomes of real traffic. These statuses fail over to another node;\n"
-        "# other 4xx (bad request, unknown model, context too long) pass through unchanged.\n"
+        "# other 4xx (bad request, unknown model) pass through unchanged; a request too long for a node's\n"
+        "# context window goes to the next node, with no health penalty.\n"
         "# Without active checks an ejected node gets one trial request after base_ejection_time\n"
         "# (doubling per ejection up to max_ejection_time). Omit this table to disable them.",
         {

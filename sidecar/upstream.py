@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .affinity import Pins
 from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
-from .config import Config, Node
+from .config import Config, Node, PassiveCheck
 from .events import EventHub
 from .health import Failure, Health, ModelStates, Source, State, Transition
 from .shapes import ProbeJSON
@@ -175,16 +175,15 @@ class Upstream:
         per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
         auth failures are the node's."""
         passive = node.config.checks.passive
-        if passive is None:
-            return False
-        if failure.status == 429:
+        if failure.status == 429:  # with passive checks off too: a rate limit is never a verdict on the node
+            passive = passive or PassiveCheck()
             until = now + (failure.retry_after if failure.retry_after is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
             self.by_model = True
             self._model_event(node, model, "rate limited", failure.reason)
             return True
         by_model = failure.status >= 500 or failure.kind is Failure.TIMEOUT
-        if not by_model or not node.models.others_fine(model, now, OTHERS_FINE_WITHIN):
+        if passive is None or not by_model or not node.models.others_fine(model, now, OTHERS_FINE_WITHIN):
             return False
         threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
         state = node.models.get(model)

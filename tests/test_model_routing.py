@@ -226,3 +226,15 @@ async def test_cached_prompt_tokens_are_counted() -> None:
     h = Harness(lambda node, r: Script(body=[usage]), cfg())
     await h.request(ask("m"))
     assert h.last_event()["tokens_cached"] == 64 and h.node("primary").stats.tokens_cached == 64
+
+
+async def test_a_rate_limit_is_per_model_with_passive_checks_off_too() -> None:
+    def handler(node: str, request: Request) -> Script:
+        if node == "primary" and json.loads(request.body)["model"] == "gpt-4o":
+            return Script(429, (("retry-after", "30"),), [b"{}"])
+        return Script(body=[OK])
+
+    h = Harness(handler, cfg(checks={}))  # a minimal file: no checks tables at all
+    assert (await h.request(ask("gpt-4o"))).headers["x-llm-sidecar-node"] == "backup"
+    assert (await h.request(ask("gpt-4o-mini"))).headers["x-llm-sidecar-node"] == "primary"
+    assert h.runtime.upstream.serving().name == "primary"  # the node is not out: no false failover shown

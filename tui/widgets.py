@@ -239,6 +239,8 @@ class HealthLog(RichLog):
         line = Text(f"{stamp} ")
         if kind == "health":
             line.append(f"{clean(event['node'])} ")
+            if event.get("model"):
+                line.append(f"{clean(event['model'], 60)}: ")
             line.append(clean(event["after"]), style=STATE_STYLE.get(event["after"], ""))
             line.append(f" ({clean(event['reason'], 500)})")
         elif kind == "manual":
