@@ -32,6 +32,7 @@ from .upstream import NodeState, Upstream
 log = logging.getLogger("llm_sidecar")
 
 CHAT_PATH = "/v1/chat/completions"
+MAX_MODEL_NAME = 200  # of a client's model name in errors and the log
 
 
 class Route(NamedTuple):
@@ -56,6 +57,7 @@ def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, 
         parsed = None
     if parsed is not None:
         model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
+        ex.model = model if model is None else model[:MAX_MODEL_NAME]  # the log names what was routed
     skip = upstream.not_serving(model) if upstream.routes and model is not None else frozenset()
     if upstream.pins is None:
         return Route(model, skip)
@@ -140,7 +142,7 @@ async def forward(
         if choice is None:
             now = upstream.clock()
             excluded = plan.excluded(now) | route.skip
-            out = upstream.models_out(route.model, now) if route.model is not None and upstream.by_model else None
+            out = upstream.models_out(route.model, now) if route.model is not None else None
             choice = upstream.choose(excluded | out if out else excluded, route.prefer)
             if choice is None and out:  # the model is out on every node left: try anyway, as in panic
                 choice = upstream.choose(excluded, route.prefer)
@@ -205,7 +207,8 @@ async def not_served(send: Send, ex: Exchange, model: str | None, served: list[s
     """No node's `models` table has the model: a clear 404, and no node is asked."""
     names = ", ".join(served[:50]) + (", ..." if len(served) > 50 else "")
     ex.status = 404
-    ex.error = f"model {model!r} is not served by any node"
+    shown = model if model is None or len(model) <= MAX_MODEL_NAME else model[:MAX_MODEL_NAME] + "..."
+    ex.error = f"model {shown!r} is not served by any node"  # bounded: the name is the client's
     await send_error(
         send, 404, f"{ex.error} (served: {names})", "invalid_request_error", "model_not_found",
         [(b"x-request-id", ex.rid.encode())],

@@ -60,4 +60,11 @@ def render_status(data: StatusJSON) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     lines.append("(* = serving)")
+    out = [(n["name"], m) for n in data["nodes"] for m in n.get("models", ())]
+    if out:
+        lines.append("")
+        lines.append("models out on a node (the node itself serves its other models):")
+        for name, m in out:
+            left = f", {max(0, round(m['until'] - now))}s left" if m["until"] else ""
+            lines.append(f"  {name}: {m['model']} {m['state']}{left} ({m['reason']})")
     return "\n".join(lines)

@@ -91,8 +91,6 @@ class Upstream:
         self.routes = any(n.config.models for n in self.nodes)
         self.served = sorted({m for n in self.nodes for m in n.config.models if m != "*"})
         self.serving_cache: dict[str, frozenset[int]] = {}
-        # Whether any model was ever out on a node of this generation (else nothing to look up per request).
-        self.by_model = any(n.models.health for n in self.nodes)
         # Affinity only matters where one level holds several nodes to spread over.
         ttl = config.upstream.affinity_ttl
         priorities = [n.config.priority for n in self.nodes]
@@ -179,7 +177,6 @@ class Upstream:
             passive = passive or PassiveCheck()
             until = now + (failure.retry_after if failure.retry_after is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
-            self.by_model = True
             self._model_event(node, model, "rate limited", failure.reason)
             return True
         by_model = failure.status >= 500 or failure.kind is Failure.TIMEOUT
@@ -187,7 +184,6 @@ class Upstream:
             return False
         threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
         state = node.models.get(model)
-        self.by_model = True
         if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
             self._model_event(node, model, "ejected", failure.reason)
         return True
@@ -196,8 +192,12 @@ class Upstream:
         log.warning("node %s, model %s: %s (%s)", node.name, model, after, reason)
         self.events.publish("health", node=node.name, model=model, before="healthy", after=after, reason=reason)
 
-    def models_out(self, model: str, now: float) -> set[int]:
-        """Nodes where `model` itself is out (rate-limited or ejected) while the node may be fine."""
+    def models_out(self, model: str, now: float) -> set[int] | None:
+        """Nodes where `model` itself is out (rate-limited or ejected) while the node may be fine; None
+        when no node has any per-model state (the common case: nothing to build). The states are shared
+        with the generation before a reload, so a verdict recorded by a request on it counts here too."""
+        if not any(n.models.health for n in self.nodes):
+            return None
         return {i for i, n in enumerate(self.nodes) if n.models.health and not n.models.available(model, now)}
 
     def probed(self, node: NodeState, kind: Failure | None, reason: str) -> None:

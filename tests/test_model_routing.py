@@ -238,3 +238,17 @@ async def test_a_rate_limit_is_per_model_with_passive_checks_off_too() -> None:
     assert (await h.request(ask("gpt-4o"))).headers["x-llm-sidecar-node"] == "backup"
     assert (await h.request(ask("gpt-4o-mini"))).headers["x-llm-sidecar-node"] == "primary"
     assert h.runtime.upstream.serving().name == "primary"  # the node is not out: no false failover shown
+
+
+async def test_a_huge_unknown_model_name_is_bounded_in_the_404_and_the_log() -> None:
+    h = Harness(lambda node, r: Script(body=[OK]), cfg(OPENAI, CHAT_ONLY))
+    got = await h.request(ask("Z" * 100_000))
+    assert got.status == 404 and len(got.body) < 1000
+    assert len(h.last_event()["error"]) < 300 and len(h.last_event()["model"]) == 200
+
+
+async def test_the_routed_model_is_the_top_level_one_not_a_nested_key() -> None:
+    body = {"metadata": {"model": "gpt-4o"}, **ask("deepseek-chat")}
+    h = Harness(lambda node, r: Script(body=[OK]), cfg(OPENAI, CHAT_ONLY))
+    got = await h.request(body)
+    assert got.headers["x-llm-sidecar-node"] == "backup" and h.last_event()["model"] == "deepseek-chat"

@@ -4,9 +4,13 @@ simulated prompt cache (the cached share through the sidecar, with and without a
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any
 
 import httpx
+
+from .conftest import cli
 
 CHAT = "/v1/chat/completions"
 
@@ -75,6 +79,8 @@ async def test_a_rate_limit_on_one_model_keeps_only_that_model_out(fakes, sideca
     assert status["state"] == "healthy"
     [out] = status["models"]
     assert out["model"] == "fault-429-long-a" and out["state"] == "rate limited" and out["until"] is not None
+    table = await asyncio.to_thread(cli, "status", "--control-socket", str(car.socket))
+    assert "primary: fault-429-long-a rate limited, 6" in table.stdout  # about 60 s left
 
 
 async def cached_share(fakes, sidecar, client, *, nodes: int, affinity: bool) -> float:
@@ -90,9 +96,11 @@ async def cached_share(fakes, sidecar, client, *, nodes: int, affinity: bool) ->
     # Each conversation's own context dominates its prompt (a repository, a document), as an agent's does.
     histories = {n: [{"role": "system", "content": "You are an agent."},
                      {"role": "user", "content": f"task {n}: " + f"context {n} " * 200}]
-                 for n in range(15)}  # fmt: skip
+                 for n in range(20)}  # fmt: skip
+    order = random.Random(7)
     for turn in range(3):
-        for _n, messages in histories.items():
+        for n in order.sample(sorted(histories), len(histories)):
+            messages = histories[n]
             r = await chat(client, car, "gpt-4o-mini", *messages)
             assert r.status_code == 200
             messages += [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]},
