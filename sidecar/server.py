@@ -17,7 +17,7 @@ from typing import Any
 
 from .acceptor import Acceptor
 from .checker import ActiveChecker
-from .config import Config
+from .config import Config, ConfigError
 from .http1 import HTTPServer, Limits
 from .proxy import ProxyApp
 from .runtime import Runtime
@@ -153,6 +153,34 @@ class Stopper:
             self.timer.cancel()
 
 
+@contextlib.contextmanager
+def reload_on_hangup(runtime: Runtime) -> Iterator[None]:
+    """SIGHUP re-reads the config file, as daemons do. Its default action killed the process at once,
+    cutting every request in flight and leaving the control socket file behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = loop.create_task(reload_quietly(runtime))
+        pending.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def reload_quietly(runtime: Runtime) -> None:
+    log.info("SIGHUP: reloading %s", runtime.config.path)
+    with contextlib.suppress(ConfigError):  # logged and published by reload; the running config stays
+        await runtime.reload()
+
+
 def raise_fd_limit() -> None:
     """Every proxied request holds two descriptors: use all the hard limit allows."""
     try:
@@ -173,7 +201,7 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     # Signals are handled before the port opens: a client that can connect may signal us at once.
     server = Server(app, limits_of(config))
     stopper = Stopper(server, app, grace)
-    with server.signals(stopper.signal):
+    with server.signals(stopper.signal), reload_on_hangup(runtime):
         try:
             await _serve(runtime, server, control_socket)
         finally:

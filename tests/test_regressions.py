@@ -517,3 +517,35 @@ async def test_answers_carry_a_request_id_and_the_access_log_prints_no_none(fake
     non_stream = next(line for line in lines if "id=regress-11 " in line)
     assert "ttft_ms=None" not in non_stream and " ttft_ms=- " in non_stream, non_stream
     assert "=None" not in "\n".join(lines)
+
+
+async def test_sighup_reloads_the_file_and_cuts_no_request(fakes, sidecar, client) -> None:
+    # SIGHUP's default action killed the sidecar at once: every stream cut, the socket file left behind.
+    primary = await fakes("primary", chunks=20, chunk_delay=0.05)
+    car = await sidecar(two_node_config(primary, await fakes("backup")))
+    lines: list[str] = []
+    async with client.stream("POST", car.url + CHAT, json=chat(stream=True)) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                lines.append(line)
+            if len(lines) == 3:
+                config = tomllib.loads(car.config_path.read_text())
+                config["upstream"]["nodes"][0]["weight"] = 7
+                car.config_path.write_text(tomli_w.dumps(config))
+                car.proc.send_signal(signal.SIGHUP)
+    assert lines[-1] == "data: [DONE]" and sum('" word' in line for line in lines) == 20
+    assert await eventually(lambda: _weight(car, "primary", 7), 5)
+    # A broken edit is refused with one log line; the running config and the process stay.
+    car.config_path.write_text(car.config_path.read_text().replace("weight = 7", 'weight = "heavy"'))
+    car.proc.send_signal(signal.SIGHUP)
+    assert await eventually(lambda: _logged(car, "upstream.nodes[0].weight"), 5)
+    assert car.proc.poll() is None and (await car.node("primary"))["weight"] == 7
+    assert car.socket.exists()
+
+
+async def _weight(car: Any, name: str, weight: int) -> bool:
+    return (await car.node(name))["weight"] == weight
+
+
+async def _logged(car: Any, text: str) -> bool:
+    return text in car.log_path.read_text(errors="replace")
