@@ -128,6 +128,7 @@ class Node:
     priority: int = 0
     api_key: str | None = field(default=None, repr=False, compare=False)
     api_key_env: str | None = None
+    url_had_v1: bool = field(default=False, compare=False)  # the file's url ended in /v1 (dropped: see _parse_url)
     models: Mapping[str, str] = field(default_factory=dict)
     checks: Checks = field(default_factory=Checks)
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
@@ -349,7 +350,10 @@ def _parse_url(table: _Table, raw: str) -> str:
         raise table.error("url", f"expected an http:// or https:// URL, got {_show(raw)}")
     if parts.query or parts.fragment or "?" in raw or "#" in raw:  # even empty: paths are appended to the URL
         raise table.error("url", f"must not carry a query or fragment, got {_show(raw)}")
-    return raw.rstrip("/")
+    url = raw.rstrip("/")
+    # Providers document their base URL with /v1 (and the openai SDK's base_url has it), but the sidecar
+    # appends the client's whole path, /v1 included: kept, every request would go to /v1/v1/....
+    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def _control_socket(table: _Table) -> str:
@@ -492,6 +496,7 @@ def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str])
     node = Node(
         name=name,
         url=_parse_url(t, url),
+        url_had_v1=url.rstrip("/").endswith("/v1"),
         weight=t.integer("weight", 1, minimum=1),
         priority=t.integer("priority", 0),
         api_key=api_key,

@@ -79,6 +79,10 @@ def render(config: Config) -> str:
         for node in level:
             models = ", ".join(f"{k} -> {v}" for k, v in node.models.items()) or "any, unchanged"
             lines.append(f"  {node.name:<12} {node.url}  weight {node.weight}  {_key(node)}  models: {models}")
+            if node.url_had_v1:
+                lines.append(
+                    " " * 15 + "(the /v1 at the end of its url is dropped: each request's path brings its own)"
+                )
             extra = []
             if node.timeout != t:
                 nt = node.timeout

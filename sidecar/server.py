@@ -229,6 +229,11 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
     runtime.on_reload = checker.sync
     nodes = ", ".join(f"{n.name}(priority {n.priority}, weight {n.weight})" for n in config.upstream.nodes)
     log.info("llm-sidecar %s listening on http://%s/v1 -> %s", runtime.version, config.server.listen, nodes)
+    for node in config.upstream.nodes:
+        if node.url_had_v1:
+            log.info(
+                "node %s: the /v1 at the end of its url is dropped (each request's path brings its own)", node.name
+            )
     if control is not None:
         log.info("control socket %s", control.path)
     tune_gc()

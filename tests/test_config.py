@@ -216,3 +216,12 @@ def test_control_socket_default(tmp_path: Path) -> None:
 def test_credentials_in_a_url_are_refused_without_being_echoed() -> None:
     error = error_of(minimal(url="https://me:sk-secret@x.com"))
     assert "sk-secret" not in str(error)
+
+
+def test_a_node_url_with_v1_at_the_end_is_taken_as_its_base() -> None:
+    data = minimal()
+    data["upstream"]["nodes"][0]["url"] = "https://openrouter.ai/api/v1/"
+    node = parse(data, "cfg.toml", ENV).upstream.nodes[0]
+    assert node.url == "https://openrouter.ai/api" and node.url_had_v1
+    data["upstream"]["nodes"][0]["url"] = "https://example.com/v1beta"  # only a whole /v1 segment
+    assert parse(data, "cfg.toml", ENV).upstream.nodes[0].url == "https://example.com/v1beta"

@@ -549,3 +549,13 @@ async def _weight(car: Any, name: str, weight: int) -> bool:
 
 async def _logged(car: Any, text: str) -> bool:
     return text in car.log_path.read_text(errors="replace")
+
+
+async def test_a_node_url_ending_in_v1_reaches_the_right_path(fakes, sidecar, client) -> None:
+    # Every provider documents its base URL with /v1; kept, each request went to /v1/v1/... and got 404.
+    primary = await fakes("primary")
+    car = await sidecar(two_node_config(primary.url + "/v1", await fakes("backup")))
+    r = await client.post(car.url + CHAT, json=chat())
+    assert r.status_code == 200 and r.headers["x-llm-sidecar-node"] == "primary"
+    assert primary.stats.paths[-1] == "/v1/chat/completions"
+    assert "the /v1 at the end of its url is dropped" in car.log()
