@@ -24,17 +24,14 @@ MAX_CONTINUATIONS = 3  # breaks one stream may survive
 class Transcript:
     """What a chat-completions stream has delivered so far, event by event."""
 
-    __slots__ = ("created", "done", "finished", "id", "model", "parts", "reason", "unsafe", "usage")
+    __slots__ = ("done", "finished", "id", "parts", "unsafe")
 
     def __init__(self) -> None:
-        self.id: str | None = None
-        self.model: str | None = None
-        self.created: int | None = None
+        self.id: str | None = None  # the original stream's: a continuation's events are re-stamped with it
         self.parts: list[str] = []
         self.finished = False  # a finish_reason arrived: the answer is whole
         self.done = False  # [DONE] arrived
         self.unsafe: str | None = None  # why the stream cannot be continued (tool calls, several choices)
-        self.usage = False
 
     @property
     def text(self) -> str:
@@ -63,11 +60,6 @@ class Transcript:
             return signal
         if self.id is None and isinstance(payload.get("id"), str):
             self.id = payload["id"]
-            self.created = payload.get("created") if isinstance(payload.get("created"), int) else None
-        if isinstance(payload.get("model"), str):
-            self.model = payload["model"]
-        if payload.get("usage"):
-            self.usage = True
         for choice in payload.get("choices") or ():
             if not isinstance(choice, dict):
                 continue

@@ -57,11 +57,10 @@ def fault_of(error: UpstreamError) -> Fault:
 
 @dataclass
 class NodeTries:
-    times: list[float] = field(default_factory=list)  # when each attempt started
+    times: list[float] = field(default_factory=list)  # when each failed attempt started
     ready_at: float = 0.0  # not before (a Retry-After or a backoff)
     same_used: int = 0  # same-node retries spent
     final: bool = False  # never again in this request
-    fault: Fault | None = None  # of the last attempt
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,6 @@ class RetryPlan:
         self.nodes: dict[int, NodeTries] = {}
         self.this_round: set[int] = set()
         self.attempts = 0
-        self.rounds = 0
         self.current = started  # when the attempt under way started
 
     def tries(self, index: int) -> NodeTries:
@@ -125,7 +123,6 @@ class RetryPlan:
         """Record a failed attempt; say whether the same node goes next (after how long)."""
         tries = self.tries(index)
         tries.times.append(self.current)
-        tries.fault = fault
         policy = self.policy
         count = len(tries.times)
         if fault in (Fault.SILENT, Fault.FINAL) or count >= policy.attempts_per_node:
@@ -156,7 +153,6 @@ class RetryPlan:
         if not ready:
             return None
         self.this_round.clear()
-        self.rounds += 1
         return max(0.0, min(ready) - now)
 
     def backoff(self, retry: int) -> float:

@@ -110,13 +110,18 @@ def signal_of(payload: Any) -> Signal:
     return Signal.TOKEN if not choices and payload.get("usage") else Signal.WAIT
 
 
+# What looks like a credential in a node's own words ("Incorrect API key provided: sk-proj-ab***"): such text
+# goes on to the log, the trail header and the monitor, which never show keys.
+_KEYLIKE = re.compile(r"(?:sk|key|rk|pk)-[A-Za-z0-9_*.-]{6,}|[A-Za-z0-9_-]{32,}")
+
+
 def error_text(data: bytes, limit: int = 120) -> str:
-    """What an error event says, short and printable (it reaches logs and the monitor)."""
+    """What an error event says, short and printable (it reaches logs and the monitor), key-like words masked."""
     try:
         payload = json.loads(data)
         error = payload.get("error", payload) if isinstance(payload, dict) else payload
         message = error.get("message", "") if isinstance(error, dict) else str(error)
     except (ValueError, RecursionError, AttributeError):
         message = ""
-    text = str(message)[:limit]
+    text = _KEYLIKE.sub("[redacted]", str(message)[: limit * 4])[:limit]
     return "".join(c if c.isprintable() else "?" for c in text)

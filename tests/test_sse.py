@@ -110,3 +110,13 @@ def test_restamp_drops_the_role_opening_and_keeps_the_original_id() -> None:
     payload = json.loads(first[len(b"data: ") :])
     assert payload["id"] == "orig" and payload["choices"][0]["delta"] == {"content": "lo"}
     assert r.event(parse_event(b"[DONE]")) == b"data: [DONE]\n\n"
+
+
+def test_an_error_events_text_is_short_printable_and_shows_no_key() -> None:
+    from sidecar.sse import error_text
+
+    said = b'{"error": {"message": "Incorrect API key provided: sk-proj-abcdef123456. \\u001b[31m"}}'
+    text = error_text(said)
+    assert "sk-proj" not in text and "[redacted]" in text and "\x1b" not in text
+    assert error_text(b'{"error": {"message": "' + b"x" * 500 + b'"}}') == "[redacted]"  # one long token
+    assert len(error_text(b'{"error": {"message": "' + b"a " * 500 + b'"}}')) == 120
