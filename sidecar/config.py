@@ -23,11 +23,15 @@ from urllib.parse import urlsplit
 CONFIG_ENV = "LLM_SIDECAR_CONFIG"
 CONFIG_NAME = "llm-sidecar.toml"
 DEFAULT_LISTEN = "127.0.0.1:8787"
-DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504)
+# 529: Anthropic's overloaded_error.
+DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504, 529)
 # How a node continues a partial answer (README lists providers): "prefill", a trailing assistant
 # message; "prefix" / "partial", the same marked `"prefix": true` / `"partial": true`;
 # "continue_final_message", the same with vLLM's `continue_final_message` request fields.
 CONTINUATIONS = ("none", "prefill", "prefix", "partial", "continue_final_message")
+# The request format a node speaks: OpenAI's (/v1/chat/completions, ...) or Anthropic's Messages API
+# (/v1/messages). A request goes only to nodes of its own format: the sidecar translates nothing.
+APIS = ("openai", "anthropic")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLAIN_KEY = re.compile(r"[^\s.\[\]\"\\]+")
 # Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the
@@ -133,6 +137,7 @@ class Node:
     checks: Checks = field(default_factory=Checks)
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
+    api: str = "openai"  # the request format it speaks: APIS
 
     def serves(self, model: str) -> bool:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves
@@ -159,6 +164,8 @@ class ServerConfig:
     keepalive_timeout: float = 30.0  # seconds an idle client connection stays open
     max_connections: int = 4096  # open client connections (also bounded by the open-file limit)
     max_event_subscribers: int = 64  # control API /v1/events readers at once; 503 past it
+    metrics_path: str = "/metrics"  # Prometheus metrics on the proxy listener; "" = off (the control socket has them)
+    watch: bool = True  # re-read the config file when it is saved
 
     @property
     def listen(self) -> str:
@@ -356,6 +363,15 @@ def _parse_url(table: _Table, raw: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def _metrics_path(table: _Table) -> str:
+    path: str = table.get("metrics_path", str, ServerConfig.metrics_path)
+    if path and (not path.startswith("/") or path.startswith("/v1/") or path == "/healthz" or _bad_char(path)):
+        raise table.error(
+            "metrics_path", f'expected "" (off) or a path like "/metrics" outside /v1/ and /healthz, got {_show(path)}'
+        )
+    return path
+
+
 def _control_socket(table: _Table) -> str:
     """Checked here so `check` catches it and `run` creates nothing before refusing it."""
     raw: str = table.get("control_socket", str, "")
@@ -505,6 +521,7 @@ def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str])
         checks=_checks(t.table("checks"), checks),
         timeout=_timeouts(t.table("timeout"), timeouts),
         continuation=_choice(t, "continuation", CONTINUATIONS),
+        api=_choice(t, "api", APIS),
     )
     t.done()
     return node
@@ -540,6 +557,8 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         keepalive_timeout=server_t.number("keepalive_timeout", ServerConfig.keepalive_timeout, minimum=0.01),
         max_connections=server_t.integer("max_connections", ServerConfig.max_connections, minimum=1),
         max_event_subscribers=server_t.integer("max_event_subscribers", ServerConfig.max_event_subscribers, minimum=1),
+        metrics_path=_metrics_path(server_t),
+        watch=server_t.get("watch", bool, ServerConfig.watch),
     )
     server_t.done()
 
