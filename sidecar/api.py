@@ -29,6 +29,7 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
     return {
         "name": cfg.name,
         "url": cfg.url,
+        "api": "anthropic" if cfg.api == "anthropic" else "openai",
         "priority": cfg.priority,
         "weight": cfg.weight,
         "state": health.state.value,

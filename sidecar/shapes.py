@@ -66,6 +66,7 @@ class ModelStateJSON(TypedDict):
 class NodeJSON(TypedDict):
     name: str
     url: str
+    api: Literal["openai", "anthropic"]  # the request format the node speaks
     priority: int
     weight: int
     state: NodeStateName
