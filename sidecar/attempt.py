@@ -91,6 +91,8 @@ def status_reason(status: int) -> str:
         return f"auth ({status})"
     if status == 429:
         return "rate limited (429)"
+    if status == 529:  # Anthropic's overloaded_error
+        return "overloaded (529)"
     return f"http {status}"
 
 

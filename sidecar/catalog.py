@@ -25,6 +25,7 @@ from typing import Any
 from yarl import URL
 
 from .config import Node
+from .dialect import ANTHROPIC, OPENAI, Api
 from .errors import Send, send_error, send_json
 from .runtime import Runtime
 from .transport import Request, UpstreamError
@@ -100,9 +101,10 @@ def any_name(node: Node) -> bool:
 
 
 def probe_lists(node: Node) -> bool:
-    """Whether the node's active probe fetches its list anyway (the probe then keeps it fresh)."""
+    """Whether the node's active probe fetches its list anyway (the probe then keeps it fresh).
+    Not on an Anthropic node: its list comes in pages (20 ids by default), fetched here in one."""
     check = node.checks.active
-    return check is not None and check.http_path == LIST_PATH
+    return check is not None and check.http_path == LIST_PATH and node.api != ANTHROPIC
 
 
 def considered(nodes: Sequence[NodeState], now: float) -> list[NodeState]:
@@ -134,13 +136,25 @@ def merge(nodes: Sequence[NodeState]) -> dict[str, str]:
     return {model: by for model, by in found.items() if by is not None}
 
 
-def model_object(model: str, owned_by: str) -> dict[str, Any]:
+def model_object(model: str, owned_by: str, api: Api = OPENAI) -> dict[str, Any]:
     # created 0: the sidecar does not know when the provider created a model, and the SDK needs an int.
+    if api == ANTHROPIC:
+        return {"type": "model", "id": model, "display_name": model, "created_at": "1970-01-01T00:00:00Z"}
     return {"id": model, "object": "model", "created": 0, "owned_by": owned_by}
 
 
-def list_body(owners: dict[str, str]) -> bytes:
-    data = [model_object(model, by) for model, by in owners.items()]
+def of_api(nodes: Sequence[NodeState], api: Api) -> Sequence[NodeState]:
+    """The nodes a client of `api` can send requests to; all of them when none speaks it (a list of what
+    the sidecar serves is then more use than an empty one)."""
+    speaking = [n for n in nodes if n.config.api == api]
+    return speaking or nodes
+
+
+def list_body(owners: dict[str, str], api: Api = OPENAI) -> bytes:
+    data = [model_object(model, by, api) for model, by in owners.items()]
+    if api == ANTHROPIC:  # one page holding everything
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return json.dumps({"data": data, "has_more": False, "first_id": first, "last_id": last}).encode()
     return json.dumps({"object": "list", "data": data}).encode()
 
 
@@ -165,8 +179,9 @@ async def fetch(upstream: Upstream, node: NodeState) -> tuple[str, ...] | None:
     Bounded in time (FETCH_SECONDS) and size (MAX_LIST_BYTES); the response is released when read
     whole and closed otherwise, so no connection is left half-read in the pool.
     """
-    headers = [("Authorization", node.auth)] if node.auth else []
-    request = Request("GET", URL(node.config.url + LIST_PATH, encoded=True), headers)
+    headers = node.own_headers()
+    query = "?limit=1000" if node.config.api == ANTHROPIC else ""  # Anthropic's most per page
+    request = Request("GET", URL(node.config.url + LIST_PATH + query, encoded=True), headers)
     try:
         async with asyncio.timeout(FETCH_SECONDS):
             response = await upstream.transport.send(node.name, request)
@@ -220,20 +235,24 @@ async def refresh(upstream: Upstream, nodes: Iterable[NodeState]) -> None:
         await asyncio.gather(*waits, return_exceptions=True)
 
 
-async def answer(runtime: Runtime, model: str, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
-    """Answer GET /v1/models (`model` "") or GET /v1/models/{model} (see `requested`)."""
+async def answer(
+    runtime: Runtime, model: str, send: Send, headers: list[tuple[bytes, bytes]], anthropic: bool = False
+) -> None:
+    """Answer GET /v1/models (`model` "") or GET /v1/models/{model} (see `requested`), in Anthropic's
+    shape and from its nodes for an Anthropic client (dialect.wants_anthropic), else OpenAI's."""
+    api: Api = ANTHROPIC if anthropic else OPENAI
     upstream = runtime.acquire()  # a reload must not close the transport under a fetch
     try:
-        nodes = considered(upstream.nodes, upstream.clock())
+        nodes = considered(of_api(upstream.nodes, api), upstream.clock())
         if not model:
             await refresh(upstream, nodes)
-            await send_json(send, 200, list_body(merge(nodes)), headers)
+            await send_json(send, 200, list_body(merge(nodes), api), headers)
             return
         # A node that takes any name serves ids its provider's list lacks (or has not been fetched):
         # no list is needed to answer for one id.
         by = owner(model, nodes) if valid_id(model) else None
         if by is not None:
-            await send_json(send, 200, json.dumps(model_object(model, by)).encode(), headers)
+            await send_json(send, 200, json.dumps(model_object(model, by, api)).encode(), headers)
             return
         shown = model if len(model) <= MAX_ID_CHARS else model[:MAX_ID_CHARS] + "..."
         await send_error(
@@ -243,6 +262,7 @@ async def answer(runtime: Runtime, model: str, send: Send, headers: list[tuple[b
             "invalid_request_error",
             "model_not_found",
             headers,
+            api,
         )
     finally:
         runtime.release(upstream)

@@ -27,7 +27,7 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
     check = node.config.checks.active
     if check is None:
         return
-    headers = [("Authorization", node.auth)] if node.auth else []
+    headers = node.own_headers()
     request = Request("GET", URL(node.config.url + check.http_path, encoded=True), headers)
     started = time.monotonic()
     status: int | None = None

@@ -1,16 +1,15 @@
-"""OpenAI-style JSON errors, so SDKs surface the sidecar's own errors cleanly."""
+"""The sidecar's own JSON errors, in the request's format (dialect.py), so SDKs surface them cleanly."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .dialect import OPENAI, Api, error_json
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-
-def error_json(message: str, type_: str, code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()
+__all__ = ["Send", "error_json", "send_error", "send_json"]
 
 
 async def send_json(send: Send, status: int, payload: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
@@ -35,7 +34,8 @@ async def send_error(
     type_: str,
     code: str | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
+    api: Api = OPENAI,
 ) -> None:
-    # The openai SDK retries 5xx/429 twice by default; we already retried.
+    # The openai and anthropic SDKs retry 5xx/429 twice by default; we already retried.
     extra = [(b"x-should-retry", b"false"), *headers]
-    await send_json(send, status, error_json(message, type_, code), extra)
+    await send_json(send, status, error_json(message, type_, code, api=api, status=status), extra)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .dialect import ANTHROPIC, OPENAI, AnthropicUsage, Api
 from .upstream import NodeState
 
 # Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
@@ -33,6 +34,7 @@ class Exchange:
     model: str | None
     stream: bool
     started: float
+    api: Api = OPENAI  # the request's format, from its path
     attempts: list[dict[str, Any]] = field(default_factory=list)  # failed attempts: node, reason, wait_ms
     continued: list[dict[str, str]] = field(default_factory=list)  # continuations: from, to, reason
     node: str | None = None
@@ -43,6 +45,7 @@ class Exchange:
     tokens_out: int | None = None
     tokens_cached: int | None = None  # prompt tokens the provider served from its cache
     error: str | None = None
+    usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
@@ -55,6 +58,7 @@ class Exchange:
             "id": self.rid,
             "method": self.method,
             "path": self.path,
+            "api": self.api,
             "model": self.model,
             "node": self.node,
             "status": self.status,
@@ -95,6 +99,11 @@ def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
 
 
 def count_tokens(ex: Exchange, data: bytes) -> None:
+    if ex.api == ANTHROPIC:
+        usage = ex.usage = ex.usage or AnthropicUsage()
+        if usage.feed(data):
+            ex.tokens_in, ex.tokens_out, ex.tokens_cached = usage.prompt, usage.output, usage.cache_read
+        return
     start = data.rfind(b'"usage"')  # the counts follow it: scan only from there
     if start < 0:
         return

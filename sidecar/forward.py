@@ -21,6 +21,7 @@ from .affinity import SESSION_HEADER, conversation_key
 from .attempt import Attempt, Body, Ready, first_bytes, is_json_api
 from .balancer import Choice
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
+from .dialect import ANTHROPIC, ANTHROPIC_VERSION, NAMES, VERSION_HEADER
 from .errors import Send, send_error
 from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .health import Failure
@@ -48,8 +49,9 @@ class Route(NamedTuple):
 def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange) -> Route:
     """The body is parsed only when a `models` table routes or a pin may apply. A body that does not parse
     still goes, byte for byte, to nodes that need no rewrite (one that does answers 400 then)."""
+    format_skip = upstream.other_api[ex.api]
     if not upstream.routes and upstream.pins is None:
-        return Route(ex.model)
+        return Route(ex.model, format_skip)
     model = ex.model
     try:
         parsed = rewriter.parse()
@@ -58,7 +60,7 @@ def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, 
     if parsed is not None:
         model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
         ex.model = model if model is None else model[:MAX_MODEL_NAME]  # the log names what was routed
-    skip = upstream.not_serving(model) if upstream.routes and model is not None else frozenset()
+    skip = upstream.not_serving(model) | format_skip if upstream.routes and model is not None else format_skip
     if upstream.pins is None:
         return Route(model, skip)
     session = next((v for k, v in scope["headers"] if k == SESSION_HEADER), None)
@@ -85,7 +87,7 @@ class Trip:
     route: Route = NO_ROUTE
 
     def request(self, node: NodeState, body: bytes) -> Request:
-        headers = self.headers if node.auth is None else [*self.headers, ("Authorization", node.auth)]
+        headers = [*self.headers, *node.auth] if node.auth else self.headers
         return Request(self.ex.method, self.url(node.config.url, self.suffix), headers, body, self.task)
 
     async def first(self, attempt: Attempt, request: Request) -> Ready:
@@ -120,6 +122,8 @@ async def forward(
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query: bytes = scope["query_string"]
     suffix = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    if ex.api == ANTHROPIC and not any(name == VERSION_HEADER for name, _ in scope["headers"]):
+        headers = [*headers, ("anthropic-version", ANTHROPIC_VERSION)]  # the API requires one
     trip = Trip(upstream, send, ex, BodyRewriter(body, scope["headers"]), suffix, headers, url, task)
     plan = RetryPlan(
         config.retry,
@@ -130,7 +134,10 @@ async def forward(
     )
     trip.route = route = route_of(upstream, scope, trip.rewriter, ex)
     if route.skip and len(route.skip) == len(upstream.nodes):
-        await not_served(send, ex, route.model, upstream.served)
+        if len(upstream.other_api[ex.api]) == len(upstream.nodes):
+            await no_node_speaks(send, ex)
+        else:
+            await not_served(send, ex, route.model, upstream.served)
         return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
     last: UpstreamError | None = None
@@ -180,7 +187,7 @@ async def forward(
                 log.error("request %s: %s", ex.rid, exc.reason)
                 await send_error(
                     send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
-                    "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())],
+                    "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
                 )  # fmt: skip
                 return
             ex.attempts.append({"node": node.name, "reason": exc.reason})
@@ -200,7 +207,9 @@ async def forward(
 
 async def bad_body(send: Send, ex: Exchange, exc: BadBody) -> None:
     ex.status, ex.error = 400, str(exc)
-    await send_error(send, 400, str(exc), "invalid_request_error", "invalid_json", [(b"x-request-id", ex.rid.encode())])
+    await send_error(
+        send, 400, str(exc), "invalid_request_error", "invalid_json", [(b"x-request-id", ex.rid.encode())], ex.api
+    )
 
 
 async def not_served(send: Send, ex: Exchange, model: str | None, served: list[str]) -> None:
@@ -211,7 +220,17 @@ async def not_served(send: Send, ex: Exchange, model: str | None, served: list[s
     ex.error = f"model {shown!r} is not served by any node"  # bounded: the name is the client's
     await send_error(
         send, 404, f"{ex.error} (served: {names})", "invalid_request_error", "model_not_found",
-        [(b"x-request-id", ex.rid.encode())],
+        [(b"x-request-id", ex.rid.encode())], ex.api,
+    )  # fmt: skip
+
+
+async def no_node_speaks(send: Send, ex: Exchange) -> None:
+    """No node speaks the request's format: the sidecar translates nothing, so it is a clear 404."""
+    ex.status = 404
+    ex.error = f"no node speaks {NAMES[ex.api]}"
+    await send_error(
+        send, 404, f'{ex.error}: add a node with api = "{ex.api}" to llm-sidecar.toml', "invalid_request_error",
+        "no_node_for_api", [(b"x-request-id", ex.rid.encode())], ex.api,
     )  # fmt: skip
 
 

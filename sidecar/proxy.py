@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from . import catalog
-from .errors import Send, error_json, send_error, send_json
+from .dialect import api_of, stream_error, wants_anthropic
+from .errors import Send, send_error, send_json
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
 from .interrupt import Interrupt, Reason
@@ -81,6 +82,14 @@ def path_is_safe(path: str, raw: bytes) -> bool:
     if b"." not in raw and b"%" not in raw and b"\\" not in raw and "." not in path and "\\" not in path:
         return True
     return RAW_PATH_TRICK.search(raw) is None and PATH_TRICK.search(path) is None
+
+
+def client_key_ok(key: bytes, authorization: bytes, x_api_key: bytes | None) -> bool:
+    """The client sent the sidecar's key: as a bearer token (OpenAI's SDKs, Claude Code's
+    ANTHROPIC_AUTH_TOKEN) or as `x-api-key` (Anthropic's SDKs, ANTHROPIC_API_KEY)."""
+    if x_api_key is not None and hmac.compare_digest(x_api_key, key):
+        return True
+    return hmac.compare_digest(authorization, b"Bearer " + key)
 
 
 def client_request_id(value: bytes) -> str | None:
@@ -155,6 +164,7 @@ class ProxyApp:
 
     async def http(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         path: str = scope["path"]
+        api = api_of(path)
         if scope["method"] not in ALLOWED_METHODS:
             await send_error(
                 send,
@@ -163,6 +173,7 @@ class ProxyApp:
                 "invalid_request_error",
                 "method_not_allowed",
                 [ALLOW_HEADER],
+                api,
             )
             return
         if path == "/healthz":
@@ -188,11 +199,13 @@ class ProxyApp:
                 "invalid path: dot segments, encoded slashes and backslashes are not allowed",
                 "invalid_request_error",
                 "invalid_path",
+                api=api,
             )
             return
         server = self.runtime.config.server
         rid = None
         auth = b""
+        x_api_key: bytes | None = None
         declared = -1
         connection: list[bytes] = []
         for name, value in scope["headers"]:
@@ -200,13 +213,15 @@ class ProxyApp:
                 rid = client_request_id(value)
             elif name == b"authorization":
                 auth = value
+            elif name == b"x-api-key":  # how Anthropic's clients send a key
+                x_api_key = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
             elif name == b"connection":
                 connection.append(value)
         rid = rid or self.next_id()
         rid_header = (b"x-request-id", rid.encode("latin-1"))
-        if server.api_key is not None and not hmac.compare_digest(auth, b"Bearer " + server.api_key.encode()):
+        if server.api_key is not None and not client_key_ok(server.api_key.encode(), auth, x_api_key):
             await send_error(
                 send,
                 401,
@@ -214,6 +229,7 @@ class ProxyApp:
                 "invalid_request_error",
                 "invalid_api_key",
                 [rid_header],
+                api=api,
             )
             return
         limit = server.max_body_bytes
@@ -229,10 +245,11 @@ class ProxyApp:
                 "invalid_request_error",
                 "request_too_large",
                 [rid_header],
+                api=api,
             )
             return
         if model_id is not None:  # after the key check: the list is no business of keyless clients
-            await catalog.answer(self.runtime, model_id, send, [rid_header])
+            await catalog.answer(self.runtime, model_id, send, [rid_header], wants_anthropic(scope["headers"]))
             return
         match = MODEL_RE.search(body)
         ex = Exchange(
@@ -242,6 +259,7 @@ class ProxyApp:
             model=match.group(1).decode("utf-8", "replace") if match else None,
             stream=STREAM_RE.search(body) is not None and streams(body),
             started=time.monotonic(),
+            api=api,
         )
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)
@@ -264,7 +282,7 @@ class ProxyApp:
             if not interrupt.started:
                 await send_error(
                     send, 500, "internal error in llm-sidecar (see its log)", "server_error", "internal_error",
-                    [rid_header],
+                    [rid_header], ex.api,
                 )  # fmt: skip
             elif not interrupt.complete:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -286,12 +304,12 @@ class ProxyApp:
                 ex.status = 503
                 await send_error(
                     send, 503, "llm-sidecar is stopping; retry against a running sidecar", "server_error",
-                    "sidecar_stopping", [(b"x-request-id", ex.rid.encode("latin-1"))],
+                    "sidecar_stopping", [(b"x-request-id", ex.rid.encode("latin-1"))], ex.api,
                 )  # fmt: skip
             elif not interrupt.complete:
                 body = b""
                 if ex.stream:
-                    body = b"data: " + error_json(ex.error, "server_error", "sidecar_stopping") + b"\n\n"
+                    body = stream_error(ex.error, "server_error", "sidecar_stopping", api=ex.api, status=503)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def stop_requests(self) -> int:

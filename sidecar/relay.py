@@ -6,11 +6,10 @@ attempt scope's business (it is told through `Attempt.fail`).
 
 from __future__ import annotations
 
-import re
-
 from .attempt import Attempt, Body, Ready, is_refusal
 from .continuation import Restamp, Transcript, parse_event
-from .errors import Send, error_json, send_error, send_json
+from .dialect import ENDS, error_json, stream_error
+from .errors import Send, send_error, send_json
 from .exchange import Exchange, count_tokens, count_usage, trail
 from .health import Failure
 from .sse import DONE, Signal, Splitter, data_of, error_text
@@ -33,9 +32,6 @@ RESPONSE_DROP = frozenset(
 )
 # A body streamed as it comes keeps the node's own length: the client can tell a cut from an end.
 PASS_DROP = RESPONSE_DROP - {b"content-length"}
-# Streams on these paths end with a finish_reason and `[DONE]`; one that stops before both was cut.
-ENDED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 # An incomplete SSE event is held back until it completes, so a stream cut inside
 # an event never hands the client half a JSON object; past this size it goes as it is.
 MAX_PARTIAL_EVENT = 1 << 20
@@ -67,14 +63,14 @@ async def give_up(send: Send, ex: Exchange, last: UpstreamError | None, tried: i
         return
     if not tried:
         ex.status, ex.error = 503, "no upstream node is available (all are manually down)"
-        await send_error(send, 503, ex.error, "upstream_error", "no_upstream", extra[:2])
+        await send_error(send, 503, ex.error, "upstream_error", "no_upstream", extra[:2], ex.api)
         return
     if timed_out:
         status, code = 504, "upstream_timeout"
     else:  # the last failure may name what went wrong (e.g. upstream_response_too_large)
         status, code = 502, (last.code if last is not None else None) or "upstream_unavailable"
     ex.status, ex.error = status, f"all upstream attempts failed: {why}"
-    await send_json(send, status, error_json(ex.error, "upstream_error", code), extra)
+    await send_json(send, status, error_json(ex.error, "upstream_error", code, api=ex.api, status=status), extra)
 
 
 async def relay(
@@ -116,8 +112,10 @@ async def relay(
 async def end_stream(send: Send, ex: Exchange, node: str, error: UpstreamError) -> None:
     """End a stream that broke mid-way with an SSE error event naming the break."""
     ex.error = f"stream interrupted: {error.reason}"
-    event = error_json(f"upstream {node} failed mid-stream: {error.reason}", "upstream_error", "stream_interrupted")
-    await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n", "more_body": False})
+    event = stream_error(
+        f"upstream {node} failed mid-stream: {error.reason}", "upstream_error", "stream_interrupted", api=ex.api
+    )
+    await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 async def pump(
@@ -248,14 +246,16 @@ async def relay_events(
 ) -> None:
     """An SSE answer, event by event; a break mid-stream ends it with an SSE error event.
 
-    On the completion paths an answer is whole once a `finish_reason` or `[DONE]` went by: a node that
-    ends its stream before either broke it, and at `[DONE]` the answer is over, whatever the node does next.
+    On the completion paths an answer is whole once it said how it finished (dialect.ENDS: a
+    `finish_reason` or `[DONE]`, Anthropic's `stop_reason` or `message_stop`): a node that ends its stream
+    before that broke it, and at `[DONE]` the answer is over, whatever the node does next.
     """
     response = ready.response
     ex.stream = True
     data = ready.body
     cut = event_boundary(data)
-    whole = ex.path not in ENDED_PATHS
+    end = ENDS.get(ex.path)
+    whole = end is None
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     out, pending = data[:cut], data[cut:]
     while True:
@@ -263,7 +263,7 @@ async def relay_events(
             # Usage is read from whole events only: a usage event split across reads still counts.
             if b'"usage"' in out:
                 count_tokens(ex, out)
-            if not whole and (b"[DONE]" in out or FINISH.search(out) is not None):
+            if end is not None and not whole and end.search(out) is not None:
                 whole = True
             if out.endswith(b"data: [DONE]\n\n"):
                 await send({"type": "http.response.body", "body": out, "more_body": False})
@@ -274,7 +274,7 @@ async def relay_events(
             if not chunk and pending and not pending.endswith(b"\n"):
                 # A close-delimited stream that ends inside a line: cut, whatever the transport says.
                 raise UpstreamError(Failure.TCP, "stream ended inside an event")
-            if not chunk and not whole and not (b"[DONE]" in pending or FINISH.search(pending)):
+            if not chunk and not whole and (end is None or end.search(pending) is None):
                 raise UpstreamError(Failure.TCP, "stream ended before its end")
         except UpstreamError as exc:
             attempt.fail(exc)

@@ -17,8 +17,11 @@ from typing import Any
 # An event ends at a blank line; a lone CR ends a line too (the SSE spec).
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n|\r\n\n")
 _LINE = re.compile(rb"\r\n|\n|\r")
-# Before the first token: events that only open a stream (OpenAI Responses, Anthropic).
-_OPENING_TYPES = frozenset({"response.created", "response.in_progress", "response.queued", "message_start", "ping"})
+# Before the first token: events that only open a stream (OpenAI Responses, Anthropic). Anthropic's
+# content_block_start opens a block whose text comes in the deltas; ping is its keep-alive.
+_OPENING_TYPES = frozenset(
+    {"response.created", "response.in_progress", "response.queued", "message_start", "ping", "content_block_start"}
+)
 # A delta field that carries nothing yet.
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
 

@@ -16,6 +16,7 @@ from .affinity import Pins
 from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
 from .config import Config, Node, PassiveCheck
+from .dialect import ANTHROPIC, ANTHROPIC_VERSION, APIS_SPOKEN, Api
 from .events import EventHub
 from .health import Failure, Health, ModelStates, Source, State, Transition
 from .shapes import ProbeJSON
@@ -36,7 +37,7 @@ class NodeState:
     config: Node
     health: Health
     stats: NodeStats = field(default_factory=NodeStats)
-    auth: str | None = field(default=None, repr=False)
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # the key, in the node's API's header
     last_probe: ProbeJSON | None = None
     # The model ids its provider's own GET /v1/models listed (bounded, see catalog.py), and when
     # (upstream clock) that was last asked, by the active probe or the catalog; None: never.
@@ -49,6 +50,22 @@ class NodeState:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def own_headers(self) -> list[tuple[str, str]]:
+        """What the sidecar's own requests to the node (probes, model lists) carry: its key, and for an
+        Anthropic node the API version that API requires."""
+        if self.config.api == ANTHROPIC:
+            return [*self.auth, ("anthropic-version", ANTHROPIC_VERSION)]
+        return list(self.auth)
+
+
+def auth_headers(node: Node) -> tuple[tuple[str, str], ...]:
+    """The node's key as its API takes it: `x-api-key` for Anthropic's, a bearer token for OpenAI's."""
+    if not node.api_key:
+        return ()
+    if node.api == ANTHROPIC:
+        return (("x-api-key", node.api_key),)
+    return (("Authorization", f"Bearer {node.api_key}"),)
 
 
 class Upstream:
@@ -82,8 +99,7 @@ class Upstream:
                 state.stats = old.stats
                 state.upstream_models, state.upstream_models_at = old.upstream_models, old.upstream_models_at
                 state.last_probe = old.last_probe
-            if node.api_key:
-                state.auth = f"Bearer {node.api_key}"
+            state.auth = auth_headers(node)
             self.nodes.append(state)
         self.by_name = {n.name: n for n in self.nodes}
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
@@ -91,6 +107,10 @@ class Upstream:
         self.routes = any(n.config.models for n in self.nodes)
         self.served = sorted({m for n in self.nodes for m in n.config.models if m != "*"})
         self.serving_cache: dict[str, frozenset[int]] = {}
+        # The nodes a request of each format must not go to: those speaking the other one.
+        self.other_api: dict[Api, frozenset[int]] = {
+            api: frozenset(i for i, n in enumerate(self.nodes) if n.config.api != api) for api in APIS_SPOKEN
+        }
         # Affinity only matters where one level holds several nodes to spread over.
         ttl = config.upstream.affinity_ttl
         priorities = [n.config.priority for n in self.nodes]

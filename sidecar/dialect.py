@@ -1,0 +1,127 @@
+"""The two request formats the sidecar speaks, and the little that differs between them.
+
+OpenAI's API (`/v1/chat/completions` and the rest) and Anthropic's Messages API
+(`/v1/messages`). A request goes only to nodes of its own format: nothing is
+translated. What differs is the node's key header, the sidecar's own error
+shape (so each SDK raises its own typed exceptions), how a stream ends, and how
+usage is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+Api = Literal["openai", "anthropic"]
+OPENAI: Api = "openai"
+ANTHROPIC: Api = "anthropic"
+APIS_SPOKEN: tuple[Api, ...] = (OPENAI, ANTHROPIC)
+NAMES: dict[Api, str] = {OPENAI: "the OpenAI API", ANTHROPIC: "Anthropic's Messages API (/v1/messages)"}
+
+MESSAGES_PATH = "/v1/messages"
+# The version a node gets when the client sent none: what the Anthropic API requires on every request.
+ANTHROPIC_VERSION = "2023-06-01"
+VERSION_HEADER = b"anthropic-version"
+
+# Anthropic's error type per status (its SDKs map the status to an exception class; the type is for people).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def api_of(path: str) -> Api:
+    """The format a request on `path` is in: /v1/messages and below are Anthropic's, the rest OpenAI's."""
+    if path.startswith(MESSAGES_PATH) and (len(path) == len(MESSAGES_PATH) or path[len(MESSAGES_PATH)] == "/"):
+        return ANTHROPIC
+    return OPENAI
+
+
+def wants_anthropic(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """A request that carries `anthropic-version` comes from an Anthropic client (its SDKs always send it):
+    how GET /v1/models, which both formats share, tells whose list shape to answer in."""
+    return any(name == VERSION_HEADER for name, _ in headers)
+
+
+def error_json(message: str, type_: str, code: str | None = None, *, api: Api = OPENAI, status: int = 500) -> bytes:
+    """The sidecar's own error body: OpenAI's `{"error": {message, type, code}}`, or Anthropic's
+    `{"type": "error", "error": {type, message}}` with the type its status has there."""
+    if api == ANTHROPIC:
+        kind = ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+        return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+    return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()
+
+
+def stream_error(message: str, type_: str, code: str, *, api: Api = OPENAI, status: int = 502) -> bytes:
+    """The SSE event that ends a stream the sidecar cannot complete, in the stream's own format."""
+    body = error_json(message, type_, code, api=api, status=status)
+    if api == ANTHROPIC:
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"
+
+
+# A completion stream is whole once it said how it finished; one that ends before that was cut.
+ENDS: dict[str, re.Pattern[bytes]] = {
+    "/v1/chat/completions": re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"'),
+    "/v1/completions": re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"'),
+    MESSAGES_PATH: re.compile(rb'"type"\s*:\s*"message_stop"|"stop_reason"\s*:\s*"'),
+}
+
+_USAGE = b'"usage"'
+_NUMBER = rb'"\s*:\s*(\d+)'
+_INPUT = re.compile(rb'"input_tokens' + _NUMBER)
+_OUTPUT = re.compile(rb'"output_tokens' + _NUMBER)
+_CACHE_READ = re.compile(rb'"cache_read_input_tokens' + _NUMBER)
+_CACHE_WRITE = re.compile(rb'"cache_creation_input_tokens' + _NUMBER)
+
+
+class AnthropicUsage:
+    """Token counts from Anthropic's `usage` objects, wherever they appear in a body or a stream.
+
+    A stream reports them twice: `message_start` (input and cache counts, output 1) and `message_delta`
+    (the final output count, and in newer API versions the input counts again). Anthropic's
+    `input_tokens` leaves out the cached part, so the prompt is input + cache read + cache write,
+    which is what OpenAI's prompt_tokens counts.
+    """
+
+    __slots__ = ("cache_read", "cache_write", "input", "output")
+
+    def __init__(self) -> None:
+        self.input: int | None = None
+        self.output: int | None = None
+        self.cache_read: int | None = None
+        self.cache_write: int | None = None
+
+    def feed(self, data: bytes) -> bool:
+        """Read every usage object in `data` (whole events or a whole body); True when one was found."""
+        start = data.find(_USAGE)
+        found = start >= 0
+        while start >= 0:
+            end = data.find(_USAGE, start + len(_USAGE))
+            part = data[start : end if end >= 0 else len(data)]
+            for pattern, name in (
+                (_INPUT, "input"), (_OUTPUT, "output"), (_CACHE_READ, "cache_read"), (_CACHE_WRITE, "cache_write"),
+            ):  # fmt: skip
+                match = pattern.search(part)
+                if match:
+                    setattr(self, name, int(match.group(1)))
+            start = end
+        return found
+
+    @property
+    def prompt(self) -> int | None:
+        if self.input is None:
+            return None
+        return self.input + (self.cache_read or 0) + (self.cache_write or 0)
