@@ -72,23 +72,52 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
     }
 
 
+def found(node: NodeState) -> str:
+    """What start-up learnt of one node, for the log."""
+    if node.config.checks.active is None:
+        return f"{node.name}: no active checks, judged by its traffic"
+    probe = node.last_probe
+    if probe is None:
+        return f"{node.name}: no probe answer yet"
+    verdict = "ok" if node.health.active_healthy else "UNHEALTHY, no traffic until it answers"
+    return f"{node.name}: {verdict} ({probe['result']}, {probe['latency_ms']:.0f} ms)"
+
+
 class ActiveChecker:
-    """One probe loop per node of the current upstream; restarted on reload."""
+    """One probe loop per node of the current upstream; restarted on reload.
+
+    Each loop probes at once, so a node that is wrong from the start (see Health.proven) is out
+    within its probe timeout; serving does not wait for it. What the first round found is logged.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.tasks: list[asyncio.Task[None]] = []
         self.upstream: Upstream | None = None
+        self.first_round: dict[str, asyncio.Event] = {}
 
     def sync(self) -> None:
         """(Re)start the loops when the runtime's upstream changed."""
         if self.runtime.upstream is self.upstream:
             return
+        starting = self.upstream is None
         self.stop()
         self.upstream = self.runtime.upstream
         for node in self.upstream.nodes:
             if node.config.checks.active is not None:
+                self.first_round[node.name] = asyncio.Event()
                 self.tasks.append(asyncio.ensure_future(self._loop(self.upstream, node)))
+        if starting:
+            self.tasks.append(asyncio.ensure_future(self._report(self.upstream)))
+
+    async def _report(self, upstream: Upstream) -> None:
+        checks = [n.config.checks.active for n in upstream.nodes if n.config.checks.active is not None]
+        waits = [event.wait() for event in self.first_round.values()]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(c.timeout for c in checks) + 1.0):
+                    await asyncio.gather(*waits)
+        log.info("start-up found: %s", "; ".join(found(node) for node in upstream.nodes))
 
     async def _loop(self, upstream: Upstream, node: NodeState) -> None:
         check = node.config.checks.active
@@ -98,6 +127,9 @@ class ActiveChecker:
                 await probe(upstream, node)
             except Exception:  # a bug in a probe must not end health checking
                 log.exception("active probe of %s failed", node.name)
+            first = self.first_round.pop(node.name, None)
+            if first is not None:
+                first.set()
             await asyncio.sleep(check.interval)
 
     def stop(self) -> None:

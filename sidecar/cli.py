@@ -134,6 +134,13 @@ def init(path: Path, force: bool) -> None:
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds before every answer.")
 @click.option("--chunks", type=int, default=5, show_default=True, help="SSE chunks per streamed answer.")
 @click.option("--chunk-delay", type=float, default=0.0, show_default=True, help="Seconds between chunks.")
+@click.option(
+    "--api",
+    type=click.Choice(["openai", "anthropic"]),
+    default="openai",
+    show_default=True,
+    help="The API to serve: OpenAI's chat completions, or Anthropic's Messages API (/v1/messages).",
+)
 def fake_provider(
     host: str,
     port: int,
@@ -144,8 +151,9 @@ def fake_provider(
     latency: float,
     chunks: int,
     chunk_delay: float,
+    api: str,
 ) -> None:
-    """Run an OpenAI-compatible fake provider with fault modes, for resilience tests.
+    """Run an OpenAI- or (--api anthropic) Anthropic-compatible fake provider with fault modes, for resilience tests.
 
     Change its behaviour while it runs: POST /_fake/behaviour with JSON, e.g.
     {"fail_rate": 1, "fault": "hang"}; GET /_fake/stats counts what it saw.
@@ -157,8 +165,8 @@ def fake_provider(
     behaviour = Behaviour(
         fault=fault, fail_rate=fail_rate, status=status, latency=latency, chunks=chunks, chunk_delay=chunk_delay
     )
-    click.echo(f"fake provider {name!r} on http://{host}:{port}/v1", err=True)
-    serve_forever(name, host, port, behaviour)
+    click.echo(f"fake provider {name!r} ({api}) on http://{host}:{port}/v1", err=True)
+    serve_forever(name, host, port, behaviour, api=api)
 
 
 @main.command()

@@ -12,6 +12,10 @@ in front stitched together. A request whose last message is from the assistant
 asks to continue it (see `Behaviour.continuation`). With `Behaviour.prompt_cache` on, the
 fake also simulates a per-node prompt cache (see `FakeProvider.prompt_usage`), so a test can tell
 whether a proxy keeps a conversation on the node that has already seen its prefix.
+
+This module is the OpenAI dialect and what every dialect shares (behaviour, stats, fault selection and its "once"
+state, the prompt cache); `sidecar/fake_anthropic.py` serves Anthropic's Messages API on the same footing.
+`provider_class`, `start` and `serve_forever` pick one by its api name (see APIS).
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ FAULT_MODELS: dict[str, str] = {
     "policy": "400 content_policy_violation, even for continuations",
     "reject-prefill": "continuations get 400 unsupported_prefill; normal answers otherwise",
 }
-_ONCE = ("429-once", "429-long", "429-noheader", "500-once", "reset-once")
+_ONCE = ("429-once", "429-long", "429-noheader", "500-once", "reset-once", "529-once")  # 529-once: Anthropic only
 _STREAM_FAULTS = ("cut", "stall", "malformed", "error-event", "no-done")
 _FOREVER = 3600.0  # "never", for hang and stall: long enough for any test, and they stop when the client leaves
 
@@ -128,12 +132,18 @@ def prompt_prefixes(model: Any, messages: list[Any]) -> list[tuple[str, int]]:
     return prefixes
 
 
-def fault_for_model(model: str) -> str | None:
-    """The FAULT_MODELS name a model selects: the longest one its rest starts with (the remainder is a tag)."""
+def fault_for_model(model: str, table: dict[str, str] = FAULT_MODELS) -> str | None:
+    """The name in `table` a model selects: the longest one its rest starts with (the remainder is a tag)."""
     if not model.startswith(FAULT_MODEL_PREFIX):
         return None
     rest = model[len(FAULT_MODEL_PREFIX) :]
-    return max((name for name in FAULT_MODELS if rest.startswith(name)), key=len, default=None)
+    return max((name for name in table if rest.startswith(name)), key=len, default=None)
+
+
+# What FakeProvider.pick_fault says besides a fault model's name.
+ANSWER = "answer"  # a "once" fault already spent: answer normally
+CONTINUE = "continue"  # a continuation, which skips the fault
+REFUSE_PREFILL = "refuse-prefill"  # a continuation asked of a reject-prefill model
 
 
 @dataclass
@@ -257,6 +267,8 @@ async def _linger(request: web.Request, seconds: float) -> None:
 
 
 class FakeProvider:
+    fault_models: dict[str, str] = FAULT_MODELS  # the fault models this dialect knows
+
     def __init__(self, name: str = "fake", behaviour: Behaviour | None = None, seed: int | None = None) -> None:
         self.name = name
         self.behaviour = behaviour or Behaviour()
@@ -268,12 +280,16 @@ class FakeProvider:
         self.cached_prefixes: OrderedDict[str, None] = OrderedDict()
         self.cache_capacity = PROMPT_CACHE_SIZE
         self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.app.router.add_post("/{prefix:.+}/v1/chat/completions", self.chat)  # behind a path prefix
-        self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/_fake/behaviour", self.set_behaviour)
         self.app.router.add_get("/_fake/behaviour", self.get_behaviour)
         self.app.router.add_get("/_fake/stats", self.get_stats)
+        self.add_api_routes()
+
+    def add_api_routes(self) -> None:
+        """The API this provider serves; a dialect's subclass replaces them."""
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/{prefix:.+}/v1/chat/completions", self.chat)  # behind a path prefix
+        self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_route("*", "/v1/{tail:.*}", self.other)
 
     # ------------------------------------------------------------------ control
@@ -317,7 +333,7 @@ class FakeProvider:
         """
         if body is None or not self.behaviour.prompt_cache:
             return {"prompt_tokens": FIXED_PROMPT_TOKENS}
-        model, messages = body.get("model"), body.get("messages")
+        model, messages = body.get("model"), self.prompt_messages(body)
         prefixes = prompt_prefixes(model, messages) if isinstance(messages, list) else []
         tokens = estimate_tokens(messages)
         cached = next((estimate for key, estimate in reversed(prefixes) if key in self.cached_prefixes), 0)
@@ -330,6 +346,39 @@ class FakeProvider:
         self.stats.prompt_tokens += tokens
         self.stats.cached_tokens += cached
         return {"prompt_tokens": tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+
+    def prompt_messages(self, body: dict[str, Any]) -> Any:
+        """What of a request's body is its prompt, for the token estimate and the prompt cache: its messages."""
+        return body.get("messages")
+
+    def pick_fault(self, body: dict[str, Any], model: str) -> str | None:
+        """Count a request for fault model `model` and say what it gets: None for a model not in fault_models, else
+        the fault's name, or ANSWER, CONTINUE or REFUSE_PREFILL. The one place every dialect decides this."""
+        self.seen[model] = self.seen.get(model, 0) + 1
+        self.stats.fault_requests[model] = self.stats.fault_requests.get(model, 0) + 1
+        name = fault_for_model(model, self.fault_models)
+        if name is None or name in ("context", "policy"):
+            return name  # these two fail continuations as well
+        if _trailing_assistant(body) is not None:
+            # Any other fault is skipped, so a test can continue on the node that just failed it.
+            return REFUSE_PREFILL if name == "reject-prefill" else CONTINUE
+        if name in _ONCE and self.seen[model] > 1:
+            return ANSWER
+        return name
+
+    def accept_continuation(self, prefill: dict[str, Any]) -> str | None:
+        """The text to continue if `prefill` comes in this provider's dialect (counted in stats), else None."""
+        dialect = self.behaviour.continuation
+        if dialect == "prefill":
+            accepted = "prefix" not in prefill
+        else:
+            accepted = dialect == "prefix" and prefill.get("prefix") is True
+        if not accepted:
+            return None
+        text = _text_of(prefill)
+        self.stats.continuations += 1
+        self.stats.last_prefill = text[:200]
+        return text
 
     def _failing(self, is_probe: bool = False) -> bool:
         b = self.behaviour
@@ -457,10 +506,8 @@ class FakeProvider:
 
     async def _fault_model(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
         """The one dispatch for FAULT_MODELS."""
-        self.seen[model] = self.seen.get(model, 0) + 1
-        self.stats.fault_requests[model] = self.stats.fault_requests.get(model, 0) + 1
         b = self.behaviour
-        name = fault_for_model(model)
+        name = self.pick_fault(body, model)
         if name is None:
             return self._error(
                 404,
@@ -475,14 +522,11 @@ class FakeProvider:
             return self._error(400, _CONTEXT_ERROR)
         if name == "policy":
             return self._error(400, _POLICY_ERROR)
+        if name == REFUSE_PREFILL:
+            return self._error(400, _PREFILL_ERROR)
         prefill = _trailing_assistant(body)
-        if prefill is not None:
-            if name == "reject-prefill":
-                return self._error(400, _PREFILL_ERROR)
-            # Any other fault is skipped, so a test can continue on the node that just failed it.
+        if name == CONTINUE and prefill is not None:
             return await self._continue(request, body, model, CANONICAL_PIECES, prefill)
-        if name in _ONCE and self.seen[model] > 1:
-            name = "answer"
         if name.startswith("429"):
             retry = {"429-long": {"Retry-After": "60"}, "429-noheader": {}}.get(name, {"Retry-After": "1"})
             return self._error(429, _RATE_LIMIT_ERROR, retry)
@@ -507,16 +551,9 @@ class FakeProvider:
         self, request: web.Request, body: dict[str, Any], model: str, pieces: list[str], prefill: dict[str, Any]
     ) -> web.StreamResponse:
         """Answer a request to continue `prefill` with the rest of `pieces`, if it comes in this provider's dialect."""
-        dialect = self.behaviour.continuation
-        if dialect == "prefill":
-            accepted = "prefix" not in prefill
-        else:
-            accepted = dialect == "prefix" and prefill.get("prefix") is True
-        if not accepted:
+        text = self.accept_continuation(prefill)
+        if text is None:
             return self._error(400, _PREFILL_ERROR)
-        text = _text_of(prefill)
-        self.stats.continuations += 1
-        self.stats.last_prefill = text[:200]
         stream, usage = bool(body.get("stream")), _wants_usage(body)
         return await self._answer(request, body, model, _rest(pieces, text), stream, usage)
 
@@ -644,10 +681,24 @@ class FakeProvider:
         return response
 
 
+APIS = ("openai", "anthropic")
+
+
+def provider_class(api: str = "openai") -> type[FakeProvider]:
+    """The fake for API dialect `api`, one of APIS: FakeProvider, or fake_anthropic.AnthropicFake."""
+    if api == "openai":
+        return FakeProvider
+    if api == "anthropic":
+        from .fake_anthropic import AnthropicFake
+
+        return AnthropicFake
+    raise ValueError(f"api must be one of {', '.join(APIS)}")
+
+
 async def start(
-    name: str, host: str, port: int, behaviour: Behaviour | None = None
+    name: str, host: str, port: int, behaviour: Behaviour | None = None, api: str = "openai"
 ) -> tuple[FakeProvider, web.AppRunner]:
-    provider = FakeProvider(name, behaviour)
+    provider = provider_class(api)(name, behaviour)
     runner = web.AppRunner(provider.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -655,6 +706,6 @@ async def start(
     return provider, runner
 
 
-def serve_forever(name: str, host: str, port: int, behaviour: Behaviour) -> None:
-    provider = FakeProvider(name, behaviour)
+def serve_forever(name: str, host: str, port: int, behaviour: Behaviour, api: str = "openai") -> None:
+    provider = provider_class(api)(name, behaviour)
     web.run_app(provider.app, host=host, port=port, access_log=None, print=None, shutdown_timeout=0.5)

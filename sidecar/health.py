@@ -99,6 +99,9 @@ class Health:
         self.active = active
         self.passive = passive
         self.active_healthy = True
+        # No probe has answered yet: the first failed probe takes the node out at once, so a node wrong
+        # from the start (a bad port) is not shown healthy, nor sent traffic, until enough probes failed.
+        self.proven = False
         self.ejected_until: float | None = None  # set while ejected; the trial is due from then
         self.manual_down = False
         self.blocked_until = 0.0
@@ -164,6 +167,7 @@ class Health:
         counters.success()
         if source is Source.ACTIVE:
             active = self.active
+            self.proven = True
             if active is not None and not self.active_healthy and counters.successes >= active.healthy_successes:
                 self.active_healthy = True
             return self._changed(before, reason, now)
@@ -183,7 +187,9 @@ class Health:
         before = self.state
         count = self.counters[source].failure(kind)
         if source is Source.ACTIVE:
-            if self.active is not None and self.active_healthy and count >= _threshold(self.active, kind):
+            first = not self.proven
+            self.proven = True
+            if self.active is not None and self.active_healthy and (first or count >= _threshold(self.active, kind)):
                 self.active_healthy = False
             return self._changed(before, reason, now)
         if trial:

@@ -21,7 +21,7 @@ import pytest
 import tomli_w
 from aiohttp import web
 
-from sidecar.fake_provider import Behaviour, FakeProvider
+from sidecar.fake_provider import Behaviour, FakeProvider, provider_class
 
 NODE_KEYS = {"PRIMARY_KEY": "sk-primary-secret-1234", "BACKUP_KEY": "sk-backup-secret-5678"}
 
@@ -57,8 +57,9 @@ class Fake:
 async def fakes() -> AsyncIterator[Callable[..., Any]]:
     started: list[Fake] = []
 
-    async def start(name: str, port: int = 0, **behaviour: Any) -> Fake:
-        provider = FakeProvider(name, Behaviour(**behaviour), seed=1)
+    async def start(name: str, port: int = 0, api: str = "openai", **behaviour: Any) -> Fake:
+        """A fake provider on a free loopback port; `api="anthropic"` serves Anthropic's Messages API."""
+        provider = provider_class(api)(name, Behaviour(**behaviour), seed=1)
         runner = web.AppRunner(provider.app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)

@@ -21,8 +21,28 @@ def test_starts_healthy_and_available() -> None:
     assert h.state == "healthy" and h.available(0)
 
 
-def test_http_failures_threshold_flips_to_unhealthy() -> None:
+def proven() -> Health:
+    """A node whose first probe answered: from then on the failure thresholds apply."""
     h = Health(ACTIVE, None, now=0)
+    h.record_success(Source.ACTIVE, 0, "probe http 200")
+    return h
+
+
+def test_the_first_probe_failing_takes_a_new_node_out_at_once() -> None:
+    h = Health(ACTIVE, None, now=0)
+    t = h.record_failure(Source.ACTIVE, Failure.TCP, 1, "probe connect refused")
+    assert t is not None and (t.before, t.after) == ("healthy", "unhealthy") and not h.available(1)
+    assert h.record_success(Source.ACTIVE, 2) is None  # back by healthy_successes, as after any outage
+    assert h.record_success(Source.ACTIVE, 3, "probe http 200").after == "healthy"  # type: ignore[union-attr]
+
+
+def test_after_the_first_probe_answered_one_failure_is_not_enough() -> None:
+    h = proven()
+    assert h.record_failure(Source.ACTIVE, Failure.TCP, 1, "probe connect refused") is None and h.healthy
+
+
+def test_http_failures_threshold_flips_to_unhealthy() -> None:
+    h = proven()
     assert h.record_failure(Source.ACTIVE, Failure.HTTP, 1, "probe http 500") is None
     assert h.record_failure(Source.ACTIVE, Failure.HTTP, 2, "probe http 500") is None
     t = h.record_failure(Source.ACTIVE, Failure.HTTP, 3, "probe http 500")
@@ -31,7 +51,7 @@ def test_http_failures_threshold_flips_to_unhealthy() -> None:
 
 
 def test_success_resets_failure_counters() -> None:
-    h = Health(ACTIVE, None, now=0)
+    h = proven()
     h.record_failure(Source.ACTIVE, Failure.HTTP, 1, "x")
     h.record_failure(Source.ACTIVE, Failure.HTTP, 2, "x")
     h.record_success(Source.ACTIVE, 3)
@@ -41,13 +61,13 @@ def test_success_resets_failure_counters() -> None:
 
 
 def test_failure_kinds_have_their_own_thresholds() -> None:
-    h = Health(ACTIVE, None, now=0)
+    h = proven()
     h.record_failure(Source.ACTIVE, Failure.HTTP, 1, "x")
     h.record_failure(Source.ACTIVE, Failure.TCP, 2, "refused")
     assert h.healthy
     t = h.record_failure(Source.ACTIVE, Failure.TCP, 3, "refused")
     assert t is not None and t.reason == "refused"
-    h2 = Health(ACTIVE, None, now=0)
+    h2 = proven()
     h2.record_failure(Source.ACTIVE, Failure.TIMEOUT, 1, "t")
     assert h2.record_failure(Source.ACTIVE, Failure.TIMEOUT, 2, "timeout").after == "unhealthy"
 
