@@ -48,9 +48,14 @@ ERROR_BODY_LIMIT = 64 * 1024
 SSE_HOLD_LIMIT = 1 << 20
 # A Retry-After longer than a day is a broken header, not a plan (health caps it further).
 MAX_RETRY_AFTER = 86400.0
-# The OpenAI API paths whose successful answers are JSON or SSE and nothing else: a 200 text/html
+# The API paths whose successful answers are JSON or SSE and nothing else: a 200 text/html
 # there is a captive portal or a CDN's error page, not an answer. Others (files, audio) keep any type.
-JSON_API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+JSON_API_PATHS = frozenset(
+    {
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+        "/v1/messages", "/v1/messages/count_tokens",  # Anthropic's
+    }
+)  # fmt: skip
 # A request too long for a node's context window is no fault of the node: a larger-context node may
 # take it. The wordings of OpenAI, Azure, DeepSeek, vLLM, llama.cpp, Mistral and Anthropic.
 CONTEXT_STATUSES = frozenset({400, 413})

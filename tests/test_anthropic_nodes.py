@@ -332,3 +332,64 @@ def test_the_readme_example_of_anthropic_nodes_is_a_valid_config() -> None:
         ("anthropic", "anthropic"),
         ("deepseek-anthropic", "anthropic"),
     ]
+
+
+# ---------------------------------------------------------------------------- the client leaving, a reload, hostile input
+
+
+async def test_a_client_that_leaves_mid_stream_holds_nothing_and_blames_no_node() -> None:
+    import asyncio
+
+    gone = asyncio.Event()
+
+    def handler(node: str, request: Request) -> Script:
+        asyncio.get_running_loop().call_later(0.05, gone.set)
+        return Script(200, SSE, [*opening(), delta("a"), 0.5, delta("b"), *closing()])
+
+    h = Harness(handler, cfg())
+    got = await h.request({**ASK, "stream": True}, path="/v1/messages", gone=gone)
+    assert not got.complete and h.last_event()["status"] == 499
+    assert h.node("claude").health.counters["passive"].as_dict()["successes"] == 0
+    assert h.node("claude").health.state == "healthy"
+    h.assert_nothing_held()
+
+
+async def test_a_reload_mid_stream_keeps_the_stream_and_routes_the_next_request_by_the_new_config() -> None:
+    import asyncio
+
+    h = Harness(lambda node, r: Script(200, SSE, [*opening(), delta("a"), 0.1, delta("b"), *closing()]), cfg())
+
+    async def reload_soon() -> None:
+        await asyncio.sleep(0.03)
+        h.runtime.apply(cfg(anthropic=1))  # the backup leaves the config
+
+    task = asyncio.ensure_future(reload_soon())
+    got = await h.request({**ASK, "stream": True}, path="/v1/messages")
+    await task
+    assert got.complete and text_of(got.body) == "ab" and b"event: error" not in got.body
+    assert [n.name for n in h.runtime.upstream.nodes] == ["gpt", "claude"]
+    await h.settle()
+    h.assert_nothing_held()
+
+
+async def test_hostile_answers_from_an_anthropic_node_fail_over_and_never_reach_the_client() -> None:
+    hostile = [
+        Script(200, SSE, [*opening(), b"event: content_block_delta\ndata: {not json\n\n"]),  # a broken event first
+        Script(200, SSE, [*opening(), b"data: " + b"[" * 100_000 + b"\n\n"]),  # nesting past the parser
+        Script(200, (("content-type", "text/html"),), [b"<html>captive portal</html>"]),  # not an API answer
+        Script(302, (("location", "http://elsewhere.invalid/"),), [b""]),  # a redirect: the prompt goes nowhere else
+    ]
+    for answer in hostile:
+        h = Harness(lambda node, r, a=answer: a if node == "claude" else Script(200, SSE, stream("ok")), cfg())
+        got = await h.request({**ASK, "stream": True}, path="/v1/messages")
+        assert got.headers["x-llm-sidecar-node"] == "claude-backup" and text_of(got.body) == "ok", answer
+        h.assert_nothing_held()
+
+
+async def test_hostile_requests_on_v1_messages_get_anthropic_shaped_errors() -> None:
+    h = Harness(lambda node, r: Script(body=[json.dumps(MESSAGE).encode()]), cfg())
+    traversal = await h.request(ASK, path="/v1/messages/../chat/completions")
+    assert traversal.status == 400 and traversal.json()["error"]["type"] == "invalid_request_error"
+    assert h.calls("claude") == 0 and h.calls("gpt") == 0
+    put = await h.request(ASK, path="/v1/messages", method="PUT")
+    assert put.status == 405 and put.json()["type"] == "error"
