@@ -13,7 +13,7 @@ import time
 
 from yarl import URL
 
-from . import catalog
+from . import catalog, metrics
 from .health import Failure
 from .runtime import Runtime
 from .transport import Request, UpstreamError
@@ -70,6 +70,7 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
         "latency_ms": round((time.monotonic() - started) * 1000, 2),
         "result": reason,
     }
+    metrics.probed(upstream.events, node.name, kind is None, time.monotonic() - started)
 
 
 def found(node: NodeState) -> str:

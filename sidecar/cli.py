@@ -24,9 +24,10 @@ SOCKET_OPTION = click.option(
 )
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    # One line whatever the message holds (a path, a node name, a peer's answer).
-    click.echo(f"llm-sidecar: {one_line(message)}", err=True)
+def fail(message: str | list[str], code: int = 1) -> NoReturn:
+    # One line per message whatever it holds (a path, a node name, a peer's answer).
+    for line in [message] if isinstance(message, str) else message:
+        click.echo(f"llm-sidecar: {one_line(line)}", err=True)
     sys.exit(code)
 
 
@@ -34,7 +35,7 @@ def load_config(config_path: str | None) -> Config:
     try:
         return load(discover(config_path))
     except ConfigError as exc:
-        fail(f"config error: {exc}", 2)
+        fail([f"config error: {line}" for line in exc.lines()], 2)
 
 
 class Commands(click.Group):
@@ -197,16 +198,16 @@ def control_client(control_socket: str | None, config_path: str | None) -> Any:
     return ControlClient(find_socket(control_socket, config_path))
 
 
-def call(control_socket: str | None, config_path: str | None, method: str, *args: str) -> Any:
+def call(control_socket: str | None, config_path: str | None, method: str, *args: str, **options: Any) -> Any:
     from .client import ControlError, NotRunning
 
     with control_client(control_socket, config_path) as client:
         try:
-            return getattr(client, method)(*args)
+            return getattr(client, method)(*args, **options)
         except NotRunning as exc:
             fail(str(exc))
         except ControlError as exc:
-            fail(str(exc))
+            fail(exc.lines)
 
 
 @main.command()
@@ -243,8 +244,10 @@ def node() -> None:
     """Drain a node or give it back to automatic health."""
 
 
-def set_manual(name: str, manual: str, config_path: str | None, control_socket: str | None) -> None:
-    answer = call(control_socket, config_path, "node", name, manual)
+def set_manual(
+    name: str, manual: str, config_path: str | None, control_socket: str | None, force: bool = False
+) -> None:
+    answer = call(control_socket, config_path, "node", name, manual, force=force)
     state = "down" if manual == "down" else f"back to auto ({answer['state']})"
     click.echo(f"{answer['node']} is {state}; serving: {answer['serving'] or 'nothing'}")
 
@@ -253,9 +256,10 @@ def set_manual(name: str, manual: str, config_path: str | None, control_socket: 
 @click.argument("name")
 @CONFIG_OPTION
 @SOCKET_OPTION
-def node_down(name: str, config_path: str | None, control_socket: str | None) -> None:
+@click.option("--force", is_flag=True, help="Drain NAME even if it is the last usable node (refused otherwise).")
+def node_down(name: str, config_path: str | None, control_socket: str | None, force: bool) -> None:
     """Mark NAME down: no new requests; in-flight ones finish."""
-    set_manual(name, "down", config_path, control_socket)
+    set_manual(name, "down", config_path, control_socket, force)
 
 
 @node.command("auto")

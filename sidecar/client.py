@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .config import ConfigError, one_line, read_text
+from .config import MAX_ERRORS, ConfigError, ConfigProblem, one_line, read_text
 from .discovery import control_socket_path, discover
 from .shapes import FailoverJSON, ManualJSON, ReloadJSON, StatusJSON
 
@@ -46,6 +46,22 @@ class ControlError(Exception):
         message = error.get("message") if isinstance(error, dict) else None
         text = message if isinstance(message, str) and message else f"control API answered {status}"
         super().__init__(one_line(text))
+        # A refused reload lists every problem of the file: one line each (bounded), else the message.
+        self.lines = [one_line(text)]
+        problems = error.get("errors") if isinstance(error, dict) else None
+        if isinstance(error, dict) and isinstance(problems, list) and len(problems) > 1:
+            lines = [line for problem in problems[:MAX_ERRORS] if (line := _problem_line(problem))]
+            if len(lines) == len(problems[:MAX_ERRORS]):
+                self.lines = lines
+                more = error.get("more")
+                if isinstance(more, int) and not isinstance(more, bool) and more > 0:
+                    self.lines.append(f"... and {more} more errors")
+
+
+def _problem_line(problem: Any) -> str | None:
+    if not isinstance(problem, dict) or not all(isinstance(problem.get(k), str) for k in ("file", "key", "message")):
+        return None
+    return ConfigProblem(problem["file"], problem["key"], problem["message"]).line()
 
 
 class BadReply(ControlError):
@@ -209,8 +225,8 @@ class ControlClient:
     def status(self) -> StatusJSON:
         return self.request("GET", "/v1/status", StatusJSON)
 
-    def node(self, name: str, manual: str) -> ManualJSON:
-        return self.request("POST", _node_path(name, manual), ManualJSON)
+    def node(self, name: str, manual: str, force: bool = False) -> ManualJSON:
+        return self.request("POST", _node_path(name, manual), ManualJSON, {"force": True} if force else None)
 
     def failover(self, node: str | None = None) -> FailoverJSON:
         return self.request("POST", "/v1/failover", FailoverJSON, None if node is None else {"node": node})
@@ -245,8 +261,8 @@ class AsyncControlClient:
     async def status(self) -> StatusJSON:
         return await self.request("GET", "/v1/status", StatusJSON)
 
-    async def node(self, name: str, manual: str) -> ManualJSON:
-        return await self.request("POST", _node_path(name, manual), ManualJSON)
+    async def node(self, name: str, manual: str, force: bool = False) -> ManualJSON:
+        return await self.request("POST", _node_path(name, manual), ManualJSON, {"force": True} if force else None)
 
     async def failover(self, node: str | None = None) -> FailoverJSON:
         return await self.request("POST", "/v1/failover", FailoverJSON, None if node is None else {"node": node})

@@ -1,12 +1,14 @@
 """Load and validate `llm-sidecar.toml` into frozen dataclasses.
 
 Validation is strict and every error names the file, the key path and what is
-wrong, because a typo in a failover config is only discovered during an outage.
+wrong, because a typo in a failover config is only discovered during an outage;
+every error of a file is reported at once, in file order (bounded).
 Field names follow Apache APISIX's upstream object.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -14,10 +16,10 @@ import re
 import stat
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 CONFIG_ENV = "LLM_SIDECAR_CONFIG"
@@ -40,6 +42,10 @@ SECONDS_MAX = 1_000_000.0
 COUNT_MAX = 1_000_000
 BYTES_MAX = 1 << 32
 MAX_FILE_BYTES = 1 << 20
+# Problems reported at once (the rest are counted), and kept while reading before they are put in file
+# order: a hostile file may hold thousands, and the first MAX_ERRORS in file order are wanted.
+MAX_ERRORS = 50
+_MAX_KEPT = 1000
 # sun_path is 108 bytes on Linux (104 on the BSDs and macOS), the terminating NUL included.
 UNIX_PATH_MAX = 103 if sys.platform == "darwin" or "bsd" in sys.platform else 107
 
@@ -52,18 +58,69 @@ def one_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
-class ConfigError(Exception):
-    """A config problem, located by file and key path."""
+class ConfigProblem(NamedTuple):
+    """One config problem: the file, the key path ("" for the whole file) and what is wrong."""
 
-    def __init__(self, file: str, key: str, message: str) -> None:
+    file: str
+    key: str
+    message: str
+
+    def line(self) -> str:
+        where = f"{self.file}: {self.key}: " if self.key else f"{self.file}: "
+        return one_line(where + self.message)
+
+
+class ConfigError(Exception):
+    """Config problems, each located by file and key path: every one found in the file at once, in file
+    order, the first MAX_ERRORS of them (`hidden` counts the rest). `file`, `key` and `message` are the
+    first one's; str() is one line per problem."""
+
+    def __init__(
+        self, file: str, key: str, message: str, *, more: Sequence[ConfigProblem] = (), hidden: int = 0
+    ) -> None:
         self.file = file
         self.key = key
         self.message = message
-        where = f"{file}: {key}: " if key else f"{file}: "
-        super().__init__(one_line(where + message))
+        self.errors: list[ConfigProblem] = [ConfigProblem(file, key, message), *more]
+        self.hidden = hidden
+        super().__init__("\n".join(self.lines()))
 
-    def to_dict(self) -> dict[str, str]:
-        return {"file": self.file, "key": self.key, "message": self.message}
+    @classmethod
+    def of(cls, problems: Sequence[ConfigProblem], total: int = 0) -> ConfigError:
+        """The error for `problems` (at least one), of `total` found (default: as many), bounded."""
+        shown = problems[:MAX_ERRORS]
+        return cls(*shown[0], more=shown[1:], hidden=max(total, len(problems)) - len(shown))
+
+    @property
+    def count(self) -> int:
+        return len(self.errors) + self.hidden
+
+    def lines(self) -> list[str]:
+        """One line per problem, and a last one saying how many more there are past the bound."""
+        lines = [problem.line() for problem in self.errors]
+        if self.hidden:
+            lines.append(one_line(f"{self.file}: ... and {_count(self.hidden, 'more error')}"))
+        return lines
+
+    def summary(self) -> str:
+        """One line: the first problem, and how many more."""
+        more = self.count - 1
+        first = self.errors[0].line()
+        return f"{first} (and {_count(more, 'more error')}; `llm-sidecar check` lists them all)" if more else first
+
+    def to_dict(self) -> dict[str, Any]:
+        """The first problem's file, key and message, and `errors`: all that are shown; `more`: how many not."""
+        return {
+            "file": self.file,
+            "key": self.key,
+            "message": self.message,
+            "errors": [problem._asdict() for problem in self.errors],
+            "more": self.hidden,
+        }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -199,21 +256,60 @@ class Config:
 # --------------------------------------------------------------------------- reading
 
 
-class _Table:
-    """A TOML table being read: type-checks values and rejects unknown keys."""
+class _Problems:
+    """Every problem found in one file. Reading goes on past a bad value (with its default, so later keys
+    are still checked); `check` then raises them all at once, so no Config is ever made from a file
+    with a problem."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, file: str) -> None:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.found: list[tuple[tuple[int, ...], int, ConfigProblem]] = []
+        self.count = 0
+
+    def add(self, order: tuple[int, ...], key: str, message: str) -> None:
+        """`order`: where the key is in the file (its position in each table on the way), for sorting."""
+        self.count += 1
+        if len(self.found) < _MAX_KEPT:
+            self.found.append((order, self.count, ConfigProblem(self.file, key, message)))
+
+    def check(self) -> None:
+        if self.count:
+            self.found.sort(key=lambda found: found[:2])
+            raise ConfigError.of([problem for _, _, problem in self.found], self.count)
+
+
+class _Table:
+    """A TOML table being read: type-checks values and rejects unknown keys. A bad value is recorded
+    (`error`) and read as its default; its name goes into `bad`, so checks across keys skip it."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, problems: _Problems, order: tuple[int, ...] = ()) -> None:
         self.data = data
         self.path = path
-        self.file = file
+        self.problems = problems
+        self.order = order
         self.seen: set[str] = set()
+        self.bad: set[str] = set()
+        self.index: dict[str, int] | None = None
 
     def key(self, name: str) -> str:
         name = _key_part(name)
         return f"{self.path}.{name}" if self.path else name
 
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.file, self.key(name), message)
+    def position(self, name: str) -> tuple[int, ...]:
+        """Where `name` is in the file; a key that is missing sorts at the top of its table."""
+        if self.index is None:
+            self.index = {k: i for i, k in enumerate(self.data)}
+        return (*self.order, self.index.get(name, -1))
+
+    def error(self, name: str, message: str, *, item: int | None = None, key: str | None = None) -> None:
+        """Record a problem with `name` (its `item`-th element, at `key`, when given)."""
+        self.bad.add(name)
+        order = self.position(name) if item is None else (*self.position(name), item)
+        self.problems.add(order, self.key(name) if key is None else key, message)
+
+    def ok(self, *names: str) -> bool:
+        """None of `names` was bad (checks across keys use only good values)."""
+        return not self.bad.intersection(names)
 
     def get(self, name: str, kinds: type | tuple[type, ...], default: Any) -> Any:
         self.seen.add(name)
@@ -224,28 +320,33 @@ class _Table:
         # bool is an int in Python, never in a config file.
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
-            raise self.error(name, f"expected {names}, got {_describe(value)}")
+            self.error(name, f"expected {names}, got {_describe(value)}")
+            return default
         return value
 
     def number(self, name: str, default: float, *, minimum: float = 0.0, maximum: float = SECONDS_MAX) -> float:
         """Seconds: TOML allows inf and nan, which would pass every comparison or break every timer."""
         value: int | float = self.get(name, (int, float), default)
+        if name in self.bad or name not in self.data:
+            return float(default)
         if isinstance(value, float) and not math.isfinite(value):
-            raise self.error(name, f"must be a finite number, got {value}")
+            self.error(name, f"must be a finite number, got {value}")
         # Compared before float(): an int too large for a float is still compared exactly.
-        if value < minimum:
-            raise self.error(name, f"must be >= {minimum:.10g}, got {_show(value)}")
-        if value > maximum:
-            raise self.error(name, f"must be <= {maximum:.10g}, got {_show(value)}")
-        return float(value)
+        elif value < minimum:
+            self.error(name, f"must be >= {minimum:.10g}, got {_show(value)}")
+        elif value > maximum:
+            self.error(name, f"must be <= {maximum:.10g}, got {_show(value)}")
+        return float(default) if name in self.bad else float(value)
 
     def integer(self, name: str, default: int, *, minimum: int = -COUNT_MAX, maximum: int = COUNT_MAX) -> int:
         value: int = self.get(name, int, default)
+        if name in self.bad or name not in self.data:
+            return default
         if value < minimum:
-            raise self.error(name, f"must be >= {minimum}, got {_show(value)}")
-        if value > maximum:
-            raise self.error(name, f"must be <= {maximum}, got {_show(value)}")
-        return value
+            self.error(name, f"must be >= {minimum}, got {_show(value)}")
+        elif value > maximum:
+            self.error(name, f"must be <= {maximum}, got {_show(value)}")
+        return default if name in self.bad else value
 
     def statuses(self, name: str, default: frozenset[int]) -> frozenset[int]:
         value = self.get(name, list, None)
@@ -253,19 +354,30 @@ class _Table:
             return default
         for i, code in enumerate(value):
             if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-                raise ConfigError(
-                    self.file, f"{self.key(name)}[{i}]", f"expected an HTTP status 100-599, got {_describe(code)}"
-                )
-        return frozenset(value)
+                message = f"expected an HTTP status 100-599, got {_describe(code)}"
+                self.error(name, message, item=i, key=f"{self.key(name)}[{i}]")
+        return default if name in self.bad else frozenset(value)
 
     def table(self, name: str) -> _Table | None:
         value = self.get(name, dict, None)
-        return None if value is None else _Table(value, self.key(name), self.file)
+        return None if value is None else _Table(value, self.key(name), self.problems, self.position(name))
 
-    def done(self) -> None:
+    def table_or_empty(self, name: str) -> _Table:
+        return self.table(name) or _Table({}, self.key(name), self.problems, self.position(name))
+
+    def done(self, known: Iterable[str] = ()) -> None:
+        """Every key not read (nor among `known`, read only when present) is unknown."""
+        known = self.seen.union(known)
         for name in self.data:
-            if name not in self.seen:
-                raise self.error(name, "unknown key")
+            if name not in known:
+                self.error(name, "unknown key" + self.suggestion(name, known))
+
+    def suggestion(self, name: str, known: set[str]) -> str:
+        """The closest known key of this table, as a hint (not for a long key, nor past the bound)."""
+        if len(name) > 64 or self.problems.count > _MAX_KEPT:
+            return ""
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 _TYPE_NAMES = {
@@ -300,33 +412,36 @@ def _key_part(name: str) -> str:
 
 
 def _secret(table: _Table, name: str, env: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """Resolve a `${VAR}` key reference; keys never live in the file itself."""
+    """Resolve a `${VAR}` key reference; keys never live in the file itself. The value is never echoed."""
     raw = table.get(name, str, None)
     if raw is None or raw == "":
         return None, None
     match = _ENV_REF.fullmatch(raw)
     if not match:
-        raise table.error(
+        table.error(
             name, 'must reference an environment variable, like "${OPENAI_API_KEY}"; keys are not stored in the file'
         )
+        return None, None
     var = match.group(1)
     value = env.get(var)
     if value is None:
-        raise table.error(name, f"environment variable {var} is not set")
-    if not value.strip():
-        raise table.error(name, f"environment variable {var} is empty")
+        table.error(name, f"environment variable {var} is not set")
+    elif not value.strip():
+        table.error(name, f"environment variable {var} is empty")
     # Sent in a header: a newline would inject headers, and non-ASCII fails every request.
-    # The value is never echoed.
-    if _bad_char(value.strip()):
-        raise table.error(name, f"environment variable {var} holds a space, control or non-ASCII character")
-    return value.strip(), var
+    elif _bad_char(value.strip()):
+        table.error(name, f"environment variable {var} holds a space, control or non-ASCII character")
+    else:
+        return value.strip(), var
+    return None, None
 
 
 def _parse_listen(table: _Table, raw: str) -> tuple[str, int]:
     # ASCII only: a host the resolver cannot encode would fail at bind with no clear error.
     match = re.fullmatch(r"(?:\[([0-9A-Za-z:.%]+)\]|([A-Za-z0-9._-]+)):([0-9]{1,5})", raw)
     if not match or not 0 < int(match.group(3)) < 65536:
-        raise table.error("listen", f'expected "host:port" (e.g. "{DEFAULT_LISTEN}"), got {_show(raw)}')
+        table.error("listen", f'expected "host:port" (e.g. "{DEFAULT_LISTEN}"), got {_show(raw)}')
+        return ServerConfig.host, ServerConfig.port
     return match.group(1) or match.group(2), int(match.group(3))
 
 
@@ -339,24 +454,29 @@ def _bad_char(raw: str) -> str | None:
     return None
 
 
-def _parse_url(table: _Table, raw: str) -> str:
+def _url_problem(raw: str) -> str | None:
+    """What is wrong with a node's url, or None."""
     if bad := _bad_char(raw):
-        raise table.error(
-            "url",
-            f"must be printable ASCII without spaces (percent-encode the path, xn-- form for the host), found {bad}",
-        )
+        return f"must be printable ASCII without spaces (percent-encode the path, xn-- form for the host), found {bad}"
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
         # Not echoed: the URL may carry credentials, and errors are printed.
-        raise table.error("url", f"is not a valid URL: {exc}") from None
+        return f"is not a valid URL: {exc}"
     if parts.username or parts.password:
-        raise table.error("url", 'must not carry credentials (user:password@); use api_key = "${VAR}"')
+        return 'must not carry credentials (user:password@); use api_key = "${VAR}"'
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error("url", f"expected an http:// or https:// URL, got {_show(raw)}")
+        return f"expected an http:// or https:// URL, got {_show(raw)}"
     if parts.query or parts.fragment or "?" in raw or "#" in raw:  # even empty: paths are appended to the URL
-        raise table.error("url", f"must not carry a query or fragment, got {_show(raw)}")
+        return f"must not carry a query or fragment, got {_show(raw)}"
+    return None
+
+
+def _parse_url(table: _Table, raw: str) -> str:
+    if problem := _url_problem(raw):
+        table.error("url", problem)
+        return raw
     url = raw.rstrip("/")
     # Providers document their base URL with /v1 (and the openai SDK's base_url has it), but the sidecar
     # appends the client's whole path, /v1 included: kept, every request would go to /v1/v1/....
@@ -366,31 +486,33 @@ def _parse_url(table: _Table, raw: str) -> str:
 def _metrics_path(table: _Table) -> str:
     path: str = table.get("metrics_path", str, ServerConfig.metrics_path)
     if path and (not path.startswith("/") or path.startswith("/v1/") or path == "/healthz" or _bad_char(path)):
-        raise table.error(
+        table.error(
             "metrics_path", f'expected "" (off) or a path like "/metrics" outside /v1/ and /healthz, got {_show(path)}'
         )
+        return ServerConfig.metrics_path
     return path
+
+
+def _control_socket_problem(raw: str) -> str | None:
+    if not raw.isprintable():
+        return f"must not contain control characters (NUL, newline, ...), got {_show(raw)}"
+    path = os.path.expanduser(raw)
+    if not os.path.isabs(path):
+        return f'must be an absolute path (or start with "~/"), got {_show(raw)}'
+    if path.endswith("/"):
+        return f"must name a socket file, not a directory, got {_show(raw)}"
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > UNIX_PATH_MAX:
+        return f"is {size} bytes long; a Unix socket path may have at most {UNIX_PATH_MAX}"
+    return None
 
 
 def _control_socket(table: _Table) -> str:
     """Checked here so `check` catches it and `run` creates nothing before refusing it."""
     raw: str = table.get("control_socket", str, "")
-    if not raw:
-        return raw
-    if not raw.isprintable():
-        raise table.error(
-            "control_socket", f"must not contain control characters (NUL, newline, ...), got {_show(raw)}"
-        )
-    path = os.path.expanduser(raw)
-    if not os.path.isabs(path):
-        raise table.error("control_socket", f'must be an absolute path (or start with "~/"), got {_show(raw)}')
-    if path.endswith("/"):
-        raise table.error("control_socket", f"must name a socket file, not a directory, got {_show(raw)}")
-    size = len(path.encode("utf-8", "surrogateescape"))
-    if size > UNIX_PATH_MAX:
-        raise table.error(
-            "control_socket", f"is {size} bytes long; a Unix socket path may have at most {UNIX_PATH_MAX}"
-        )
+    if raw and (problem := _control_socket_problem(raw)):
+        table.error("control_socket", problem)
+        return ""
     return raw
 
 
@@ -398,11 +520,11 @@ def _active(t: _Table) -> ActiveCheck:
     d = ActiveCheck()
     path = t.get("http_path", str, d.http_path)
     if not path.startswith("/"):
-        raise t.error("http_path", f'must start with "/", got {_show(path)}')
-    if bad := _bad_char(path):
-        raise t.error("http_path", f"must be printable ASCII without spaces (percent-encode them), found {bad}")
-    healthy = t.table("healthy") or _Table({}, t.key("healthy"), t.file)
-    unhealthy = t.table("unhealthy") or _Table({}, t.key("unhealthy"), t.file)
+        t.error("http_path", f'must start with "/", got {_show(path)}')
+    elif bad := _bad_char(path):
+        t.error("http_path", f"must be printable ASCII without spaces (percent-encode them), found {bad}")
+    healthy = t.table_or_empty("healthy")
+    unhealthy = t.table_or_empty("unhealthy")
     check = ActiveCheck(
         http_path=path,
         interval=t.number("interval", d.interval, minimum=0.05),
@@ -420,8 +542,8 @@ def _active(t: _Table) -> ActiveCheck:
 
 def _passive(t: _Table) -> PassiveCheck:
     d = PassiveCheck()
-    healthy = t.table("healthy") or _Table({}, t.key("healthy"), t.file)
-    unhealthy = t.table("unhealthy") or _Table({}, t.key("unhealthy"), t.file)
+    healthy = t.table_or_empty("healthy")
+    unhealthy = t.table_or_empty("unhealthy")
     check = PassiveCheck(
         healthy_successes=healthy.integer("successes", d.healthy_successes, minimum=1),
         unhealthy_http_statuses=unhealthy.statuses("http_statuses", d.unhealthy_http_statuses),
@@ -431,8 +553,8 @@ def _passive(t: _Table) -> PassiveCheck:
         base_ejection_time=t.number("base_ejection_time", d.base_ejection_time, minimum=0.01),
         max_ejection_time=t.number("max_ejection_time", d.max_ejection_time, minimum=0.01),
     )
-    if check.max_ejection_time < check.base_ejection_time:
-        raise t.error("max_ejection_time", "must be >= base_ejection_time")
+    if check.max_ejection_time < check.base_ejection_time and t.ok("max_ejection_time", "base_ejection_time"):
+        t.error("max_ejection_time", "must be >= base_ejection_time")
     for part in (healthy, unhealthy, t):
         part.done()
     return check
@@ -452,14 +574,12 @@ def _checks(t: _Table | None, inherited: Checks) -> Checks:
 
 def _models(t: _Table) -> dict[str, str]:
     raw = t.get("models", dict, {})
-    for source, target in raw.items():
+    for i, (source, target) in enumerate(raw.items()):
         # Printed by `check` and the logs: no control characters in either name.
         if not isinstance(target, str) or not target or not target.isprintable() or not source.isprintable():
-            where = f"{t.key('models')}.{_key_part(source)}"
-            raise ConfigError(
-                t.file, where, f"expected a model name without control characters, got {_describe(target)}"
-            )
-    return dict(raw)
+            message = f"expected a model name without control characters, got {_describe(target)}"
+            t.error("models", message, item=i, key=f"{t.key('models')}.{_key_part(source)}")
+    return {} if "models" in t.bad else dict(raw)
 
 
 def _timeouts(t: _Table | None, inherited: Timeouts) -> Timeouts:
@@ -468,8 +588,8 @@ def _timeouts(t: _Table | None, inherited: Timeouts) -> Timeouts:
     read = t.number("read", inherited.read, minimum=0.001)
     if "first_token" in t.data:
         first_token = t.number("first_token", inherited.first_token, minimum=0.001)
-        if first_token > read:
-            raise t.error("first_token", f"must be <= read ({read:g}): read bounds every silence, the first too")
+        if first_token > read and t.ok("first_token", "read"):
+            t.error("first_token", f"must be <= read ({read:g}): read bounds every silence, the first too")
     else:
         first_token = min(inherited.first_token, read)
     timeouts = Timeouts(
@@ -478,7 +598,7 @@ def _timeouts(t: _Table | None, inherited: Timeouts) -> Timeouts:
         read=read,
         first_token=first_token,
     )
-    t.done()
+    t.done(known=("first_token",))
     return timeouts
 
 
@@ -493,26 +613,40 @@ def _retry(t: _Table | None) -> RetryPolicy:
         max_backoff=t.number("max_backoff", d.max_backoff, minimum=0.001, maximum=600),
         attempts_per_node=t.integer("attempts_per_node", d.attempts_per_node, minimum=1, maximum=100),
     )
-    if policy.max_backoff < policy.backoff:
-        raise t.error("max_backoff", "must be >= backoff")
+    if policy.max_backoff < policy.backoff and t.ok("max_backoff", "backoff"):
+        t.error("max_backoff", "must be >= backoff")
     t.done()
     return policy
 
 
-def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str]) -> Node:
+def _node_name(t: _Table, names: set[str]) -> str:
+    """The node's name, once valid and new: from then on its key paths name it, `upstream.nodes[1] ("backup").weight`."""
     name = t.get("name", str, None)
+    if "name" in t.bad:
+        return ""
     if not name:
-        raise t.error("name", "is required")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise t.error("name", f"use letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
+        t.error("name", "is required")
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        t.error("name", f"use letters, digits, '.', '_' or '-' (at most 64), got {_show(name)}")
+    elif name in names:
+        t.error("name", f"duplicate node name {name!r}")
+    else:
+        names.add(name)
+        t.path = f'{t.path} ("{name}")'
+        return str(name)
+    return ""
+
+
+def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], names: set[str]) -> Node:
+    name = _node_name(t, names)
     url = t.get("url", str, None)
-    if url is None:
-        raise t.error("url", "is required")
+    if url is None and "url" not in t.bad:
+        t.error("url", "is required")
     api_key, api_key_env = _secret(t, "api_key", env)
     node = Node(
         name=name,
-        url=_parse_url(t, url),
-        url_had_v1=url.rstrip("/").endswith("/v1"),
+        url=_parse_url(t, url) if url is not None else "",
+        url_had_v1=url is not None and url.rstrip("/").endswith("/v1"),
         weight=t.integer("weight", 1, minimum=1),
         priority=t.integer("priority", 0),
         api_key=api_key,
@@ -530,59 +664,55 @@ def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str])
 def _choice(t: _Table, name: str, choices: tuple[str, ...]) -> str:
     value: str = t.get(name, str, choices[0])
     if value not in choices:
-        raise t.error(name, f"expected one of {', '.join(map(repr, choices))}, got {_show(value)}")
+        t.error(name, f"expected one of {', '.join(map(repr, choices))}, got {_show(value)}")
+        return choices[0]
     return value
 
 
-def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str] | None = None) -> Config:
-    """Validate a parsed TOML document; raise ConfigError on the first problem."""
-    env = os.environ if env is None else env
-    root = _Table(data, "", file)
+_NO_NODES = "no nodes configured: add at least one [[upstream.nodes]]"
 
-    server_t = root.table("server") or _Table({}, "server", file)
-    host, port = _parse_listen(server_t, server_t.get("listen", str, DEFAULT_LISTEN))
-    client_key, client_key_env = _secret(server_t, "api_key", env)
+
+def _server(t: _Table, env: Mapping[str, str]) -> ServerConfig:
+    host, port = _parse_listen(t, t.get("listen", str, DEFAULT_LISTEN))
+    client_key, client_key_env = _secret(t, "api_key", env)
     server = ServerConfig(
         host=host,
         port=port,
-        control_socket=_control_socket(server_t),
+        control_socket=_control_socket(t),
         api_key=client_key,
         api_key_env=client_key_env,
-        max_body_bytes=server_t.integer("max_body_bytes", ServerConfig.max_body_bytes, minimum=1, maximum=BYTES_MAX),
-        max_header_bytes=server_t.integer(
-            "max_header_bytes", ServerConfig.max_header_bytes, minimum=1024, maximum=BYTES_MAX
-        ),
-        header_timeout=server_t.number("header_timeout", ServerConfig.header_timeout, minimum=0.01),
-        body_timeout=server_t.number("body_timeout", ServerConfig.body_timeout, minimum=0.01),
-        keepalive_timeout=server_t.number("keepalive_timeout", ServerConfig.keepalive_timeout, minimum=0.01),
-        max_connections=server_t.integer("max_connections", ServerConfig.max_connections, minimum=1),
-        max_event_subscribers=server_t.integer("max_event_subscribers", ServerConfig.max_event_subscribers, minimum=1),
-        metrics_path=_metrics_path(server_t),
-        watch=server_t.get("watch", bool, ServerConfig.watch),
+        max_body_bytes=t.integer("max_body_bytes", ServerConfig.max_body_bytes, minimum=1, maximum=BYTES_MAX),
+        max_header_bytes=t.integer("max_header_bytes", ServerConfig.max_header_bytes, minimum=1024, maximum=BYTES_MAX),
+        header_timeout=t.number("header_timeout", ServerConfig.header_timeout, minimum=0.01),
+        body_timeout=t.number("body_timeout", ServerConfig.body_timeout, minimum=0.01),
+        keepalive_timeout=t.number("keepalive_timeout", ServerConfig.keepalive_timeout, minimum=0.01),
+        max_connections=t.integer("max_connections", ServerConfig.max_connections, minimum=1),
+        max_event_subscribers=t.integer("max_event_subscribers", ServerConfig.max_event_subscribers, minimum=1),
+        metrics_path=_metrics_path(t),
+        watch=t.get("watch", bool, ServerConfig.watch),
     )
-    server_t.done()
+    t.done()
+    return server
 
-    up = root.table("upstream")
-    if up is None:
-        raise ConfigError(file, "upstream.nodes", "no nodes configured: add at least one [[upstream.nodes]]")
+
+def _upstream(up: _Table, env: Mapping[str, str]) -> UpstreamConfig:
     kind = up.get("type", str, "roundrobin")
     if kind != "roundrobin":
-        raise up.error("type", f'only "roundrobin" (smooth weighted round-robin) is supported, got {kind!r}')
-    timeouts = _timeouts(up.table("timeout") or _Table({}, "upstream.timeout", file), Timeouts())
+        up.error("type", f'only "roundrobin" (smooth weighted round-robin) is supported, got {_show(kind)}')
+    timeouts = _timeouts(up.table_or_empty("timeout"), Timeouts())
     checks = _checks(up.table("checks"), Checks())
 
     raw_nodes = up.get("nodes", list, [])
-    if not raw_nodes:
-        raise up.error("nodes", "no nodes configured: add at least one [[upstream.nodes]]")
+    if not raw_nodes and up.ok("nodes"):
+        up.error("nodes", _NO_NODES)
     nodes: list[Node] = []
+    names: set[str] = set()
     for i, raw in enumerate(raw_nodes):
-        key = f"upstream.nodes[{i}]"
+        key = f"{up.key('nodes')}[{i}]"
         if not isinstance(raw, dict):
-            raise ConfigError(file, key, f"expected a table, got {_describe(raw)}")
-        node = _node(_Table(raw, key, file), checks, timeouts, env)
-        if any(n.name == node.name for n in nodes):
-            raise ConfigError(file, f"{key}.name", f"duplicate node name {node.name!r}")
-        nodes.append(node)
+            up.error("nodes", f"expected a table, got {_describe(raw)}", item=i, key=key)
+            continue
+        nodes.append(_node(_Table(raw, key, up.problems, (*up.position("nodes"), i)), checks, timeouts, env, names))
 
     upstream = UpstreamConfig(
         nodes=tuple(nodes),
@@ -596,8 +726,23 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
         ),
         timeout=timeouts,
     )
-    up.done()
+    up.done(known=("retries",))
+    return upstream
+
+
+def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document; raise one ConfigError naming every problem (in file order, bounded)."""
+    env = os.environ if env is None else env
+    problems = _Problems(file)
+    root = _Table(data, "", problems)
+    server = _server(root.table_or_empty("server"), env)
+    up = root.table("upstream")
+    upstream = None if up is None else _upstream(up, env)
+    if up is None and root.ok("upstream"):
+        root.error("upstream", _NO_NODES, key="upstream.nodes")
     root.done()
+    problems.check()  # raises if anything at all was wrong: a Config is only made from a file without problems
+    assert upstream is not None
     return Config(server=server, upstream=upstream, path=file)
 
 

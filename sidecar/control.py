@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from . import api
+from . import api, metrics
 from .config import UNIX_PATH_MAX, ConfigError, one_line
 from .runtime import Runtime
 from .server import StartupError
@@ -221,6 +221,7 @@ class ControlServer:
         app.router.add_post("/v1/nodes/{name}/auto", self.node_auto)
         app.router.add_post("/v1/failover", self.failover)
         app.router.add_post("/v1/reload", self.reload)
+        app.router.add_get("/metrics", self.prometheus)
         self.app = app
 
     async def start(self) -> None:
@@ -244,6 +245,11 @@ class ControlServer:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(api.status(self.runtime))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """Prometheus metrics, the same as the proxy listener's metrics_path (which may be off); no key."""
+        body, content_type = metrics.attach(self.runtime).exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """NDJSON events for at most `max_event_subscribers` readers at once (503 past it), so idle or
@@ -299,21 +305,45 @@ class ControlServer:
         return response
 
     async def node_down(self, request: web.Request) -> web.Response:
-        return self._manual(request, down=True)
+        """Drain a node. Refused (409) when it is the last usable one, unless the body is {"force": true}."""
+        force = False
+        if request.can_read_body:
+            try:
+                payload = json.loads(await request.read())
+            except (ValueError, RecursionError):
+                return _refuse(request, 400, 'body must be JSON, like {"force": true}')
+            if not isinstance(payload, dict) or set(payload) - {"force"} or not isinstance(payload.get("force"), bool):
+                return _refuse(request, 400, 'body must be a JSON object with only "force" (true/false)')
+            force = payload["force"]
+        return self._manual(request, down=True, force=force)
 
     async def node_auto(self, request: web.Request) -> web.Response:
         return self._manual(request, down=False)
 
-    def _manual(self, request: web.Request, down: bool) -> web.Response:
-        node = self.runtime.upstream.by_name.get(request.match_info["name"])
+    def _manual(self, request: web.Request, down: bool, force: bool = False) -> web.Response:
+        upstream = self.runtime.upstream
+        node = upstream.by_name.get(request.match_info["name"])
         if node is None:
-            names = ", ".join(self.runtime.upstream.by_name)
+            names = ", ".join(upstream.by_name)
             return _refuse(request, 404, f"no node named {request.match_info['name']!r} (nodes: {names})", "not_found")
-        self.runtime.upstream.set_manual(node, down)
-        if down:
-            log.warning("node %s drained by hand over the control socket", node.name)
-        else:
-            log.info("node %s given back to automatic health checks over the control socket", node.name)
+        if down and not node.health.manual_down:
+            others = [n for n in upstream.nodes if n is not node and not n.health.manual_down]
+            if not others or (node.health.healthy and not any(n.health.healthy for n in others)):
+                # Not drained, the others would still be tried (panic mode); all drained, every request gets 503.
+                why = (
+                    "every other node is down by hand, so with it down every request would get 503"
+                    if not others
+                    else "no other node is healthy to take traffic"
+                )
+                if not force:
+                    return _error(
+                        409,
+                        f"refused: {node.name} is the last usable node: {why}; nothing was changed "
+                        f"(to drain it anyway: llm-sidecar node down --force {node.name})",
+                        "conflict",
+                    )
+                log.warning("node %s: drained with --force although it was the last usable node: %s", node.name, why)
+        upstream.set_manual(node, down)
         return web.json_response(api.manual_answer(self.runtime, node))
 
     async def failover(self, request: web.Request) -> web.Response:
@@ -357,6 +387,15 @@ class ControlServer:
         try:
             config = await self.runtime.reload()
         except ConfigError as exc:
-            return _error(400, str(exc), "config_error", file=exc.file, key=exc.key)
+            # message, file and key: the first problem (summary() says how many more); errors: all, bounded.
+            return _error(
+                400,
+                exc.summary(),
+                "config_error",
+                file=exc.file,
+                key=exc.key,
+                errors=exc.to_dict()["errors"],
+                more=exc.hidden,
+            )
         answer: ReloadJSON = {"ok": True, "config_path": config.path, "nodes": [n.name for n in config.upstream.nodes]}
         return web.json_response(answer)

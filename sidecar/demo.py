@@ -10,10 +10,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,24 @@ SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
 
 
 CYCLE = 40.0  # seconds per replay of the script when the demo runs until the monitor quits
+PRIMARY = "openai-fake"
+OUTAGE_AT = min(at for at, _, behaviour in SCRIPT if behaviour["fail_rate"] > 0)  # the primary fails
+BACK_AT = max(at for at, _, behaviour in SCRIPT if behaviour["fail_rate"] == 0.0)  # the primary returns
+# Probes every 2 s need 2 passes, then the ejection (3 s) ends and a trial request brings the primary
+# back: a run this long shows the whole story (the default --duration is longer).
+WHOLE_STORY = BACK_AT + 12.0
+
+
+@dataclass
+class Outage:
+    """One scripted outage of the primary, in seconds from the start of the demo."""
+
+    began: float
+    detected: float | None = None
+    detected_how: str = ""
+    back: float | None = None  # when the script made the primary answer again
+    recovered: float | None = None
+    recovered_how: str = ""
 
 
 def demo_config(primary: int, backup: int, port: int, socket: Path) -> Config:
@@ -75,7 +96,13 @@ class Demo:
         os.chmod(self.dir, 0o700)
         self.socket = self.dir / "control.sock"
         self.ready = threading.Event()
-        self.served: dict[str, int] = {}
+        self.served: dict[str, int] = {}  # answers the agent got, by the node that gave them
+        self.sent = 0
+        self.failed_over = 0  # requests that met a failure and were answered by another attempt
+        self.errors: list[str] = []  # what the agent saw go wrong: a non-2xx status or no answer
+        self.outages: list[Outage] = []
+        self.began = time.monotonic()
+        self.ended: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
 
@@ -83,20 +110,50 @@ class Demo:
         if not self.quiet:
             print(text, flush=True)
 
+    def now(self) -> float:
+        """Seconds since the demo (and its script) began."""
+        return time.monotonic() - self.began
+
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.ended = self.now()
+            self.remove_dir()
+
+    def remove_dir(self) -> None:
+        """The demo's temporary directory (its control socket) goes with the demo, whatever ended it."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def _run(self) -> None:
         from .server import serve
 
         stop = asyncio.Event()
         self.loop, self.stop_event = asyncio.get_running_loop(), stop
-        primary, p_runner = await start("openai-fake", "127.0.0.1", 0)
+        primary, p_runner = await start(PRIMARY, "127.0.0.1", 0)
         _, b_runner = await start("deepseek-fake", "127.0.0.1", 0)
         config = demo_config(p_runner.addresses[0][1], b_runner.addresses[0][1], self.port, self.socket)
         server = asyncio.ensure_future(serve(config, control_socket=self.socket, grace=1.0))
+        server.add_done_callback(lambda _: stop.set())  # a sidecar that stopped ends the demo
         try:
             await self._wait_listening()
+            if threading.current_thread() is threading.main_thread():
+                # Ctrl+C ends the demo, traffic first, then the sidecar (it took the signals before it
+                # listened; stopped first, it would refuse the last requests: errors the agent never saw).
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.loop.add_signal_handler(sig, stop.set)
+            self.began = time.monotonic()
             self.ready.set()
             self.say(f"sidecar on http://127.0.0.1:{self.port}/v1  (control socket {self.socket})")
             self.say("attach a monitor from another terminal: llm-sidecar monitor --control-socket " + str(self.socket))
+            if self.duration and self.duration < WHOLE_STORY:
+                missed = (
+                    f"outage (t={OUTAGE_AT:g}s)" if self.duration <= OUTAGE_AT else f"recovery (back at t={BACK_AT:g}s)"
+                )
+                self.say(
+                    f"note: --duration {self.duration:g} ends before the primary's {missed};"
+                    f" about {WHOLE_STORY:g} s shows the whole story"
+                )
             await asyncio.gather(self._script(primary, stop), self._traffic(stop), self._health(stop))
         finally:
             stop.set()
@@ -105,10 +162,6 @@ class Demo:
                 await server
             await p_runner.cleanup()
             await b_runner.cleanup()
-            with contextlib.suppress(OSError):
-                self.socket.unlink(missing_ok=True)  # the server usually removed it already
-            with contextlib.suppress(OSError):
-                self.dir.rmdir()
 
     def shutdown(self) -> None:
         """Stop the demo from another thread."""
@@ -128,7 +181,7 @@ class Demo:
 
     async def _script(self, primary: FakeProvider, stop: asyncio.Event) -> None:
         """Play the outage script; behind the monitor, replay it until the monitor quits."""
-        begin = time.monotonic()
+        begin = self.began
         cycle = 0
         while not stop.is_set():
             for at, text, behaviour in SCRIPT:
@@ -140,6 +193,10 @@ class Demo:
                 if stop.is_set():
                     return
                 primary.behaviour.update(behaviour)
+                if behaviour["fail_rate"] > 0:
+                    self.outages.append(Outage(began=at))
+                elif self.outages and self.outages[-1].back is None:
+                    self.outages[-1].back = at
                 self.say(f"\n=== t={at:>4.0f}s  {text}")
             if self.duration:
                 break
@@ -163,9 +220,15 @@ class Demo:
                         node = r.headers.get("x-llm-sidecar-node", "-")
                         attempts = r.headers.get("x-llm-sidecar-attempts", "-")
                         status = str(r.status)
+                        if r.status >= 300:
+                            self.errors.append(f"req {n}: status {r.status}")
                 except aiohttp.ClientError as exc:
                     node, attempts, status = "-", "-", f"error {exc}"
+                    self.errors.append(f"req {n}: {str(exc)[:80] or type(exc).__name__}")
+                self.sent += 1
                 self.served[node] = self.served.get(node, 0) + 1
+                if attempts not in ("1", "-"):
+                    self.failed_over += 1
                 ms = (time.monotonic() - started) * 1000
                 mark = "  <- failed over inside the request" if attempts not in ("1", "-") else ""
                 kind = "stream" if stream else "json  "
@@ -181,6 +244,47 @@ class Demo:
             async for event in control.events(replay=False, stop=stop):
                 if event["type"] == "health":
                     self.say(f"  ** {event['node']}: {event['before']} -> {event['after']} ({event['reason']})")
+                    if event["node"] == PRIMARY and not event.get("model"):
+                        self.note_health(event["before"], event["after"], event["reason"])
+
+    def note_health(self, before: str, after: str, reason: str) -> None:
+        """Date the sidecar's detection of the current outage, and the primary's recovery from it."""
+        if not self.outages:
+            return
+        outage, now = self.outages[-1], self.now()
+        if outage.detected is None and before == "healthy" and after != "healthy":
+            outage.detected, outage.detected_how = now, f"{before} -> {after}: {reason}"
+        elif outage.detected is not None and outage.recovered is None and after == "healthy":
+            outage.recovered, outage.recovered_how = now, f"{before} -> {after}: {reason}"
+
+    def summary(self) -> str:
+        """What happened, for people: printed when the demo ends (after the monitor, when it quits)."""
+        ran = self.ended if self.ended is not None else self.now()
+        by_node = ", ".join(f"{node} {count}" for node, count in sorted(self.served.items(), key=lambda i: -i[1]))
+        lines = [
+            f"what happened in {ran:.0f} s:",
+            f"  requests the agent sent: {self.sent}" + (f" (answered by {by_node})" if by_node else ""),
+            f"  failed over inside a request: {self.failed_over}"
+            + (" (the agent still got its answer)" if self.failed_over else ""),
+            f"  errors the agent saw: {len(self.errors)}" + (f" ({'; '.join(self.errors[:3])})" if self.errors else ""),
+        ]
+        if not self.outages:
+            lines.append(f"  outage: none yet (the primary's scripted outage starts at t={OUTAGE_AT:g}s)")
+        for i, o in enumerate(self.outages, 1):
+            name = "outage" if len(self.outages) == 1 else f"outage {i}"
+            lines.append(f"  {name}: {PRIMARY} began failing at t={o.began:g}s")
+            if o.detected is not None:
+                lines.append(f"    detected at t={o.detected:.1f}s ({o.detected_how})")
+            else:
+                lines.append("    detected: not within this run")
+            if o.back is not None:
+                lines.append(f"    the primary was back at t={o.back:g}s")
+            if o.recovered is not None:
+                lines.append(f"    recovered at t={o.recovered:.1f}s ({o.recovered_how})")
+            else:
+                hint = f"; about {WHOLE_STORY:g} s shows it" if self.duration and i == 1 else ""
+                lines.append(f"    recovered: not within this run{hint}")
+        return "\n".join(lines)
 
 
 def run_demo(duration: float = 60.0, port: int = 0, monitor: Callable[[Path], None] | None = None) -> dict[str, int]:
@@ -191,18 +295,23 @@ def run_demo(duration: float = 60.0, port: int = 0, monitor: Callable[[Path], No
     # Behind the monitor the demo lasts until the monitor quits (duration 0 = no end).
     demo = Demo(0.0 if monitor is not None else duration, port, quiet=monitor is not None)
     if monitor is None:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(demo.run())
-        print(f"\nserved: {demo.served}")
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(demo.run())
+        finally:
+            demo.remove_dir()
+        print("\n" + demo.summary(), flush=True)
         return demo.served
     # The monitor owns the terminal and the main thread; the demo gets its own loop.
     thread = threading.Thread(target=lambda: asyncio.run(demo.run()), daemon=True)
     thread.start()
-    if not demo.ready.wait(15):
-        raise SystemExit("llm-sidecar: the demo sidecar did not start")
     try:
+        if not demo.ready.wait(15):
+            raise SystemExit("llm-sidecar: the demo sidecar did not start")
         monitor(demo.socket)
     finally:
         demo.shutdown()
         thread.join(5)
+        demo.remove_dir()  # also when the demo's thread did not finish in time
+    print(demo.summary(), flush=True)  # the terminal is the shell's again: say what was seen
     return demo.served

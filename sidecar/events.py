@@ -54,6 +54,9 @@ class EventHub:
         self.recent: deque[Event] = deque(maxlen=replay)
         self.queue_size = queue_size
         self.drop_after = drop_after
+        # Called with every event as it is published, in the publisher (metrics.py counts this way): unlike a
+        # subscriber, never dropped for falling behind. Each must be cheap and must not raise.
+        self.observers: list[Callable[[Event], None]] = []
         self.subscribers: set[Subscription] = set()
         self.seq = 0
         self.dropped = 0  # readers dropped so far, for tests and logs
@@ -71,6 +74,8 @@ class EventHub:
         event["seq"] = self.seq
         event["time"] = time.time()
         self.recent.append(event)
+        for observe in self.observers:
+            observe(event)
         stuck: list[Subscription] | None = None
         for sub in self.subscribers:
             if len(sub.pending) < sub.limit:

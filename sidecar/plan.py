@@ -66,6 +66,12 @@ def render(config: Config) -> str:
         f"max_connections {s.max_connections}, max_event_subscribers {s.max_event_subscribers}",
         f"         header_timeout {s.header_timeout:g}s, body_timeout {s.body_timeout:g}s, "
         f"keepalive_timeout {s.keepalive_timeout:g}s",
+        f"metrics  http://{s.listen}{s.metrics_path} and on the control socket"
+        if s.metrics_path
+        else "metrics  on the control socket only (metrics_path is empty)",
+        "reload   when this file is saved, on SIGHUP and on `llm-sidecar reload`"
+        if s.watch
+        else "reload   on SIGHUP and on `llm-sidecar reload` (watch = false)",
         f"upstream {u.type}, timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s "
         f"first_token {t.first_token:g}s, max_response_bytes {_size(u.max_response_bytes)}",
         f"retry    {_retry(config)}",
@@ -78,7 +84,8 @@ def render(config: Config) -> str:
         lines.append(f"priority {priority}:")
         for node in level:
             models = ", ".join(f"{k} -> {v}" for k, v in node.models.items()) or "any, unchanged"
-            lines.append(f"  {node.name:<12} {node.url}  weight {node.weight}  {_key(node)}  models: {models}")
+            api = "  api anthropic (/v1/messages)" if node.api == "anthropic" else ""
+            lines.append(f"  {node.name:<12} {node.url}{api}  weight {node.weight}  {_key(node)}  models: {models}")
             if node.url_had_v1:
                 lines.append(
                     " " * 15 + "(the /v1 at the end of its url is dropped: each request's path brings its own)"

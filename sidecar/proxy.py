@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
-from . import catalog
+from . import catalog, metrics
 from .dialect import api_of, stream_error, wants_anthropic
 from .errors import Send, send_error, send_json
 from .exchange import MODEL_RE, STREAM_RE, Exchange
@@ -136,6 +136,7 @@ class ProxyApp:
         self.id_counter = itertools.count(1)
         self.urls: dict[tuple[str, str], URL] = {}
         self.inflight: set[Interrupt] = set()
+        self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (metrics.py)
 
     def next_id(self) -> str:
         return f"{self.id_prefix}{next(self.id_counter):08x}"
@@ -180,6 +181,9 @@ class ProxyApp:
             await self.healthz(send)
             return
         if not path.startswith("/v1/"):
+            if path == self.runtime.config.server.metrics_path and path:  # off when "" (see metrics.py)
+                await metrics.answer(self.runtime, scope, send)
+                return
             await send_error(
                 send,
                 404,

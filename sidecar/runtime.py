@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
 
 from . import __version__
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, load, read_text
 from .events import EventHub
 from .transport import AiohttpTransport, Transport
 from .upstream import Upstream
@@ -18,6 +19,15 @@ from .watchdog import SendWatch
 log = logging.getLogger("llm_sidecar")
 
 TransportFactory = Callable[[Config, SendWatch], Transport]
+
+
+def file_digest(path: str) -> str | None:
+    """A digest of the config file's content; None when it cannot be read (gone, not a file, not UTF-8)."""
+    try:
+        text = read_text(path)
+    except ConfigError:
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Runtime:
@@ -41,6 +51,10 @@ class Runtime:
         self.version = __version__
         self.control_socket = ""
         self.on_reload: Callable[[], None] | None = None
+        # What the last reload (or the start) read from the file, loaded or refused: a save that leaves
+        # the content as it was (a touch, a no-op save) is not reloaded by the file watcher (watch.py).
+        self.config_digest = file_digest(config.path)
+        self.reload_lock = asyncio.Lock()  # reloads (file watcher, SIGHUP, control API) one at a time
         self.closing: set[asyncio.Task[None]] = set()
 
     @property
@@ -78,12 +92,23 @@ class Runtime:
         return new
 
     async def reload(self) -> Config:
-        """Re-read the config file; on any error keep the running config and raise."""
+        """Re-read the config file; on any error keep the running config and raise.
+
+        Logs once and publishes a `config` event whatever the outcome; callers log nothing more."""
+        async with self.reload_lock:
+            return self._reload()
+
+    def _reload(self) -> Config:
+        path = self.config.path
+        # Read before loading: if the file changes in between, the watcher sees a digest that differs
+        # from this one and loads it again (never the other way round, a change it would skip).
+        self.config_digest = file_digest(path)
         try:
-            config = load(self.config.path)
+            config = load(path)
         except ConfigError as exc:
-            self.events.publish("config", ok=False, path=self.config.path, error=exc.to_dict())
-            log.error("reload failed, keeping the running config: %s", exc)
+            self.events.publish("config", ok=False, path=path, error=exc.to_dict())
+            # One line whatever the file holds: the first problem, and how many more (`check` lists them).
+            log.error("reload failed, keeping the running config: %s", exc.summary())
             raise
         # Read once, when the listener and the control socket start.
         at_start = (

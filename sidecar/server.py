@@ -21,6 +21,7 @@ from .config import Config, ConfigError
 from .http1 import HTTPServer, Limits
 from .proxy import ProxyApp
 from .runtime import Runtime
+from .watch import ConfigWatcher, watched_file
 
 log = logging.getLogger("llm_sidecar")
 
@@ -226,7 +227,15 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
     checker = ActiveChecker(runtime)
     checker.sync()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
-    runtime.on_reload = checker.sync
+    file = watched_file(config)  # None for a config built in memory (the demo's): no file to watch
+    watcher = ConfigWatcher(runtime, file) if file is not None else None
+
+    def on_reload() -> None:
+        checker.sync()
+        if watcher is not None:
+            watcher.sync()  # [server] watch may have changed
+
+    runtime.on_reload = on_reload
     nodes = ", ".join(f"{n.name}(priority {n.priority}, weight {n.weight})" for n in config.upstream.nodes)
     log.info("llm-sidecar %s listening on http://%s/v1 -> %s", runtime.version, config.server.listen, nodes)
     for node in config.upstream.nodes:
@@ -236,12 +245,16 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
             )
     if control is not None:
         log.info("control socket %s", control.path)
+    if watcher is not None:
+        watcher.start()
     tune_gc()
     try:
         await server.serve(sock)
     finally:
         log.info("stopping")
         watchdog.cancel()
+        if watcher is not None:
+            await watcher.close()
         await checker.close()
         if control is not None:
             await control.stop()

@@ -7,7 +7,7 @@ monitor can use them without pulling the server in.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 NodeStateName = Literal["healthy", "unhealthy", "ejected", "down"]
 
@@ -41,8 +41,13 @@ class PassiveJSON(TypedDict):
 
 
 class TrafficJSON(TypedDict):
-    requests: int
+    requests: int  # since the sidecar started, as errors
     errors: int
+    # The last `window_s` seconds, the span rps, p50_ms and p95_ms cover too (newer sidecars: a monitor
+    # may attach to an older one, so not required).
+    window_s: NotRequired[float]
+    window_requests: NotRequired[int]
+    window_errors: NotRequired[int]
     in_flight: int
     rps: float
     p50_ms: float | None

@@ -19,6 +19,7 @@ def render_status(data: StatusJSON) -> str:
     ]
     header = (
         "NODE",
+        "API",
         "PRIO",
         "WEIGHT",
         "STATE",
@@ -41,6 +42,7 @@ def render_status(data: StatusJSON) -> str:
         rows.append(
             (
                 n["name"] + (" *" if n["serving"] else ""),
+                n.get("api", "openai"),
                 str(n["priority"]),
                 str(n["weight"]),
                 n["state"],
@@ -59,7 +61,10 @@ def render_status(data: StatusJSON) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    lines.append("(* = serving)")
+    window = next((f"{t['window_s']:g}" for n in data["nodes"] if "window_s" in (t := n["traffic"])), "60")
+    lines.append(
+        f"(* = serving; REQS and ERR since the sidecar started; RPS, P50ms and P95ms over the last {window} s)"
+    )
     out = [(n["name"], m) for n in data["nodes"] for m in n.get("models", ())]
     if out:
         lines.append("")

@@ -11,7 +11,7 @@ from .config import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, RetryPolicy, ServerC
 HEADER = """\
 # llm-sidecar configuration. Field names follow Apache APISIX's upstream object.
 # Keys are never stored here: api_key = "${VAR}" reads the environment variable VAR.
-# Validate with `llm-sidecar check`; a running sidecar re-reads it on `llm-sidecar reload`.
+# Validate with `llm-sidecar check`; a running sidecar re-reads it when it is saved and on `llm-sidecar reload`.
 """
 
 SECTIONS: list[tuple[str, dict[str, Any]]] = [
@@ -26,6 +26,10 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         "# keepalive_timeout: seconds an idle client connection stays open.\n"
         "# max_connections: client connections at once (also bounded by the open-file limit).\n"
         "# max_event_subscribers: monitors reading the control socket's events at once; 503 past it.\n"
+        '# metrics_path: Prometheus metrics on this listener (asks for api_key when set); "" = off here,\n'
+        "#   the control socket's GET /metrics stays.\n"
+        "# watch: re-read this file when it is saved (a broken edit is refused, the running config stays);\n"
+        "#   false = only on `llm-sidecar reload` or SIGHUP.\n"
         "# Changes to listen, control_socket, max_header_bytes, the three timeouts and max_connections need a restart.",
         {
             "server": {
@@ -38,6 +42,8 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
                 "keepalive_timeout": ServerConfig.keepalive_timeout,
                 "max_connections": ServerConfig.max_connections,
                 "max_event_subscribers": ServerConfig.max_event_subscribers,
+                "metrics_path": ServerConfig.metrics_path,
+                "watch": ServerConfig.watch,
             }
         },
     ),

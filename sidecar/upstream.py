@@ -230,10 +230,25 @@ class Upstream:
             self._transition(node, health.record_failure(Source.ACTIVE, kind, now, reason))
 
     def set_manual(self, node: NodeState, down: bool) -> bool:
+        """A change by hand: routine, so logged at INFO in plain words; published as any health change."""
         transition = node.health.set_manual(down, self.clock())
         self.events.publish("manual", node=node.name, manual="down" if down else "auto")
-        self._transition(node, transition)
-        return transition is not None
+        if transition is None:
+            return False
+        if down:
+            log.info("node %s: taken out of rotation by hand (was %s)", node.name, transition.before)
+        else:
+            log.info(
+                "node %s: back to automatic health checks (was manually down), now %s", node.name, transition.after
+            )
+        self.events.publish(
+            "health",
+            node=node.name,
+            before=str(transition.before),
+            after=str(transition.after),
+            reason=transition.reason,
+        )
+        return True
 
     def _transition(self, node: NodeState, transition: Transition | None) -> None:
         if transition is None:

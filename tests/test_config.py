@@ -60,13 +60,18 @@ def test_node_timeouts_override_the_upstreams_and_first_token_never_exceeds_read
     assert (b.timeout.read, b.timeout.first_token) == (300, 240)
     data["upstream"]["nodes"][0]["timeout"] = {"first_token": 31}
     error = error_of(data)
-    assert error.key == "upstream.nodes[0].timeout.first_token" and "must be <= read (30)" in error.message
+    assert error.key == 'upstream.nodes[0] ("a").timeout.first_token' and "must be <= read (30)" in error.message
 
 
 @pytest.mark.parametrize(
     ("where", "value", "key", "message"),
     [
-        (("nodes", 0, "continuation"), "prefil", "upstream.nodes[0].continuation", "expected one of 'none', 'prefill'"),
+        (
+            ("nodes", 0, "continuation"),
+            "prefil",
+            'upstream.nodes[0] ("a").continuation',
+            "expected one of 'none', 'prefill'",
+        ),
         (("retry", "max_backoff"), 0.1, "upstream.retry.max_backoff", "must be >= backoff"),
         (("retry", "attempts_per_node"), 0, "upstream.retry.attempts_per_node", "must be >= 1"),
         (("retry", "typo"), 1, "upstream.retry.typo", "unknown key"),
@@ -123,32 +128,32 @@ def test_api_key_never_in_repr() -> None:
 @pytest.mark.parametrize(
     ("data", "key", "words"),
     [
-        (minimal(weight=0), "upstream.nodes[0].weight", "must be >= 1"),
-        (minimal(weight="5"), "upstream.nodes[0].weight", "expected an integer"),
-        (minimal(weight=True), "upstream.nodes[0].weight", "expected an integer"),
-        (minimal(colour="red"), "upstream.nodes[0].colour", "unknown key"),
-        (minimal(url="ftp://x"), "upstream.nodes[0].url", "http:// or https://"),
-        (minimal(url="https://"), "upstream.nodes[0].url", "http:// or https://"),
-        (minimal(url="https://x.com/?k=1"), "upstream.nodes[0].url", "query"),
-        (minimal(url="https://me:sk-secret@x.com"), "upstream.nodes[0].url", "must not carry credentials"),
+        (minimal(weight=0), 'upstream.nodes[0] ("a").weight', "must be >= 1"),
+        (minimal(weight="5"), 'upstream.nodes[0] ("a").weight', "expected an integer"),
+        (minimal(weight=True), 'upstream.nodes[0] ("a").weight', "expected an integer"),
+        (minimal(colour="red"), 'upstream.nodes[0] ("a").colour', "unknown key"),
+        (minimal(url="ftp://x"), 'upstream.nodes[0] ("a").url', "http:// or https://"),
+        (minimal(url="https://"), 'upstream.nodes[0] ("a").url', "http:// or https://"),
+        (minimal(url="https://x.com/?k=1"), 'upstream.nodes[0] ("a").url', "query"),
+        (minimal(url="https://me:sk-secret@x.com"), 'upstream.nodes[0] ("a").url', "must not carry credentials"),
         (minimal(name="b"), "upstream.nodes[1].name", "duplicate node name"),
         (minimal(name=""), "upstream.nodes[0].name", "is required"),
-        (minimal(api_key="sk-literal"), "upstream.nodes[0].api_key", "environment variable"),
-        (minimal(api_key="${NOPE_NOT_SET}"), "upstream.nodes[0].api_key", "NOPE_NOT_SET is not set"),
-        (minimal(models={"*": 3}), "upstream.nodes[0].models.*", "expected a model name"),
+        (minimal(api_key="sk-literal"), 'upstream.nodes[0] ("a").api_key', "environment variable"),
+        (minimal(api_key="${NOPE_NOT_SET}"), 'upstream.nodes[0] ("a").api_key', "NOPE_NOT_SET is not set"),
+        (minimal(models={"*": 3}), 'upstream.nodes[0] ("a").models.*', "expected a model name"),
         (
             minimal(checks={"active": {"healthy": {"successes": 0}}}),
-            "upstream.nodes[0].checks.active.healthy.successes",
+            'upstream.nodes[0] ("a").checks.active.healthy.successes',
             ">= 1",
         ),
         (
             minimal(checks={"passive": {"unhealthy": {"http_statuses": [999]}}}),
-            "upstream.nodes[0].checks.passive.unhealthy.http_statuses[0]",
+            'upstream.nodes[0] ("a").checks.passive.unhealthy.http_statuses[0]',
             "HTTP status",
         ),
         (
             minimal(checks={"active": {"http_path": "v1/models"}}),
-            "upstream.nodes[0].checks.active.http_path",
+            'upstream.nodes[0] ("a").checks.active.http_path',
             'start with "/"',
         ),
         ({"upstream": {"nodes": []}}, "upstream.nodes", "no nodes"),
@@ -175,7 +180,7 @@ def test_every_mistake_names_file_key_and_problem(data: dict, key: str, words: s
 
 def test_empty_env_var_is_an_error() -> None:
     error = error_of(minimal(), {"OPENAI_API_KEY": " ", "DEEPSEEK_API_KEY": "x"})
-    assert error.key == "upstream.nodes[0].api_key" and "empty" in error.message
+    assert error.key == 'upstream.nodes[0] ("a").api_key' and "empty" in error.message
 
 
 def test_load_reports_toml_syntax_and_missing_files(tmp_path: Path) -> None:

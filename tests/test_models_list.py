@@ -58,7 +58,9 @@ def no_secrets(*answers: httpx.Response) -> None:
 
 async def manual(car: Any, name: str, state: str) -> None:
     async with car.control() as control:
-        assert (await control.post(f"/v1/nodes/{name}/{state}")).status_code == 200
+        # Forced: draining the last usable node is refused (409) otherwise.
+        body = {"force": True} if state == "down" else None
+        assert (await control.post(f"/v1/nodes/{name}/{state}", json=body)).status_code == 200
 
 
 # ---------------------------------------------------------------------------- pure parts

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from textual.pilot import Pilot
 
+from sidecar.api import status
+from sidecar.mock import Script
+from sidecar.stats import NodeStats
+from sidecar.transport import Request
 from tui.app import ConfirmScreen, MonitorApp
-from tui.widgets import HeaderBar, HealthLog, NodesTable, TrafficTable
+from tui.widgets import HeaderBar, HealthLog, NodesTable, TrafficTable, error_share
 
 from .conftest import chat, two_node_config
+from .inproc import Harness
+from .inproc import config as inproc_config
+from .test_snapshots import NOW, STATUS, canned_app, fill
 
 CHAT = "/v1/chat/completions"
 
@@ -29,8 +39,8 @@ def cell(table: NodesTable, node: str, column: str) -> str:
 
 
 def log_text(log: HealthLog) -> str:
-    """The log's text with wrapped lines joined back together."""
-    return " ".join(" ".join("".join(segment.text for segment in strip).split()) for strip in log.lines)
+    """The log's events, whole (the pane cuts them to its width), newest first."""
+    return " ".join(log.texts)
 
 
 async def test_rows_traffic_and_failover_with_f(fakes, sidecar, client) -> None:
@@ -105,7 +115,7 @@ async def test_reload_with_a_broken_file_shows_the_error(fakes, sidecar) -> None
         await until(pilot, lambda: app.query_one(NodesTable).row_count == 2)
         await pilot.press("r")
         log = app.query_one(HealthLog)
-        await until(pilot, lambda: "reload failed: upstream.nodes[0].weight" in log_text(log))
+        await until(pilot, lambda: 'reload failed: upstream.nodes[0] ("primary").weight' in log_text(log))
         assert any("expected an integer" in str(n.message) for n in app._notifications)
     assert (await car.node("primary"))["weight"] == 100
 
@@ -164,3 +174,194 @@ async def test_a_burst_of_events_is_drawn_in_batches(tmp_path) -> None:
         assert calls == 1  # one redraw for the whole burst
         assert traffic.row_count == TrafficTable.LIMIT  # bounded
         assert str(traffic.get_row_at(0)[1]) == f"{999:016x}"[-8:]  # newest first
+
+
+# ---------------------------------------------------------------------------- a monitor that never misleads
+
+
+def row_cells(table: TrafficTable, row: int) -> dict[str, str]:
+    """A traffic row by column key (only the columns on screen)."""
+    return dict(zip(table.shown, (str(c) for c in table.get_row_at(row)), strict=True))
+
+
+async def test_err_pct_is_the_last_minute_not_the_process_life() -> None:
+    """The primary failed a minute ago and serves cleanly now: its err% is 0%, although the sidecar's
+    lifetime totals (still in the status JSON) hold the old failures. Real status from a real runtime
+    whose clock is moved on by 61 s."""
+    broken = True
+    skew = 0.0
+
+    def handler(node: str, request: Request) -> Script:
+        if node == "primary" and broken:
+            return Script(503, body=[b'{"error": {"message": "busy"}}'])
+        return Script(body=[b'{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'])
+
+    harness = Harness(handler, inproc_config())
+    harness.runtime.upstream.clock = lambda: time.monotonic() + skew
+    for _ in range(4):
+        await harness.request({"model": "m", "messages": []})
+    before = status(harness.runtime)
+    broken, skew = False, 61.0  # past the window, and past the primary's ejection
+    for _ in range(3):
+        await harness.request({"model": "m", "messages": []})
+    after = status(harness.runtime)
+    primary = next(n for n in after["nodes"] if n["name"] == "primary")["traffic"]
+    assert primary["errors"] >= 1 and primary["window_errors"] == 0 and primary["window_requests"] >= 1
+    assert primary["window_s"] == 60
+
+    app = MonitorApp(Path("/nonexistent.sock"), connect=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        nodes = app.query_one(NodesTable)
+        app.show_status(before)
+        await pilot.pause()
+        assert cell(nodes, "primary", "err%") == "100%"
+        app.show_status(after)
+        await pilot.pause()
+        assert cell(nodes, "primary", "err%") == "0%"  # the lifetime share would say errors/requests > 0
+        assert cell(nodes, "backup", "err%") == "-"  # no attempts in the window: no share to show
+        assert "last 60 s" in str(nodes.border_title)
+        assert [str(c.label) for c in nodes.columns.values()][5:7] == ["p50 ms", "p95 ms"]
+
+
+def test_error_share_never_rounds_failures_away() -> None:
+    base = {"requests": 1000, "errors": 900, "in_flight": 0, "rps": 1.0, "p50_ms": 1.0, "p95_ms": 1.0}
+    assert error_share({**base, "window_requests": 1000, "window_errors": 1}) == "<1%"  # type: ignore[typeddict-item]
+    assert error_share({**base, "window_requests": 3, "window_errors": 1}) == "33%"  # type: ignore[typeddict-item]
+    assert error_share({**base, "window_requests": 0, "window_errors": 0}) == "-"  # type: ignore[typeddict-item]
+    assert error_share(base) == "-"  # type: ignore[arg-type]  # an older sidecar: no window counts, no guess
+
+
+def test_the_window_counts_forget_what_is_older_than_a_minute() -> None:
+    stats = NodeStats()
+    stats.finished(100.0, 0.5, ok=False)
+    stats.finished(130.0, 0.5, ok=True)
+    first = stats.snapshot(130.0, 1000.0)
+    assert (first["window_requests"], first["window_errors"], first["errors"]) == (2, 1, 1)
+    later = stats.snapshot(161.0, 1000.0)  # the failure is 61 s old
+    assert (later["window_requests"], later["window_errors"], later["requests"], later["errors"]) == (1, 0, 2, 1)
+
+
+async def test_streams_show_their_time_to_first_token(fakes, sidecar, client) -> None:
+    """A stream's total is the whole stream; the row shows its ttft too. A JSON answer has none."""
+    primary = await fakes("primary", chunks=6, chunk_delay=0.1)
+    car = await sidecar(two_node_config(primary, await fakes("backup")))
+    app = MonitorApp(car.socket)
+    async with app.run_test(size=(120, 40)) as pilot:
+        traffic = app.query_one(TrafficTable)
+        await until(pilot, lambda: app.status is not None)
+        await pilot.pause(0.3)  # attached to the event stream
+        await client.post(car.url + CHAT, json=chat(stream=True))
+        await client.post(car.url + CHAT, json=chat())
+        await until(pilot, lambda: traffic.row_count == 2)
+        plain_row, stream_row = row_cells(traffic, 0), row_cells(traffic, 1)
+        assert stream_row["s"] == "S" and plain_row["s"] == "-"
+        assert float(stream_row["total"]) >= 500  # six chunks 0.1 s apart
+        assert float(stream_row["ttft"]) < float(stream_row["total"]) - 300
+        assert plain_row["ttft"] == "-"
+        labels = [str(c.label) for c in traffic.columns.values()]
+        assert {"ttfb ms", "ttft ms", "total ms"} <= set(labels)
+
+
+async def test_reload_where_there_is_no_config_file_says_so() -> None:
+    """`<demo>` (or any `<...>`) is not a file: `r` says reload is not available instead of asking the
+    sidecar to read a file that is not there."""
+    app = MonitorApp(Path("/nonexistent.sock"), connect=False)
+    calls: list[str] = []
+    app.call_control = lambda method, *args: calls.append(method)  # type: ignore[method-assign,assignment,misc]
+    async with app.run_test(size=(80, 24)) as pilot:
+        demo = json.loads(json.dumps(STATUS))
+        demo["sidecar"]["config_path"] = "<demo>"
+        app.show_status(demo)
+        await pilot.press("r")
+        await pilot.pause()
+        toasts = [(n.title, str(n.message)) for n in app._notifications]
+        assert ("Reload not available", "the demo's config is built in memory: there is no file to reload") in toasts
+        assert calls == []
+        app.show_status(STATUS)  # a real file: asked for
+        await pilot.press("r")
+        await pilot.pause()
+        assert calls == ["reload"]
+
+
+# ---------------------------------------------------------------------------- layout at 80x24, 120x40, 200x50
+
+SIZES = [(80, 24), (120, 40), (200, 50)]
+
+
+def fits(table: NodesTable | TrafficTable) -> bool:
+    """Every shown column within the table: nothing behind a horizontal scrollbar."""
+    return table.virtual_size.width <= table.scrollable_content_region.width and not table.show_horizontal_scrollbar
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_the_important_columns_always_fit(size: tuple[int, int]) -> None:
+    app = canned_app()
+    async with app.run_test(size=size) as pilot:
+        await fill(pilot)
+        nodes, traffic = app.query_one(NodesTable), app.query_one(TrafficTable)
+        assert fits(nodes) and fits(traffic)
+        assert {"node", "state", "api", "req/s", "err%", "p95"} <= set(nodes.shown)
+        assert {"time", "model", "node", "st", "att", "ttft", "total", "why"} <= set(traffic.shown)
+        if size[0] >= 120:
+            assert nodes.shown == [c.key for c in NodesTable.COLUMNS]  # prio and wt too
+            assert traffic.shown == [c.key for c in TrafficTable.COLUMNS]  # tok and why too
+            assert row_cells(traffic, 0)["tok"] == "12/30"
+        else:
+            assert nodes.shown[-1] != "wt"  # the static settings go first, deliberately
+        names = {str(nodes.get_cell(n, "node")).strip() for n in ("openai", "deepseek", "claude-sonnet-backup")}
+        if size[0] >= 120:
+            assert "▶ deepseek" in names and "claude-sonnet-backup" in names  # whole
+        else:
+            assert "claude-sonnet-b…" in names  # cut with an ellipsis, not a hidden column
+        assert cell(nodes, "claude-sonnet-backup", "api") == "anth" and cell(nodes, "openai", "api") == "oai"
+        why = [row_cells(traffic, i)["why"] for i in range(traffic.row_count)]
+        assert "openai:503" in why and "openai:429 wait1.0s" in why
+        nodes.move_cursor(row=2)
+        await pilot.resize_terminal(size[0] - 7, size[1])  # columns laid out again...
+        await pilot.pause()
+        assert fits(nodes) and nodes.selected == "claude-sonnet-backup"  # ...the selection stays
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_health_events_one_a_line_newest_first_and_plot_labels_whole(size: tuple[int, int]) -> None:
+    app = canned_app()
+    async with app.run_test(size=size) as pilot:
+        await fill(pilot)
+        log = app.query_one(HealthLog)
+        reasons = ["probe http 503 after a very long explanation of what went wrong upstream", "ok", "http 503"]
+        app.show_events(
+            {"type": "health", "seq": 100 + i, "time": NOW + i, "node": "claude-sonnet-backup",
+             "before": "healthy", "after": "ejected" if i % 2 else "healthy", "reason": reasons[i % 3]}
+            for i in range(8)
+        )  # fmt: skip
+        await pilot.pause()
+        shown = [line.text.rstrip() for line in (log.render_line(y) for y in range(min(log.size.height, 8)))]
+        assert len(shown) >= 4  # not one event wrapped over two lines
+        stamps = [time.strftime("%H:%M:%S", time.localtime(NOW + i)) for i in range(7, 7 - len(shown), -1)]
+        assert [line[:8] for line in shown] == stamps  # one event a line, newest first
+        assert all(len(line) <= log.scrollable_content_region.width for line in shown)
+        if size[0] < 120:
+            assert any(line.endswith("…") for line in shown)  # cut, not wrapped
+        labels = [str(label.render()).strip() for label in app.query(".plot-label")]
+        assert labels[:2] == ["openai", "deepseek"] and labels[-1] == "p95 ms"
+        # whole, unless the plot is too narrow for a 20-character name (then cut with an ellipsis)
+        assert labels[2] == ("claude-sonnet-backup" if size[0] >= 120 else "claude-sonnet…")
+
+
+@pytest.mark.parametrize("size", SIZES[:2])
+async def test_toasts_cover_neither_the_nodes_nor_the_health_events(size: tuple[int, int]) -> None:
+    app = canned_app()
+    async with app.run_test(size=size, notifications=True) as pilot:
+        await fill(pilot)
+        app.show_status({**STATUS, "serving": "openai"})  # a failover: a toast
+        app.tell("a longer message that the sidecar sent, about a refusal", title="Refused", severity="error")
+        await pilot.pause(0.3)
+        toasts = list(app.screen.query("Toast"))
+        assert len(toasts) == 2
+        keep_clear = [
+            app.query_one(NodesTable).region,
+            app.query_one(HealthLog).region,
+            app.query_one(HeaderBar).region,
+        ]
+        for toast in toasts:
+            assert not any(toast.region.overlaps(region) for region in keep_clear), (toast.region, keep_clear)

@@ -538,7 +538,7 @@ async def test_sighup_reloads_the_file_and_cuts_no_request(fakes, sidecar, clien
     # A broken edit is refused with one log line; the running config and the process stay.
     car.config_path.write_text(car.config_path.read_text().replace("weight = 7", 'weight = "heavy"'))
     car.proc.send_signal(signal.SIGHUP)
-    assert await eventually(lambda: _logged(car, "upstream.nodes[0].weight"), 5)
+    assert await eventually(lambda: _logged(car, 'upstream.nodes[0] ("primary").weight'), 5)
     assert car.proc.poll() is None and (await car.node("primary"))["weight"] == 7
     assert car.socket.exists()
 

@@ -34,6 +34,13 @@ def real_status() -> dict[str, Any]:
                 "nodes": [
                     {"name": "openai", "url": "https://openai.example", "priority": 0, "weight": 100},
                     {"name": "deepseek", "url": "https://deepseek.example", "priority": -1, "weight": 1},
+                    {
+                        "name": "claude-sonnet-backup",
+                        "url": "https://anthropic.example",
+                        "api": "anthropic",
+                        "priority": -2,
+                        "weight": 1,
+                    },
                 ],
             }
         },
@@ -53,12 +60,20 @@ def real_status() -> dict[str, Any]:
         return dict(status(harness.runtime))
 
     data = asyncio.run(traffic())
-    assert [n["state"] for n in data["nodes"]] == ["ejected", "healthy"] and data["serving"] == "deepseek"
+    assert [n["state"] for n in data["nodes"]] == ["ejected", "healthy", "healthy"] and data["serving"] == "deepseek"
+    assert [n["api"] for n in data["nodes"]] == ["openai", "openai", "anthropic"]
+    # the error share is the window's (the one failed attempt on the primary), shown as err%
+    assert [(n["traffic"]["window_requests"], n["traffic"]["window_errors"]) for n in data["nodes"]] == [
+        (1, 1),
+        (3, 0),
+        (0, 0),
+    ]
     pinned = {"version": "0.1.0", "pid": 4242, "uptime_s": 754.0, "started_at": NOW - 754,
               "config_loaded_at": NOW - 754, "control_socket": "/run/user/1000/llm-sidecar.sock"}  # fmt: skip
     assert pinned.keys() <= data["sidecar"].keys()
     data["sidecar"].update(pinned)
-    for n, (rps, p95, probe) in zip(data["nodes"], [(0.4, 2210.0, 503), (1.8, 1180.0, 200)], strict=True):
+    figures = [(0.4, 2210.0, 503), (1.8, 1180.0, 200), (0.0, None, 200)]
+    for n, (rps, p95, probe) in zip(data["nodes"], figures, strict=True):
         n["changed_at"] = NOW - 42
         if n["passive"]["ejected_until"] is not None:
             n["passive"]["ejected_until"] = NOW - 32
@@ -70,7 +85,7 @@ def real_status() -> dict[str, Any]:
         }
         traffic = n["traffic"]
         assert {"rps", "p50_ms", "p95_ms", "in_flight"} <= traffic.keys()
-        traffic.update(rps=rps, p50_ms=640.0, p95_ms=p95, in_flight=2)
+        traffic.update(rps=rps, p50_ms=640.0 if p95 else None, p95_ms=p95, in_flight=2 if p95 else 0)
     return data
 
 
@@ -86,11 +101,13 @@ def request(i: int) -> dict[str, Any]:
         continued = [{"from": "openai", "to": "deepseek", "reason": "connection closed mid-body"}]
     if i == 6:
         failed = [{"node": "openai", "reason": "http 503"}]
+    stream = i % 3 == 0 or i == 5
     return {
         "type": "request", "seq": i, "time": NOW - 30 + i * 2, "id": f"beefcafe{i:08x}", "method": "POST",
         "path": "/v1/chat/completions", "model": "gpt-4o-mini", "node": "openai" if i < 5 else "deepseek",
         "status": 200, "attempts": 1 + len(failed) + len(continued), "failed": failed, "continued": continued,
-        "stream": i % 3 == 0 or i == 5, "ttfb_ms": 300.0 + i, "ttft_ms": None, "total_ms": 900.0 + 10 * i,
+        "stream": stream, "ttfb_ms": 300.0 + i, "ttft_ms": 340.0 + i if stream else None,
+        "total_ms": (2400.0 if stream else 900.0) + 10 * i,
         "tokens_in": 12, "tokens_out": 30, "error": None,
     }  # fmt: skip
 
@@ -118,7 +135,7 @@ async def fill(pilot: Any) -> None:
         plot.sample(
             {"openai": 2 if before else 0, "deepseek": 0 if before else 2},
             900.0 + 10 * (second % 7),
-            ["openai", "deepseek"],
+            [n["name"] for n in STATUS["nodes"]],
         )
     await pilot.pause()
 

@@ -29,12 +29,25 @@ from textual.widgets import Button, Footer, Label
 
 from sidecar.client import AsyncControlClient, ControlError, NotRunning
 from sidecar.shapes import StatusJSON
+from sidecar.stats import WINDOW as STATS_WINDOW
 from sidecar.stats import percentile
 
 from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable, clean
 
 FLUSH_EVERY = 0.25
 STATUS_EVERY = 1.0
+TRAFFIC_TITLE = "live traffic, newest first · ttft: a stream's first token"
+
+
+def nodes_title(window: float | None) -> str:
+    """What the nodes table's figures cover (None: the sidecar did not say, an older one)."""
+    span = f"last {window:g} s" if window is not None else "the sidecar's window"
+    return f"nodes · req/s, err%, p50, p95: {span} · ▶ serving"
+
+
+def from_file(config_path: str) -> bool:
+    """Whether the sidecar's config was read from a file it can read again: `<demo>`, `<memory>` were not."""
+    return not (config_path.startswith("<") and config_path.endswith(">"))
 
 
 @dataclass
@@ -125,34 +138,31 @@ class MonitorApp(App[None]):
         self.refused: str | None = None  # the last reason the event stream was refused, told once
 
     def compose(self) -> ComposeResult:
+        # Stacked at every size: the traffic table is the widest thing on screen and gets the full width;
+        # the plot and the health events share the bottom row.
         yield HeaderBar(id="header")
         nodes = NodesTable(id="nodes")
-        nodes.border_title = "nodes (▶ serving)"
+        nodes.border_title = nodes_title(STATS_WINDOW)
         yield nodes
-        with Horizontal(id="middle"):
-            traffic = TrafficTable(id="traffic")
-            traffic.border_title = "live traffic (newest first)"
-            yield traffic
-            with Vertical(id="side"):
-                plot = RatePlot(id="plot")
-                plot.border_title = "requests/s · p95"
-                yield plot
-                health = HealthLog(id="health", max_lines=500, wrap=True, markup=False, min_width=20)
-                health.border_title = "health events"
-                yield health
+        traffic = TrafficTable(id="traffic")
+        traffic.border_title = TRAFFIC_TITLE
+        yield traffic
+        with Horizontal(id="bottom"):
+            plot = RatePlot(id="plot")
+            plot.border_title = f"req/s, p95 ms · last {STATS_WINDOW:g} s"
+            yield plot
+            health = HealthLog(id="health", max_lines=500)
+            health.border_title = "health events (newest first)"
+            yield health
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(HeaderBar).show(None, False, str(self.socket))
-        self.on_resize()
         if self.connect:
             self.watch_events()
             self.set_interval(STATUS_EVERY, self.poll_status)
             self.set_interval(1.0, self.sample_second)
         self.set_interval(FLUSH_EVERY, self.flush)
-
-    def on_resize(self, event: object = None) -> None:
-        self.screen.set_class(self.size.width < 110, "narrow")
 
     # ------------------------------------------------------------------ data in
 
@@ -211,7 +221,10 @@ class MonitorApp(App[None]):
         self.status = status
         self.connected = True
         self.query_one(HeaderBar).show(status, True, str(self.socket))
-        self.query_one(NodesTable).show(status["nodes"], self.clock())
+        nodes = self.query_one(NodesTable)
+        nodes.show(status["nodes"], self.clock())
+        windows = {n["traffic"].get("window_s") for n in status["nodes"]} - {None}
+        nodes.border_title = nodes_title(windows.pop() if len(windows) == 1 else None)
         serving = status["serving"]
         if self.serving is not None and serving != self.serving:
             self.tell(f"{self.serving} → {serving or 'nothing'}", title="Failover", severity="warning")
@@ -273,12 +286,17 @@ class MonitorApp(App[None]):
             self.call_control("node", name, "auto")
 
     def action_reload(self) -> None:
+        path = self.status["sidecar"]["config_path"] if self.status else None
+        if path is not None and not from_file(path):
+            what = "the demo's config is built in memory" if path == "<demo>" else f"this config ({path}) is not a file"
+            self.tell(f"{what}: there is no file to reload", title="Reload not available", severity="warning")
+            return
         self.call_control("reload")
 
     def action_pause(self) -> None:
         self.paused = not self.paused
         traffic = self.query_one(TrafficTable)
-        traffic.border_title = "live traffic — PAUSED (p)" if self.paused else "live traffic (newest first)"
+        traffic.border_title = "live traffic — PAUSED (p)" if self.paused else TRAFFIC_TITLE
 
     @work(group="control")
     async def call_control(self, method: str, *args: str) -> None:

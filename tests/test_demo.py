@@ -1,0 +1,125 @@
+"""`llm-sidecar demo`: what it prints when it ends, what `r` says in its monitor, and that it leaves no
+temporary directory behind (the full outage-and-recovery run is in test_control)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.demo import Demo, run_demo
+from tui.app import MonitorApp
+from tui.widgets import NodesTable
+
+from .conftest import cli_env
+from .test_monitor import until
+
+
+def test_a_short_run_prints_a_readable_summary_and_leaves_no_temp_dir(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "demo", "--no-tui", "--duration", "3"],
+        capture_output=True, text=True, timeout=60, env=cli_env(TMPDIR=str(tmp)),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert str(tmp) in out  # the control socket was in our TMPDIR...
+    assert list(tmp.iterdir()) == []  # ...and its directory is gone
+    assert "note: --duration 3 ends before the primary's outage (t=8s); about 36 s shows the whole story" in out
+    summary = out[out.index("what happened in ") :]
+    assert re.search(r"requests the agent sent: [1-9]\d* \(answered by openai-fake [1-9]\d*\)\n", summary)
+    assert "failed over inside a request: 0\n" in summary
+    assert "errors the agent saw: 0\n" in summary
+    assert "outage: none yet (the primary's scripted outage starts at t=8s)" in summary
+    assert "{" not in summary and "served:" not in out  # no Python dict
+
+
+@pytest.fixture
+def demo_logging() -> Iterator[None]:
+    """run_demo takes over the root logger (the demo prints its own story): give it back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield None
+    root.handlers[:], root.level = handlers, level
+
+
+def test_quitting_the_monitor_prints_the_summary_and_leaves_no_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], demo_logging: object
+) -> None:
+    """The monitor owns the terminal while the demo runs behind it; when it quits (here: after 2 s),
+    the story is printed to the terminal it gave back."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen: list[Path] = []
+
+    def monitor(socket: Path) -> None:
+        seen.append(socket)
+        assert socket.exists()
+        time.sleep(2)
+
+    served = run_demo(monitor=monitor)
+    assert seen and seen[0].parent.parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    out = capsys.readouterr().out
+    assert re.match(r"what happened in [234] s:\n", out)
+    assert f"requests the agent sent: {sum(served.values())} (answered by openai-fake" in out
+    assert "errors the agent saw: 0" in out
+
+
+async def test_r_in_the_demo_says_reload_is_not_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's config is built in memory: `r` says so instead of `Reload failed …/<demo>: file not found`."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    demo = Demo(0.0, 0, quiet=True)  # until shut down, as behind the monitor
+    thread = threading.Thread(target=lambda: asyncio.run(demo.run()), daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(demo.ready.wait, 15)
+        app = MonitorApp(demo.socket)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await until(pilot, lambda: app.query_one(NodesTable).row_count == 2)
+            assert app.status is not None and app.status["sidecar"]["config_path"] == "<demo>"
+            await pilot.press("r")
+            await until(pilot, lambda: bool(app._notifications))
+            toasts = [(n.title, str(n.message)) for n in app._notifications]
+            assert toasts == [
+                ("Reload not available", "the demo's config is built in memory: there is no file to reload")
+            ]
+            await pilot.pause(0.5)
+            assert [n.title for n in app._notifications] == ["Reload not available"]  # no "Reload failed" after
+    finally:
+        demo.shutdown()
+        await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_ends_the_demo_with_its_summary_and_no_errors(tmp_path: Path) -> None:
+    """The sidecar takes SIGINT for a graceful stop; in the demo, the traffic stops first (the agent must not
+    meet a draining sidecar and count that as errors), then the sidecar, then the summary."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "demo", "--no-tui"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(TMPDIR=str(tmp_path)),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        assert proc.stdout is not None
+        while "req   3" not in proc.stdout.readline():
+            assert time.monotonic() < deadline
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "errors the agent saw: 0\n" in out and "outage: none yet" in out
+    assert list(tmp_path.iterdir()) == []
