@@ -115,7 +115,7 @@ def test_latency_is_ttft_for_streams_and_total_for_the_others() -> None:
 
 
 def test_the_plot_is_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    # matplotlib is in the test extra (users get it with the plot extra), so this runs in CI.
     png = tmp_path / "run.png"
     pd.plot(synthetic(), png)
     data = png.read_bytes()
