@@ -381,16 +381,7 @@ class AnthropicFake(FakeProvider):
             if ending not in ("cut", "stall"):
                 # Like a CDN in front of a real provider; a proxy must not replay it for others.
                 return web.json_response(message, headers=headers | {"Set-Cookie": "__cf_bm=fake-session; Path=/"})
-            data = json.dumps(message).encode()
-            headers |= {"Content-Type": "application/json", "Content-Length": str(len(data))}
-            response = web.StreamResponse(headers=headers)
-            await response.prepare(request)
-            if ending == "cut":
-                await response.write(data[: len(data) // 2])
-            else:
-                await _linger(request, _FOREVER)
-            self._cut(request)
-            return response
+            return await self._broken_body(request, json.dumps(message).encode(), headers, ending)
         response = web.StreamResponse(
             headers=headers | {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )

@@ -585,21 +585,9 @@ class FakeProvider:
             }
             if ending not in ("cut", "stall"):
                 return web.json_response(payload, headers={"x-fake-provider": self.name})
-            data = json.dumps(payload).encode()
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "application/json",
-                    "Content-Length": str(len(data)),
-                    "x-fake-provider": self.name,
-                }
+            return await self._broken_body(
+                request, json.dumps(payload).encode(), {"x-fake-provider": self.name}, ending
             )
-            await response.prepare(request)
-            if ending == "cut":
-                await response.write(data[: len(data) // 2])
-            else:
-                await _linger(request, _FOREVER)
-            self._cut(request)
-            return response
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-fake-provider": self.name}
         )
@@ -635,6 +623,21 @@ class FakeProvider:
             await response.write_eof()  # no-done, malformed, error-event: a clean end all the same
         except ConnectionResetError:
             pass  # the client left; nothing to tell it
+        return response
+
+    async def _broken_body(
+        self, request: web.Request, data: bytes, headers: dict[str, str], ending: str
+    ) -> web.StreamResponse:
+        """A JSON answer that breaks: "cut" sends half of it (short of its Content-Length) and aborts, "stall"
+        sends the headers and goes silent."""
+        headers = {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        if ending == "cut":
+            await response.write(data[: len(data) // 2])
+        else:
+            await _linger(request, _FOREVER)
+        self._cut(request)
         return response
 
     def _cut(self, request: web.Request) -> None:

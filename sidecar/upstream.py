@@ -241,13 +241,7 @@ class Upstream:
             log.info(
                 "node %s: back to automatic health checks (was manually down), now %s", node.name, transition.after
             )
-        self.events.publish(
-            "health",
-            node=node.name,
-            before=str(transition.before),
-            after=str(transition.after),
-            reason=transition.reason,
-        )
+        self._publish(node, transition)
         return True
 
     def _transition(self, node: NodeState, transition: Transition | None) -> None:
@@ -255,6 +249,9 @@ class Upstream:
             return
         level = logging.INFO if transition.after in (State.HEALTHY, State.DOWN) else logging.WARNING
         log.log(level, "node %s: %s -> %s (%s)", node.name, transition.before, transition.after, transition.reason)
+        self._publish(node, transition)
+
+    def _publish(self, node: NodeState, transition: Transition) -> None:
         self.events.publish(
             "health",
             node=node.name,

@@ -146,6 +146,17 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes], seconds: float
     raise TimeoutError(f"sidecar did not listen on {port} within {seconds}s")
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 8.0, step: float = 0.05) -> bool:
+    """Poll `check` until it holds or `seconds` pass (bounded); the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if await check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(step)
+
+
 def two_node_config(primary: Fake | str, backup: Fake | str, **upstream: Any) -> dict[str, Any]:
     """The seed's shape: primary priority 0, backup priority -1 with a model rewrite."""
     checks = upstream.pop("checks", {"passive": {}})

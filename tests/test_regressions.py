@@ -22,7 +22,7 @@ import pytest
 import tomli_w
 from aiohttp import web
 
-from .conftest import Sidecar, chat, cli, two_node_config
+from .conftest import Sidecar, chat, cli, eventually, two_node_config
 
 CHAT = "/v1/chat/completions"
 PASSIVE_ONLY = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0.5}}
@@ -32,17 +32,6 @@ PARTIAL = b'data: {"partial'
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float, step: float = 0.05) -> bool:
-    """Poll `check` until it holds or `seconds` pass (bounded); the last answer."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if await check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(step)
 
 
 async def in_flight(car: Sidecar, name: str) -> int:

@@ -15,7 +15,7 @@ import re
 import signal
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,12 @@ from sidecar.runtime import Runtime
 from sidecar.watch import SETTLE, ConfigWatcher, watched_file
 from sidecar.watchdog import SendWatch
 
-from .conftest import Sidecar, chat, two_node_config
+from .conftest import Sidecar, chat, eventually, two_node_config
 
 CHAT = "/v1/chat/completions"
 WEIGHT_KEY = r"upstream\.nodes\[0\][^:]*\.weight"  # the first node's weight (its name may be shown)
 APPLIED = 8.0  # seconds a saved edit may take to show in the status (it takes ~0.3 s)
 IGNORED = 4 * SETTLE + 0.5  # seconds after which a change that was to be ignored would have been acted on
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = APPLIED, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        if await check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(step)
 
 
 def edit(path: Path, change: Callable[[dict[str, Any]], None], *, rename: bool = False) -> None:
