@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from .config import Config, ConfigError
 from .runtime import Runtime, file_digest
@@ -42,12 +41,7 @@ class ConfigWatcher:
     def __init__(self, runtime: Runtime, path: Path, *, settle: float = SETTLE) -> None:
         self.runtime = runtime
         self.path = path
-        # A symlinked config (dotfiles) is saved where its target lives: watch both directories.
-        files = {os.path.normpath(path)}
-        with contextlib.suppress(OSError, RuntimeError):
-            files.add(os.path.normpath(path.resolve()))
-        self.files = frozenset(files)
-        self.directories = sorted({os.path.dirname(f) for f in files})
+        self.directories = self.targets()
         self.settle = settle
         self.task: asyncio.Task[None] | None = None
         self.stop_event: asyncio.Event | None = None
@@ -77,6 +71,13 @@ class ConfigWatcher:
             self._stop()
             log.info("stopped watching %s ([server] watch = false)", self.path)
 
+    def _restart(self) -> None:
+        """Watch `directories` in a new task; the calling one ends (its watch closes as it returns)."""
+        self.stop_event = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._watch(self.stop_event))
+        self.running.add(self.task)
+        self.task.add_done_callback(self.running.discard)
+
     def _stop(self) -> None:
         if self.stop_event is not None:
             self.stop_event.set()
@@ -94,15 +95,24 @@ class ConfigWatcher:
         if late:
             await asyncio.wait(late, timeout=STOP_WAIT)
 
-    def _ours(self, _change: Any, path: str) -> bool:
-        return os.path.normpath(path) in self.files
+    def targets(self) -> list[str]:
+        """The directories to watch: the file's own, and where a symlinked config (dotfiles) really lives.
+
+        Every change in them counts, not only the file's name: Kubernetes updates a ConfigMap volume by
+        swapping a `..data` symlink to a new directory and deleting the old one, and the file's name never
+        changes. Changes to other files cost one read of the config, and are skipped as unchanged.
+        """
+        files = {os.path.normpath(self.path)}
+        with contextlib.suppress(OSError, RuntimeError):
+            files.add(os.path.normpath(self.path.resolve()))
+        return sorted({os.path.dirname(f) for f in files})
 
     async def _watch(self, stop: asyncio.Event) -> None:
         from watchfiles import awatch  # here: `run` with watch = false never imports it
 
         changes = awatch(
             *self.directories,
-            watch_filter=self._ours,
+            watch_filter=None,
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
             stop_event=stop,
@@ -121,6 +131,10 @@ class ConfigWatcher:
                         await asyncio.wait_for(stop.wait(), self.settle)
                     if not stop.is_set():
                         await self.changed()
+                    if self.targets() != self.directories:  # the symlink now leads elsewhere: watch there
+                        self.directories = self.targets()
+                        self._restart()
+                        return
         except Exception as exc:  # e.g. the inotify watch limit: the sidecar serves on, unwatched
             why = str(exc) or type(exc).__name__
             log.warning("stopped watching %s: %s; reload with `llm-sidecar reload` or SIGHUP", self.path, why)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 import tomllib
@@ -357,6 +358,42 @@ async def test_a_symlinked_config_is_reloaded_when_its_target_is_replaced(tmp_pa
             assert await eventually(loaded)
     finally:
         await w.watcher.close()
+
+
+def configmap_update(volume: Path, text: str, version: int) -> None:
+    """What kubelet does to a ConfigMap volume: the file is a symlink through `..data` to a timestamped
+    directory; an update writes a new directory, swaps `..data` to it by rename, and deletes the old one."""
+    fresh = volume / f"..2026_11_26_{version:02d}"
+    fresh.mkdir()
+    (fresh / "llm-sidecar.toml").write_text(text)
+    old = os.readlink(volume / "..data") if (volume / "..data").is_symlink() else None
+    (volume / "..data_tmp").symlink_to(fresh.name)
+    os.replace(volume / "..data_tmp", volume / "..data")
+    if not (volume / "llm-sidecar.toml").is_symlink():
+        (volume / "llm-sidecar.toml").symlink_to("..data/llm-sidecar.toml")
+    if old is not None:
+        shutil.rmtree(volume / old)
+
+
+async def test_a_kubernetes_configmap_update_is_loaded_every_time(tmp_path: Path, config_file: Path) -> None:
+    volume = tmp_path / "config"
+    volume.mkdir()
+    base = config_file.read_text()
+    configmap_update(volume, base, 0)
+    w = Watched(volume / "llm-sidecar.toml")
+    w.watcher.sync()
+    await asyncio.sleep(0.2)
+    try:
+        for version, weight in enumerate((61, 62, 63), start=1):  # a second update was missed once
+            configmap_update(volume, base.replace("weight = 100", f"weight = {weight}"), version)
+
+            async def loaded(weight: int = weight) -> bool:
+                return w.weight() == weight
+
+            assert await eventually(loaded), f"update {version} (weight {weight}) not loaded"
+    finally:
+        await w.watcher.close()
+    assert not w.watcher.running
 
 
 async def test_changed_skips_what_was_read_last_and_reports_a_missing_file_once(
