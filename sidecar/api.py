@@ -29,7 +29,7 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
     return {
         "name": cfg.name,
         "url": cfg.url,
-        "api": "anthropic" if cfg.api == "anthropic" else "openai",
+        "api": cfg.api,
         "priority": cfg.priority,
         "weight": cfg.weight,
         "state": health.state.value,
@@ -80,7 +80,7 @@ def status(runtime: Runtime) -> StatusJSON:
             "control_socket": runtime.control_socket,
         },
         "serving": serving.name if serving else None,
-        "nodes": [node_status(n, n is serving, now, runtime.uptime) for n in upstream.nodes],
+        "nodes": [node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime) for n in upstream.nodes],
     }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ CONTEXT_MARKERS = (
     b"prompt is too long", b"input is too long", b"too many tokens", b"exceeds the available context",
     b"reduce the length of the messages",
 )  # fmt: skip
+# An error object where the answer should be, under a success status: OpenAI's shape or Anthropic's.
+ERROR_IN_200 = re.compile(rb'\s*\{\s*(?:"type"\s*:\s*"error"|"error"\s*:\s*\{)')
+# Statuses whose Retry-After is read: a rate limit, and an overloaded node (503, Anthropic's 529).
+RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
 # A refusal is the answer: another node must not be asked to say what this one would not.
 POLICY_MARKERS = (b"content_policy_violation", b"content_filter", b"content_policy", b"safety system")
 
@@ -206,7 +211,7 @@ async def first_bytes(
         return ready
     if status in retry_statuses:
         raise await failed_answer(
-            response, status_reason(status), retry_after(response.header) if status == 429 else None
+            response, status_reason(status), retry_after(response.header) if status in RETRY_AFTER_STATUSES else None
         )
     if is_redirect(status):
         # A provider redirecting an API call is misconfigured; the prompt and key go nowhere else.
@@ -220,7 +225,10 @@ async def first_bytes(
     if is_json or (json_api and not media):
         length = response.header("content-length")
         if not (length and length.isdigit() and int(length) > max_bytes):
-            return await whole(response, max_bytes)
+            ready = await whole(response, max_bytes)
+            if json_api and 200 <= status < 300 and ERROR_IN_200.match(ready.body):
+                raise UpstreamError(Failure.HTTP, f"error in a {status} answer ({error_text(ready.body)})")
+            return ready
     # Nothing in it needs inspecting: hand it on as it comes, holding nothing.
     data = await response.chunk()
     return Ready(response, Body.PASS, data, time.monotonic(), None)

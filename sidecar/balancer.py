@@ -89,13 +89,13 @@ class Balancer:
         rest.sort(key=lambda i: health[i].blocked_until > now)
         return Choice(rest[0], panic=True)
 
-    def serving(self, now: float) -> int | None:
-        """The node new requests go to now (the first pick, without moving the wheel)."""
+    def serving(self, now: float, excluded: frozenset[int] = frozenset()) -> int | None:
+        """The node new requests go to now (the first pick, without moving the wheel), of those not `excluded`."""
         for level in self.levels:
-            usable = [i for i in level if self.health[i].available(now)]
+            usable = [i for i in level if i not in excluded and self.health[i].available(now)]
             if usable:
                 return max(usable, key=lambda i: self.weights[i])
         for i in self.panic_order:
-            if not self.health[i].manual_down:
+            if i not in excluded and not self.health[i].manual_down:
                 return i
         return None

@@ -239,7 +239,7 @@ async def answer(
     runtime: Runtime, model: str, send: Send, headers: list[tuple[bytes, bytes]], anthropic: bool = False
 ) -> None:
     """Answer GET /v1/models (`model` "") or GET /v1/models/{model} (see `requested`), in Anthropic's
-    shape and from its nodes for an Anthropic client (dialect.wants_anthropic), else OpenAI's."""
+    shape and from its nodes for an Anthropic client (one that sent anthropic-version), else OpenAI's."""
     api: Api = ANTHROPIC if anthropic else OPENAI
     upstream = runtime.acquire()  # a reload must not close the transport under a fetch
     try:

@@ -28,6 +28,7 @@ from .config import UNIX_PATH_MAX, ConfigError, one_line
 from .runtime import Runtime
 from .server import StartupError
 from .shapes import FailoverJSON, ReloadJSON
+from .upstream import NodeState, Upstream
 
 log = logging.getLogger("llm_sidecar")
 
@@ -163,6 +164,13 @@ def bind_unix(path: Path) -> socket.socket:
 
 def _error(status: int, message: str, type_: str, **extra: object) -> web.Response:
     return web.json_response({"error": {"message": message, "type": type_, **extra}}, status=status)
+
+
+def of_api(upstream: Upstream, node: NodeState) -> str:
+    """Words naming the node's format, where nodes speak two (one format cannot stand in for the other)."""
+    if len({n.config.api for n in upstream.nodes}) < 2:
+        return ""
+    return f" for {node.config.api} requests"
 
 
 def _refuse(request: web.Request, status: int, message: str, type_: str = "invalid_request") -> web.Response:
@@ -327,7 +335,12 @@ class ControlServer:
             names = ", ".join(upstream.by_name)
             return _refuse(request, 404, f"no node named {request.match_info['name']!r} (nodes: {names})", "not_found")
         if down and not node.health.manual_down:
-            others = [n for n in upstream.nodes if n is not node and not n.health.manual_down]
+            # Of its own format: a node of the other one cannot take its requests.
+            others = [
+                n
+                for n in upstream.nodes
+                if n is not node and n.config.api == node.config.api and not n.health.manual_down
+            ]
             if not others or (node.health.healthy and not any(n.health.healthy for n in others)):
                 # Not drained, the others would still be tried (panic mode); all drained, every request gets 503.
                 why = (
@@ -338,7 +351,7 @@ class ControlServer:
                 if not force:
                     return _error(
                         409,
-                        f"refused: {node.name} is the last usable node: {why}; nothing was changed "
+                        f"refused: {node.name} is the last usable node{of_api(upstream, node)}: {why}; nothing was changed "
                         f"(to drain it anyway: llm-sidecar node down --force {node.name})",
                         "conflict",
                     )
@@ -370,16 +383,18 @@ class ControlServer:
             return _error(
                 409, f"refused: {named} no longer serves ({current.name} does now); nothing was changed", "conflict"
             )
-        others = [n for n in upstream.nodes if n is not current and n.health.available(now)]
+        api_ = current.config.api
+        others = [n for n in upstream.nodes if n is not current and n.config.api == api_ and n.health.available(now)]
         if not others:
             return _error(
                 409,
-                f"refused: no other node is healthy to take traffic, so {current.name} keeps serving",
+                f"refused: no other node{of_api(upstream, current)} is healthy to take traffic, "
+                f"so {current.name} keeps serving",
                 "conflict",
             )
         upstream.set_manual(current, True)
         log.warning("manual failover away from %s over the control socket", current.name)
-        serving = upstream.serving()
+        serving = upstream.serving(api_)
         answer: FailoverJSON = {"down": current.name, "serving": serving.name if serving else None}
         return web.json_response(answer)
 

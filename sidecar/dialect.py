@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from typing import Literal
 
 Api = Literal["openai", "anthropic"]
@@ -21,6 +20,7 @@ APIS_SPOKEN: tuple[Api, ...] = (OPENAI, ANTHROPIC)
 NAMES: dict[Api, str] = {OPENAI: "the OpenAI API", ANTHROPIC: "Anthropic's Messages API (/v1/messages)"}
 
 MESSAGES_PATH = "/v1/messages"
+LEGACY_PATH = "/v1/complete"  # Anthropic's text completions
 # The version a node gets when the client sent none: what the Anthropic API requires on every request.
 ANTHROPIC_VERSION = "2023-06-01"
 VERSION_HEADER = b"anthropic-version"
@@ -42,17 +42,16 @@ ANTHROPIC_TYPES = {
 }
 
 
-def api_of(path: str) -> Api:
-    """The format a request on `path` is in: /v1/messages and below are Anthropic's, the rest OpenAI's."""
+def api_of(path: str, anthropic_client: bool = False) -> Api:
+    """The format a request is in: /v1/messages and below (and the legacy /v1/complete) are Anthropic's;
+    so is any request from an Anthropic client (`anthropic_client`: it sent `anthropic-version`, which
+    Anthropic's SDKs and Claude Code always send and OpenAI's never do), so its file, batch or skill
+    calls never reach an OpenAI node; the rest is OpenAI's."""
+    if anthropic_client or path == LEGACY_PATH:
+        return ANTHROPIC
     if path.startswith(MESSAGES_PATH) and (len(path) == len(MESSAGES_PATH) or path[len(MESSAGES_PATH)] == "/"):
         return ANTHROPIC
     return OPENAI
-
-
-def wants_anthropic(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """A request that carries `anthropic-version` comes from an Anthropic client (its SDKs always send it):
-    how GET /v1/models, which both formats share, tells whose list shape to answer in."""
-    return any(name == VERSION_HEADER for name, _ in headers)
 
 
 def error_json(message: str, type_: str, code: str | None = None, *, api: Api = OPENAI, status: int = 500) -> bytes:
@@ -87,6 +86,12 @@ _CACHE_READ = re.compile(rb'"cache_read_input_tokens' + _NUMBER)
 _CACHE_WRITE = re.compile(rb'"cache_creation_input_tokens' + _NUMBER)
 
 
+_FIELDS = (
+    ("input", "input_tokens"), ("output", "output_tokens"),
+    ("cache_read", "cache_read_input_tokens"), ("cache_write", "cache_creation_input_tokens"),
+)  # fmt: skip
+
+
 class AnthropicUsage:
     """Token counts from Anthropic's `usage` objects, wherever they appear in a body or a stream.
 
@@ -119,6 +124,22 @@ class AnthropicUsage:
                     setattr(self, name, int(match.group(1)))
             start = end
         return found
+
+    def read_body(self, body: bytes) -> bool:
+        """The counts of a whole (non-stream) answer, from its top-level `usage` only: a tool_use block's
+        `input` is the model's own JSON, and may hold a "usage" of its making."""
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return False
+        usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        if not isinstance(usage, dict):
+            return False
+        for name, key in _FIELDS:
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, value)
+        return True
 
     @property
     def prompt(self) -> int | None:

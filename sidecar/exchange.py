@@ -98,6 +98,16 @@ def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
         ex.tokens_cached = cached
 
 
+def count_body(ex: Exchange, body: bytes) -> None:
+    """Token counts from a whole answer."""
+    if ex.api == ANTHROPIC:
+        usage = ex.usage = ex.usage or AnthropicUsage()
+        if usage.read_body(body):
+            ex.tokens_in, ex.tokens_out, ex.tokens_cached = usage.prompt, usage.output, usage.cache_read
+        return
+    count_tokens(ex, body)
+
+
 def count_tokens(ex: Exchange, data: bytes) -> None:
     if ex.api == ANTHROPIC:
         usage = ex.usage = ex.usage or AnthropicUsage()

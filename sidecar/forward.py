@@ -91,7 +91,22 @@ class Trip:
         return Request(self.ex.method, self.url(node.config.url, self.suffix), headers, body, self.task)
 
     async def first(self, attempt: Attempt, request: Request) -> Ready:
-        """Send, and wait for what may go to the client: a stream's first token within `first_token`."""
+        """Send, and wait for what may go to the client: a stream's first token within `first_token`.
+
+        A node's error answer may quote the key it was sent ("invalid x-api-key sk-..."): it is taken out
+        before the answer can reach the client, the log or the monitor."""
+        key = attempt.node.config.api_key
+        try:
+            ready = await self._first(attempt, request)
+        except UpstreamError as exc:
+            if key and exc.body:
+                exc.body = redact(exc.body, key)
+            raise
+        if key and ready.kind is Body.WHOLE and ready.response.status >= 400:
+            ready.body = redact(ready.body, key)
+        return ready
+
+    async def _first(self, attempt: Attempt, request: Request) -> Ready:
         node = attempt.node
         config = self.upstream.config.upstream
         statuses = node.config.checks.retry_statuses
@@ -105,6 +120,10 @@ class Trip:
                 return await first_bytes(await attempt.send(request), statuses, limit, json_api)
         except TimeoutError:
             raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
+
+
+def redact(body: bytes, key: str) -> bytes:
+    return body.replace(key.encode(), b"[redacted]") if key.encode() in body else body
 
 
 async def forward(

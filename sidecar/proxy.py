@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from . import catalog, metrics
-from .dialect import api_of, stream_error, wants_anthropic
+from .dialect import VERSION_HEADER, api_of, stream_error
 from .errors import Send, send_error, send_json
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
@@ -32,12 +32,13 @@ from .runtime import Runtime
 access_log = logging.getLogger("llm_sidecar.access")
 log = logging.getLogger("llm_sidecar")
 
-# Never forwarded upstream: hop-by-hop headers, and the client's own credentials.
+# Never forwarded upstream: hop-by-hop headers, and the client's own credentials. Cookies too: a client
+# keeps what one node's CDN set (`__cf_bm`), and its next request may go to another provider.
 REQUEST_DROP = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
         b"upgrade", b"host", b"content-length", b"expect", b"authorization", b"proxy-authorization",
-        b"x-api-key", b"api-key", b"x-request-id",
+        b"x-api-key", b"api-key", b"x-request-id", b"cookie",
     }
 )  # fmt: skip
 # The OpenAI API uses no other method. TRACE to an echoing upstream handed the node's key to the
@@ -210,6 +211,7 @@ class ProxyApp:
         rid = None
         auth = b""
         x_api_key: bytes | None = None
+        anthropic_client = False
         declared = -1
         connection: list[bytes] = []
         for name, value in scope["headers"]:
@@ -219,11 +221,15 @@ class ProxyApp:
                 auth = value
             elif name == b"x-api-key":  # how Anthropic's clients send a key
                 x_api_key = value
+            elif name == VERSION_HEADER:
+                anthropic_client = True
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
             elif name == b"connection":
                 connection.append(value)
         rid = rid or self.next_id()
+        if anthropic_client:
+            api = api_of(path, anthropic_client)
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         if server.api_key is not None and not client_key_ok(server.api_key.encode(), auth, x_api_key):
             await send_error(
@@ -253,7 +259,7 @@ class ProxyApp:
             )
             return
         if model_id is not None:  # after the key check: the list is no business of keyless clients
-            await catalog.answer(self.runtime, model_id, send, [rid_header], wants_anthropic(scope["headers"]))
+            await catalog.answer(self.runtime, model_id, send, [rid_header], anthropic_client)
             return
         match = MODEL_RE.search(body)
         ex = Exchange(

@@ -6,11 +6,13 @@ attempt scope's business (it is told through `Attempt.fail`).
 
 from __future__ import annotations
 
+import re
+
 from .attempt import Attempt, Body, Ready, is_refusal
 from .continuation import Restamp, Transcript, parse_event
-from .dialect import ENDS, error_json, stream_error
+from .dialect import ANTHROPIC, ENDS, Api, error_json, stream_error
 from .errors import Send, send_error, send_json
-from .exchange import Exchange, count_tokens, count_usage, trail
+from .exchange import Exchange, count_body, count_tokens, count_usage, trail
 from .health import Failure
 from .sse import DONE, Signal, Splitter, data_of, error_text
 from .transport import Response, UpstreamError
@@ -95,7 +97,7 @@ async def relay(
     if ex.attempts:
         headers.append((b"x-llm-sidecar-trail", trail(ex)))
     if kind is Body.WHOLE:
-        count_tokens(ex, ready.body)
+        count_body(ex, ready.body)
         headers.append((b"content-length", str(len(ready.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": ready.body})
@@ -241,6 +243,28 @@ async def pass_through(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+MESSAGE_STOP = re.compile(rb'"type"\s*:\s*"message_stop"')
+TAIL = 512  # bytes at the end of a read where its last event is looked for
+
+
+def final(out: bytes, api: Api) -> str | None:
+    """Whether `out` (whole events) ends the stream: "" when it ends the answer, the break when it ends with
+    an Anthropic error event (terminal in that API), None when more is to come."""
+    if out.endswith(b"data: [DONE]\n\n"):
+        return ""
+    if api != ANTHROPIC:
+        return None
+    tail = out[-TAIL:]
+    start = max(tail.rfind(b"\n\n", 0, len(tail) - 2), tail.rfind(b"\r\n\r\n", 0, len(tail) - 4))
+    event = tail[start + 1 :] if start >= 0 else tail
+    if MESSAGE_STOP.search(event) is not None:
+        return ""
+    if b"event: error" in event or b"event:error" in event:
+        data = data_of(event.strip())
+        return f"error event mid-stream ({error_text(data)})" if data is not None else "error event mid-stream"
+    return None
+
+
 async def relay_events(
     send: Send, attempt: Attempt, ready: Ready, ex: Exchange, headers: list[tuple[bytes, bytes]]
 ) -> None:
@@ -265,7 +289,13 @@ async def relay_events(
                 count_tokens(ex, out)
             if end is not None and not whole and end.search(out) is not None:
                 whole = True
-            if out.endswith(b"data: [DONE]\n\n"):
+            last = final(out, ex.api)
+            if last is not None:
+                # The answer is over ([DONE], Anthropic's message_stop or error event), whatever the node does
+                # next: waiting for it to close would end a whole answer with a read timeout.
+                if last:
+                    ex.error = f"stream interrupted: {last}"
+                    attempt.fail(UpstreamError(Failure.HTTP, last))
                 await send({"type": "http.response.body", "body": out, "more_body": False})
                 return
             await send({"type": "http.response.body", "body": out, "more_body": True})

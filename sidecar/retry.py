@@ -131,6 +131,9 @@ class RetryPlan:
         if fault is Fault.RATE_LIMITED and retry_after is not None:
             tries.ready_at = self.spaced(tries, now + retry_after)
             worth_waiting = retry_after <= policy.max_wait
+        elif retry_after is not None:  # an overloaded node (503, 529) said when: not before, and elsewhere first
+            tries.ready_at = self.spaced(tries, now + retry_after)
+            worth_waiting = False
         else:
             tries.ready_at = self.spaced(tries, now + self.backoff(count - 1))
             worth_waiting = fault is Fault.SERVER

@@ -148,8 +148,9 @@ class Upstream:
     def attempt(self, choice: Choice, model: str | None = None) -> Attempt:
         return Attempt(self, self.nodes[choice.index], choice.trial, model)
 
-    def serving(self) -> NodeState | None:
-        index = self.balancer.serving(self.clock())
+    def serving(self, api: Api | None = None) -> NodeState | None:
+        """The node new requests go to now: of any format, or of `api`'s (a mixed config serves one of each)."""
+        index = self.balancer.serving(self.clock(), self.other_api[api] if api is not None else frozenset())
         return None if index is None else self.nodes[index]
 
     def record(

@@ -5,9 +5,14 @@ sidecar's own errors in Anthropic's shape, failover on Anthropic's failures (529
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import make_mocked_request
+
+from sidecar import api
 from sidecar.config import Config, parse
+from sidecar.control import ControlServer
 from sidecar.dialect import ANTHROPIC_VERSION, AnthropicUsage, api_of
 from sidecar.health import Failure
 from sidecar.mock import Script
@@ -323,7 +328,6 @@ async def test_the_model_list_takes_the_shape_of_the_client_that_asks() -> None:
 
 def test_the_readme_example_of_anthropic_nodes_is_a_valid_config() -> None:
     import tomllib
-    from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = readme.split("## Anthropic-format nodes", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
@@ -393,3 +397,97 @@ async def test_hostile_requests_on_v1_messages_get_anthropic_shaped_errors() -> 
     assert h.calls("claude") == 0 and h.calls("gpt") == 0
     put = await h.request(ASK, path="/v1/messages", method="PUT")
     assert put.status == 405 and put.json()["type"] == "error"
+
+
+# ---------------------------------------------------------------------------- found by an attack
+
+
+async def test_a_stream_is_over_at_message_stop_even_if_the_node_keeps_the_connection_open() -> None:
+    h = Harness(lambda node, r: Script(200, SSE, [*stream("all"), 5.0]), cfg(read=0.3))
+    got = await h.request({**ASK, "stream": True}, path="/v1/messages")
+    assert got.complete and text_of(got.body) == "all" and b"event: error" not in got.body
+    assert h.last_event()["error"] is None and h.node("claude").stats.errors == 0
+    h.assert_nothing_held()
+
+
+async def test_an_error_event_after_content_ends_the_stream_at_once_as_the_nodes_failure() -> None:
+    error = event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    h = Harness(lambda node, r: Script(200, SSE, [*opening(), delta("par"), error, 5.0]), cfg(read=0.3))
+    got = await h.request({**ASK, "stream": True}, path="/v1/messages")
+    assert got.complete and text_of(got.body) == "par" and got.body.endswith(error)  # the node's own error, once
+    assert got.body.count(b"event: error") == 1
+    assert h.last_event()["error"] == "stream interrupted: error event mid-stream (Overloaded)"
+    assert h.node("claude").stats.errors == 1
+    h.assert_nothing_held()
+
+
+async def test_an_anthropic_clients_other_calls_never_reach_an_openai_node() -> None:
+    seen: list[str] = []
+
+    def handler(node: str, request: Request) -> Script:
+        seen.append(node)
+        return Script(body=[b'{"data": []}'])
+
+    h = Harness(handler, cfg())
+    client = [(b"content-type", b"application/json"), (b"anthropic-version", b"2023-06-01")]
+    for path in ("/v1/files", "/v1/skills", "/v1/messages/batches"):
+        got = await h.request(b"", method="GET", path=path, headers=client)
+        assert got.status == 200, path
+    legacy = await h.request({"model": "claude-2", "prompt": "hi"}, path="/v1/complete")
+    assert legacy.status == 200
+    assert seen and "gpt" not in seen
+
+
+async def test_in_a_mixed_config_the_last_node_of_a_format_cannot_be_drained_by_accident() -> None:
+    h = Harness(lambda node, r: Script(body=[b"{}"]), cfg(anthropic=1))
+    server = ControlServer(h.runtime, Path("/nonexistent.sock"))  # never started: its handler is called directly
+    request = make_mocked_request("POST", "/v1/nodes/gpt/down", match_info={"name": "gpt"})
+    refused = server._manual(request, down=True)
+    assert refused.status == 409 and b"for openai requests" in refused.body  # type: ignore[operator]
+    assert not h.node("gpt").health.manual_down
+    assert {n["name"]: n["serving"] for n in api.status(h.runtime)["nodes"]} == {"gpt": True, "claude": True}
+
+
+async def test_a_node_that_quotes_its_key_in_an_error_never_shows_it_to_the_client() -> None:
+    echo = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key sk-ant-primary"}}'
+    h = Harness(lambda node, r: Script(401, JSON, [echo]), cfg(openai=False, anthropic=1))
+    got = await h.request(ASK, path="/v1/messages")
+    assert got.status == 401 and b"sk-ant-primary" not in got.body and b"[redacted]" in got.body
+    bad = b'{"type":"error","error":{"type":"invalid_request_error","message":"key sk-ant-primary: bad max_tokens"}}'
+    h2 = Harness(lambda node, r: Script(400, JSON, [bad]), cfg(openai=False, anthropic=1))
+    passed = await h2.request(ASK, path="/v1/messages")  # a 400 passed through as the answer
+    assert passed.status == 400 and b"sk-ant-primary" not in passed.body
+
+
+async def test_an_error_under_a_200_status_fails_over() -> None:
+    error = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+    h = Harness(
+        lambda node, r: Script(200, JSON, [error]) if node == "claude" else Script(body=[json.dumps(MESSAGE).encode()]),
+        cfg(),
+    )
+    got = await h.request(ASK, path="/v1/messages")
+    assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "claude-backup"
+    assert failed(h) == [{"node": "claude", "reason": "error in a 200 answer (Overloaded)"}]
+
+
+async def test_a_tool_input_that_looks_like_usage_does_not_inflate_the_counts() -> None:
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {"usage": {"cache_read_input_tokens": 9999999}}}
+    answer = {**MESSAGE, "content": [tool], "usage": {"input_tokens": 5, "output_tokens": 3,
+              "cache_read_input_tokens": None, "cache_creation_input_tokens": None}}  # fmt: skip
+    h = Harness(lambda node, r: Script(body=[json.dumps(answer).encode()]), cfg())
+    await h.request(ASK, path="/v1/messages")
+    record = h.last_event()
+    assert (record["tokens_in"], record["tokens_out"], record["tokens_cached"]) == (5, 3, None)
+
+
+async def test_a_529_with_retry_after_fails_over_at_once() -> None:
+    overloaded = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+
+    def handler(node: str, request: Request) -> Script:
+        if node == "claude":
+            return Script(529, (*JSON, ("retry-after", "3")), [overloaded])
+        return Script(body=[json.dumps(MESSAGE).encode()])
+
+    h = Harness(handler, cfg())  # same_node = 1: a 529 without Retry-After gets one same-node retry
+    got = await h.request(ASK, path="/v1/messages")
+    assert got.headers["x-llm-sidecar-node"] == "claude-backup" and h.calls("claude") == 1

@@ -310,9 +310,9 @@ async def test_the_important_columns_always_fit(size: tuple[int, int]) -> None:
             assert nodes.shown[-1] != "wt"  # the static settings go first, deliberately
         names = {str(nodes.get_cell(n, "node")).strip() for n in ("openai", "deepseek", "claude-sonnet-backup")}
         if size[0] >= 120:
-            assert "▶ deepseek" in names and "claude-sonnet-backup" in names  # whole
+            assert "▶ deepseek" in names and "▶ claude-sonnet-backup" in names  # whole
         else:
-            assert "claude-sonnet-b…" in names  # cut with an ellipsis, not a hidden column
+            assert "▶ claude-sonnet-b…" in names  # cut with an ellipsis, not a hidden column
         assert cell(nodes, "claude-sonnet-backup", "api") == "anth" and cell(nodes, "openai", "api") == "oai"
         why = [row_cells(traffic, i)["why"] for i in range(traffic.row_count)]
         assert "openai:503" in why and "openai:429 wait1.0s" in why
@@ -365,3 +365,14 @@ async def test_toasts_cover_neither_the_nodes_nor_the_health_events(size: tuple[
         ]
         for toast in toasts:
             assert not any(toast.region.overlaps(region) for region in keep_clear), (toast.region, keep_clear)
+
+
+def test_a_stream_that_broke_after_it_began_says_so_in_why() -> None:
+    from tui.widgets import why
+
+    broken = {"failed": [], "continued": [], "status": 200, "error": "stream interrupted: read timeout"}
+    assert why(broken) == "✗ stream interrupted: read timeout"
+    failed_over = {"failed": [{"node": "a", "reason": "http 503"}], "continued": [], "status": 200, "error": None}
+    assert why(failed_over) == "a:503"
+    refused = {"failed": [], "continued": [], "status": 502, "error": "all upstream attempts failed"}
+    assert why(refused) == "-"  # the red status says it; why is for what happened on the way

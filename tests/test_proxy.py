@@ -53,6 +53,9 @@ async def test_upstream_cookies_are_not_replayed_to_other_requests(fakes, sideca
         assert "__cf_bm" in r.headers["set-cookie"]  # passed to the client, which may keep it
         client.cookies.clear()
     assert primary.stats.with_cookie == 0
+    # A client that kept it (and would send it to whichever node serves next) sends it to no node.
+    r = await client.post(car.url + CHAT, json=chat(), headers={"cookie": "__cf_bm=from-another-node"})
+    assert r.status_code == 200 and primary.stats.with_cookie == 0
 
 
 async def test_node_url_path_prefix_and_query_are_kept(fakes, sidecar, client) -> None:

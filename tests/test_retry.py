@@ -75,6 +75,14 @@ def test_a_server_error_gets_one_same_node_retry_after_a_jittered_backoff() -> N
     assert not p.failed(0, Fault.SERVER, None, first.wait).same  # then fail over
 
 
+def test_an_overloaded_node_that_says_when_fails_over_at_once_and_is_not_asked_before() -> None:
+    p = plan()
+    p.start(0, 0.0)
+    assert not p.failed(0, Fault.SERVER, 3.0, 0.0).same  # a 529 or 503 with Retry-After: 3
+    assert p.round_wait(0.0) == pytest.approx(3.0)  # its Retry-After, not a backoff of 0.25-0.5 s
+    assert p.excluded(2.9) == {0} and p.excluded(3.1) == set()
+
+
 def test_timeouts_and_refusals_never_go_to_the_same_node_again() -> None:
     for fault in (Fault.SILENT, Fault.FINAL):
         p = plan()

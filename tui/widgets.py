@@ -336,7 +336,7 @@ def traffic_cells(e: dict[str, Any]) -> dict[str, Text]:
         "ttft": plain(ms(e.get("ttft_ms")) if e["stream"] else "-"),
         "total": plain(ms(e["total_ms"])),
         "tok": plain(tokens),
-        "why": plain(why(e), style=style, limit=WHY_LIMIT),
+        "why": plain(why(e), style="bold red" if e.get("error") and e["status"] < 400 else style, limit=WHY_LIMIT),
     }
 
 
@@ -362,6 +362,9 @@ def why(event: dict[str, Any]) -> str:
             f"{attempt['node']}:{short_reason(attempt['reason'])}" + (f" wait{wait / 1000:.1f}s" if wait else "")
         )
     parts += [f"⤳{c['to']}" for c in event.get("continued", ())]
+    error = event.get("error")
+    if error and event["status"] < 400:  # a 200 that broke after it began: the client saw an error event
+        parts.append(f"✗ {error}")
     return " ".join(parts) or "-"
 
 
