@@ -141,8 +141,9 @@ async def forward(
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query: bytes = scope["query_string"]
     suffix = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-    if ex.api == ANTHROPIC and not any(name == VERSION_HEADER for name, _ in scope["headers"]):
-        headers = [*headers, ("anthropic-version", ANTHROPIC_VERSION)]  # the API requires one
+    if ex.api == ANTHROPIC and not any(name == VERSION_HEADER and value.strip() for name, value in scope["headers"]):
+        # The API requires one (an empty one is none).
+        headers = [*(h for h in headers if h[0] != "anthropic-version"), ("anthropic-version", ANTHROPIC_VERSION)]
     trip = Trip(upstream, send, ex, BodyRewriter(body, scope["headers"]), suffix, headers, url, task)
     plan = RetryPlan(
         config.retry,

@@ -140,14 +140,18 @@ async def test_each_format_goes_only_to_its_nodes_with_its_key_header() -> None:
 
 async def test_a_default_anthropic_version_is_sent_when_the_client_sent_none() -> None:
     seen: list[dict[str, str]] = []
+    versions: list[int] = []
 
     def handler(node: str, request: Request) -> Script:
         seen.append(headers_of(request))
+        versions.append(sum(k.lower() == "anthropic-version" for k, _ in request.headers))
         return Script(body=[json.dumps(MESSAGE).encode()])
 
     h = Harness(handler, cfg())
     await h.request(ASK, path="/v1/messages", headers=[(b"content-type", b"application/json")])
     assert seen[0]["anthropic-version"] == ANTHROPIC_VERSION
+    await h.request(ASK, path="/v1/messages", headers=[(b"anthropic-version", b"")])  # empty: none
+    assert seen[1]["anthropic-version"] == ANTHROPIC_VERSION and versions[-1] == 1  # one header, not two
 
 
 async def test_a_format_no_node_speaks_gets_a_404_in_that_formats_shape() -> None:
