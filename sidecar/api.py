@@ -85,7 +85,7 @@ def status(runtime: Runtime) -> StatusJSON:
 
 
 def manual_answer(runtime: Runtime, node: NodeState) -> ManualJSON:
-    serving = runtime.upstream.serving()
+    serving = runtime.upstream.serving(node.config.api)  # what now serves the node's format
     return {
         "node": node.name,
         "manual": "down" if node.health.manual_down else "auto",

@@ -563,15 +563,30 @@ def _passive(t: _Table) -> PassiveCheck:
 
 
 def _checks(t: _Table | None, inherited: Checks) -> Checks:
+    """The upstream's checks, with a node's own `active` / `passive` tables in their place; `active = false`
+    turns a node's probe off (a provider with no GET /v1/models), `passive = false` its ejection."""
     if t is None:
         return inherited
-    active = t.table("active")
-    passive = t.table("passive")
+    active = _check_table(t, "active")
+    passive = _check_table(t, "passive")
     t.done()
     return Checks(
-        active=_active(active) if active is not None else inherited.active,
-        passive=_passive(passive) if passive is not None else inherited.passive,
+        active=inherited.active if active is True else _active(active) if active else None,
+        passive=inherited.passive if passive is True else _passive(passive) if passive else None,
     )
+
+
+def _check_table(t: _Table, name: str) -> _Table | bool:
+    """A checks table; False when it is turned off; True when it is not given (inherited)."""
+    value = t.get(name, (dict, bool), None)
+    if value is None:
+        return True
+    if value is True:
+        t.error(name, "expected a table, or false to turn these checks off")
+        return True
+    if value is False:
+        return False
+    return _Table(value, t.key(name), t.problems, t.position(name))
 
 
 def _models(t: _Table) -> dict[str, str]:

@@ -375,7 +375,9 @@ class ControlServer:
             if named is not None and not isinstance(named, str):
                 return _refuse(request, 400, "node must be a string")
         upstream = self.runtime.upstream
-        current = upstream.serving()
+        # A named node is compared with what serves its own format (a mixed config serves one of each).
+        named_node = upstream.by_name.get(named) if named is not None else None
+        current = upstream.serving(named_node.config.api if named_node is not None else None)
         now = upstream.clock()
         if current is None:
             return _error(409, "no node is serving: every node is manually down", "conflict")

@@ -80,6 +80,8 @@ def reason_category(reason: str) -> str:
         return "auth"
     if reason.startswith("http "):
         return "http_5xx" if reason[5:6] == "5" else "http_4xx"
+    if reason.startswith("overloaded ("):  # Anthropic's 529
+        return "http_5xx"
     if reason == "context window exceeded":
         return "context_window"
     if reason.startswith("connect "):  # "connect failed (...)", "connect timeout": the node is unreachable
@@ -92,7 +94,7 @@ def reason_category(reason: str) -> str:
         return "error_event"
     if reason.startswith(
         ("bad content-type", "malformed event", "event larger", "response too large", "no data before",
-         "redirect (", "continuation ended")
+         "redirect (", "continuation ended", "error in a ")
     ):  # fmt: skip
         return "bad_response"
     return "other"
@@ -384,7 +386,7 @@ class Metrics:
         upstream = runtime.upstream
         now = upstream.clock()
         known = frozenset(upstream.served)
-        serving = upstream.serving()
+        serving = {upstream.serving(api) for api in {n.config.api for n in upstream.nodes}}  # one per format
         info = Gauge(PREFIX + "info", "The running sidecar (always 1).", labels=["version"])
         info.add_metric([runtime.version], 1)
         yield info
@@ -395,7 +397,9 @@ class Metrics:
         manual = Gauge(PREFIX + "node_manual_down", "1 when the node is drained by hand.", labels=["node"])
         available = Gauge(PREFIX + "node_available", "1 when the node may take normal traffic now "
                           "(healthy, not drained, not inside a Retry-After).", labels=["node"])  # fmt: skip
-        serves = Gauge(PREFIX + "node_serving", "1 for the node that takes traffic now.", labels=["node"])
+        serves = Gauge(
+            PREFIX + "node_serving", "1 for the node that takes traffic of its format (api) now.", labels=["node"]
+        )
         in_flight = Gauge(PREFIX + "in_flight_requests", "Attempts in flight on a node.", labels=["node"])
         models_out = Gauge(PREFIX + "models_out", "Models out on a node (rate-limited or ejected) while the node "
                            "may be fine; other counts every unlisted name.", labels=["node", "model"])  # fmt: skip
@@ -412,7 +416,7 @@ class Metrics:
                 state.add_metric([name, str(s)], 1 if s is current else 0)
             manual.add_metric([name], 1 if health.manual_down else 0)
             available.add_metric([name], 1 if health.available(now) else 0)
-            serves.add_metric([name], 1 if node is serving else 0)
+            serves.add_metric([name], 1 if node in serving else 0)
             in_flight.add_metric([name], node.stats.in_flight)
             out: dict[str, int] = {}
             for model, _ in node.models.out(now):

@@ -442,6 +442,25 @@ async def test_an_anthropic_clients_other_calls_never_reach_an_openai_node() -> 
     assert seen and "gpt" not in seen
 
 
+async def test_in_a_mixed_config_failover_and_metrics_follow_each_formats_serving_node() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    h = Harness(lambda node, r: Script(body=[b"{}"]), cfg())  # gpt (openai), claude and claude-backup (anthropic)
+    server = ControlServer(h.runtime, Path("/nonexistent.sock"))
+    async with TestClient(TestServer(server.app)) as control:
+        exposition = await (await control.get("/metrics")).text()
+        assert 'llm_sidecar_node_serving{node="claude"} 1.0' in exposition
+        assert 'llm_sidecar_node_serving{node="gpt"} 1.0' in exposition
+        moved = await control.post("/v1/failover", json={"node": "claude"})  # not the overall first: claude's own
+        assert moved.status == 200 and await moved.json() == {"down": "claude", "serving": "claude-backup"}
+        last = await control.post("/v1/failover", json={"node": "claude-backup"})
+        assert last.status == 409 and "no other node for anthropic requests" in (await last.json())["error"]["message"]
+        drained = await control.post("/v1/nodes/gpt/down", json={"force": True})
+        assert (await drained.json())[
+            "serving"
+        ] is None  # nothing serves openai requests now, whatever serves anthropic
+
+
 async def test_in_a_mixed_config_the_last_node_of_a_format_cannot_be_drained_by_accident() -> None:
     h = Harness(lambda node, r: Script(body=[b"{}"]), cfg(anthropic=1))
     server = ControlServer(h.runtime, Path("/nonexistent.sock"))  # never started: its handler is called directly

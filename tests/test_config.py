@@ -230,3 +230,21 @@ def test_a_node_url_with_v1_at_the_end_is_taken_as_its_base() -> None:
     assert node.url == "https://openrouter.ai/api" and node.url_had_v1
     data["upstream"]["nodes"][0]["url"] = "https://example.com/v1beta"  # only a whole /v1 segment
     assert parse(data, "cfg.toml", ENV).upstream.nodes[0].url == "https://example.com/v1beta"
+
+
+def test_a_node_can_turn_its_active_checks_off() -> None:
+    data = {
+        "upstream": {
+            "checks": {"active": {"interval": 3}, "passive": {}},
+            "nodes": [
+                {"name": "a", "url": "http://a.invalid"},
+                {"name": "b", "url": "http://b.invalid", "checks": {"active": False}},  # no GET /v1/models there
+            ],
+        }
+    }
+    a, b = parse(data, "<test>", env={}).upstream.nodes
+    assert a.checks.active is not None and a.checks.active.interval == 3 and a.checks.passive is not None
+    assert b.checks.active is None and b.checks.passive == a.checks.passive
+    data["upstream"]["nodes"][1]["checks"] = {"active": True}
+    with pytest.raises(ConfigError, match=r"checks\.active: expected a table, or false"):
+        parse(data, "<test>", env={})

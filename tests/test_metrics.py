@@ -49,6 +49,8 @@ def test_failure_reasons_fall_in_a_small_fixed_set() -> None:
     cases = {
         "http 500": "http_5xx",
         "http 503": "http_5xx",
+        "overloaded (529)": "http_5xx",
+        "error in a 200 answer (Overloaded)": "bad_response",
         "http 404": "http_4xx",
         "auth (401)": "auth",
         "auth (403)": "auth",

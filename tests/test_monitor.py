@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
@@ -353,7 +355,7 @@ async def test_toasts_cover_neither_the_nodes_nor_the_health_events(size: tuple[
     app = canned_app()
     async with app.run_test(size=size, notifications=True) as pilot:
         await fill(pilot)
-        app.show_status({**STATUS, "serving": "openai"})  # a failover: a toast
+        app.show_status(moved_openai_traffic())  # a failover: a toast
         app.tell("a longer message that the sidecar sent, about a refusal", title="Refused", severity="error")
         await pilot.pause(0.3)
         toasts = list(app.screen.query("Toast"))
@@ -376,3 +378,26 @@ def test_a_stream_that_broke_after_it_began_says_so_in_why() -> None:
     assert why(failed_over) == "a:503"
     refused = {"failed": [], "continued": [], "status": 502, "error": "all upstream attempts failed"}
     assert why(refused) == "-"  # the red status says it; why is for what happened on the way
+
+
+def moved_openai_traffic() -> Any:
+    """STATUS after the OpenAI-format traffic moved to the other OpenAI node (the Anthropic node serves on)."""
+    moved = copy.deepcopy(STATUS)
+    for node in moved["nodes"]:
+        if node["api"] == "openai":
+            node["serving"] = not node["serving"]
+    return moved
+
+
+async def test_a_failover_toast_names_the_nodes_of_one_format() -> None:
+    app = canned_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        first = copy.deepcopy(STATUS)
+        app.show_status(first)
+        second = moved_openai_traffic()
+        app.show_status(second)
+        await pilot.pause()
+        toasts = [str(n.message) for n in app._notifications if n.title == "Failover"]
+        before = next(n["name"] for n in first["nodes"] if n["api"] == "openai" and n["serving"])
+        after = next(n["name"] for n in second["nodes"] if n["api"] == "openai" and n["serving"])
+        assert toasts == [f"{before} → {after}"]  # not a node of the other format

@@ -134,6 +134,7 @@ class MonitorApp(App[None]):
         self.pending: list[dict[str, Any]] = []
         self.second: list[dict[str, Any]] = []
         self.serving: str | None = None
+        self.serving_by_api: dict[str, str] = {}
         self.seen = Seen()
         self.refused: str | None = None  # the last reason the event stream was refused, told once
 
@@ -225,10 +226,14 @@ class MonitorApp(App[None]):
         nodes.show(status["nodes"], self.clock())
         windows = {n["traffic"].get("window_s") for n in status["nodes"]} - {None}
         nodes.border_title = nodes_title(windows.pop() if len(windows) == 1 else None)
-        serving = status["serving"]
-        if self.serving is not None and serving != self.serving:
-            self.tell(f"{self.serving} → {serving or 'nothing'}", title="Failover", severity="warning")
-        self.serving = serving
+        # One serving node per format (a mixed config serves OpenAI and Anthropic requests apart).
+        by_api: dict[str, str] = {n.get("api", "openai"): n["name"] for n in status["nodes"] if n["serving"]}
+        for api, before in self.serving_by_api.items():
+            after = by_api.get(api)
+            if after != before:
+                self.tell(f"{before} → {after or 'nothing'}", title="Failover", severity="warning")
+        self.serving_by_api = by_api
+        self.serving = status["serving"]
 
     def show_events(self, events: Iterable[dict[str, Any]]) -> None:
         """Draw a batch of events (also the entry point for tests with canned data)."""
