@@ -91,7 +91,7 @@ class Cycle:
     __slots__ = (
         "body", "body_done", "buffered", "chunked", "conn", "disconnected", "expect_continue", "head",
         "head_request", "http11", "keep_alive", "more_body", "no_body", "on_disconnect", "response_complete",
-        "response_started", "scope", "task", "waiter",
+        "response_started", "scope", "sse", "task", "waiter",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
@@ -109,6 +109,7 @@ class Cycle:
         self.response_started = False
         self.response_complete = False
         self.chunked = False
+        self.sse = False  # the response is an event stream: a comment may go between its events
         self.no_body = False
         self.head: bytes | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -191,6 +192,8 @@ class Cycle:
                 continue  # framing is ours to choose
             elif lowered == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
+            elif lowered == b"content-type" and value.lower().startswith(b"text/event-stream"):
+                self.sse = True
             parts += (name, b": ", value, b"\r\n")
         self.no_body = self.head_request or status in (204, 304) or status < 200
         if not length and not self.no_body:
@@ -206,6 +209,14 @@ class Cycle:
         # Normally the first body message follows at once and takes the head along (one write);
         # an app that waits first still gets its head out on the next turn of the loop.
         self.conn.loop.call_soon(self.flush_head)
+
+    def probe(self) -> bool:
+        """Write an empty SSE comment (`:` and a blank line: no event to any client) to learn whether the
+        client is still there; only between writes of a stream whose head is out (writes end at events)."""
+        if not self.sse or self.head is not None or self.response_complete or self.disconnected or self.no_body:
+            return False
+        self.conn.write(b"3\r\n:\n\n\r\n" if self.chunked else b":\n\n")
+        return True
 
     def flush_head(self) -> None:
         head = self.head
@@ -285,7 +296,8 @@ class Connection(asyncio.Protocol):
 
         TCP tells the two apart only once we write: a closed socket answers with a reset. So an
         HTTP/1.1 request still waiting for its answer gets an interim `103` (clients skip 1xx they
-        did not ask for), and a moment later the socket's state says whether the client is there.
+        did not ask for), a stream under way an empty SSE comment, and a moment later the socket's
+        state says whether the client is there.
         """
         self.read_eof = True
         if self.closing:
@@ -297,6 +309,9 @@ class Connection(asyncio.Protocol):
             return None
         if active is not None and not active.response_started and active.http11:
             self.write(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+            self.loop.call_later(PEER_CHECK_DELAY, self.check_peer)
+        elif active is not None and active.response_started and active.probe():
+            # A stream under way, perhaps stalled upstream: nothing else would be written to find out.
             self.loop.call_later(PEER_CHECK_DELAY, self.check_peer)
         return True  # keep writing: a half-closed client still gets its answer
 

@@ -548,3 +548,65 @@ async def test_a_node_url_ending_in_v1_reaches_the_right_path(fakes, sidecar, cl
     assert r.status_code == 200 and r.headers["x-llm-sidecar-node"] == "primary"
     assert primary.stats.paths[-1] == "/v1/chat/completions"
     assert "the /v1 at the end of its url is dropped" in car.log()
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_client_that_leaves_a_stalled_stream_is_noticed_at_once(fakes, sidecar, api: str) -> None:
+    """A client that closes while the node is silent mid-stream: its FIN alone looks like a half-close, so
+    the sidecar writes an empty SSE comment and sees the reset. It used to wait for the read timeout (20 s
+    here), log a 200 with a read-timeout error and blame the node."""
+    primary, backup = await fakes("primary", api=api), await fakes("backup", api=api)
+    config = two_node_config(primary, backup, timeout={"connect": 1, "send": 5, "read": 20})
+    for node in config["upstream"]["nodes"]:
+        node["api"] = api
+    car = await sidecar(config)
+    path = "/v1/messages" if api == "anthropic" else CHAT
+    body = {
+        "model": "fault-stall-fin",
+        "stream": True,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", car.port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    seen = b""
+    async with asyncio.timeout(10):
+        while b"charlie" not in seen:  # some words went out; then the node stalls
+            seen += await reader.read(4096)
+    left = time.monotonic()
+    writer.close()  # the client is gone (not a half-close)
+
+    async def logged_499() -> bool:
+        return "status=499" in car.log()
+
+    assert await eventually(logged_499, 8)
+    assert time.monotonic() - left < 8  # well before the 20 s read timeout
+    node = await car.node("primary")
+    assert node["state"] == "healthy" and node["passive"]["counters"]["timeouts"] == 0
+
+
+async def test_a_half_closed_client_mid_stream_still_gets_the_whole_stream(fakes, sidecar) -> None:
+    primary = await fakes("primary", chunks=6, chunk_delay=0.1)
+    car = await sidecar(two_node_config(primary, await fakes("backup")))
+    payload = json.dumps(chat(stream=True)).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", car.port)
+    writer.write(
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    seen = await reader.read(4096)  # the stream began
+    writer.write_eof()  # done sending, still reading
+    async with asyncio.timeout(10):
+        while not seen.endswith(b"0\r\n\r\n"):
+            chunk = await reader.read(4096)
+            if not chunk:
+                break
+            seen += chunk
+    writer.close()
+    assert seen.count(b"data: {") >= 6 and b"data: [DONE]" in seen and b"HTTP/1.1 200" in seen
