@@ -33,7 +33,9 @@ def conversation_key(session: bytes | None, body: dict[str, Any] | None) -> str 
         if isinstance(message, dict) and message.get("role") == "user":
             break
     try:
-        text = json.dumps([body.get("model"), opening], sort_keys=True, ensure_ascii=False, default=str)
+        # Anthropic's system prompt is a top-level field, not a message: it opens the conversation too.
+        head = [body.get("model"), opening] if "system" not in body else [body.get("model"), body["system"], opening]
+        text = json.dumps(head, sort_keys=True, ensure_ascii=False, default=str)
     except (TypeError, ValueError, RecursionError):
         return None
     return "h:" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()

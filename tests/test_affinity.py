@@ -23,6 +23,15 @@ def test_other_conversations_and_other_models_get_other_keys() -> None:
     assert conversation_key(None, turn()) != conversation_key(None, turn(model="gpt-4o-mini"))
 
 
+def test_anthropics_top_level_system_prompt_tells_conversations_apart() -> None:
+    def ask(system: str, *later: dict[str, str]) -> dict[str, object]:
+        return {"model": "claude", "system": system, "messages": [{"role": "user", "content": "fix the bug"}, *later]}
+
+    assert conversation_key(None, ask("You review code.")) != conversation_key(None, ask("You write tests."))
+    later = ask("You review code.", {"role": "assistant", "content": "done"}, {"role": "user", "content": "?"})
+    assert conversation_key(None, ask("You review code.")) == conversation_key(None, later)
+
+
 def test_an_explicit_session_wins_and_no_messages_means_no_key() -> None:
     assert conversation_key(b"agent-7", turn()) == "s:agent-7"
     assert conversation_key(None, {"model": "m", "input": "embed me"}) is None
