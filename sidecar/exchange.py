@@ -101,18 +101,21 @@ def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
 def count_body(ex: Exchange, body: bytes) -> None:
     """Token counts from a whole answer."""
     if ex.api == ANTHROPIC:
-        usage = ex.usage = ex.usage or AnthropicUsage()
-        if usage.read_body(body):
-            ex.tokens_in, ex.tokens_out, ex.tokens_cached = usage.prompt, usage.output, usage.cache_read
-        return
-    count_tokens(ex, body)
+        count_anthropic(ex, body, whole=True)
+    else:
+        count_tokens(ex, body)
+
+
+def count_anthropic(ex: Exchange, data: bytes, whole: bool) -> None:
+    """An Anthropic answer's counts: from a whole body's top-level usage, or from whole stream events."""
+    usage = ex.usage = ex.usage or AnthropicUsage()
+    if usage.read_body(data) if whole else usage.feed(data):
+        ex.tokens_in, ex.tokens_out, ex.tokens_cached = usage.prompt, usage.output, usage.cache_read
 
 
 def count_tokens(ex: Exchange, data: bytes) -> None:
     if ex.api == ANTHROPIC:
-        usage = ex.usage = ex.usage or AnthropicUsage()
-        if usage.feed(data):
-            ex.tokens_in, ex.tokens_out, ex.tokens_cached = usage.prompt, usage.output, usage.cache_read
+        count_anthropic(ex, data, whole=False)
         return
     start = data.rfind(b'"usage"')  # the counts follow it: scan only from there
     if start < 0:
