@@ -60,10 +60,12 @@ class Commands(click.Group):
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="llm-sidecar")
 def main() -> None:
-    """A localhost failover proxy for OpenAI-compatible APIs.
+    """A localhost failover proxy for OpenAI- and Anthropic-compatible APIs.
 
-    Point your agent's base_url at http://127.0.0.1:8787/v1; the sidecar forwards to
-    the nodes in llm-sidecar.toml with priority failover, retries and health checks.
+    Point your agent's base_url at http://127.0.0.1:8787/v1 (Anthropic clients and
+    Claude Code: ANTHROPIC_BASE_URL=http://127.0.0.1:8787); the sidecar forwards to
+    the nodes in llm-sidecar.toml with priority failover, retries and health checks,
+    and re-reads that file when it is saved.
     """
 
 
