@@ -108,8 +108,11 @@ class ConfigWatcher:
         return sorted({os.path.dirname(f) for f in files})
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        from watchfiles import awatch  # here: `run` with watch = false never imports it
-
+        try:
+            from watchfiles import awatch  # here: `run` with watch = false never imports it
+        except ImportError as exc:  # a build that left it out: say so, serve on
+            log.warning("not watching %s: %s; reload with `llm-sidecar reload` or SIGHUP", self.path, exc)
+            return
         changes = awatch(
             *self.directories,
             watch_filter=None,

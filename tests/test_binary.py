@@ -163,6 +163,20 @@ def test_run_failover_status_and_monitor_from_the_binary(binary: Path, home: Pat
     nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
     assert nodes["backup"]["traffic"]["requests"] >= 1 and "sk-primary" not in status.stdout
 
+    # Reload on save works from the binary too (its watch library must be bundled) and /metrics answers.
+    config["upstream"]["nodes"][1]["weight"] = 7
+    (home / "sidecar.toml").write_text(tomli_w.dumps(config))
+    deadline = time.monotonic() + 15
+    weight = None
+    while time.monotonic() < deadline and weight != 7:
+        time.sleep(0.2)
+        again = subprocess.run([str(binary), "status", "--json", "--control-socket", str(sock)], env=env, cwd=home,
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+        weight = {n["name"]: n["weight"] for n in json.loads(again.stdout)["nodes"]}["backup"]
+    assert weight == 7
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "llm_sidecar_requests_total{" in metrics.text
+
     # The monitor under a real pseudo-terminal: it draws, stays up, and quits on q.
     leader, follower = pty.openpty()
     os.set_blocking(leader, False)
