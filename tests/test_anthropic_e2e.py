@@ -90,6 +90,7 @@ async def test_a_tool_use_payload_passes_untouched(fakes: Any, sidecar: Any) -> 
     ("fault", "reason"),
     [
         ("fault-529-{}", "overloaded (529)"),
+        ("fault-500-once-{}", "http 500"),
         ("fault-reset-{}", "connection"),
         ("fault-hang-{}", "no first token in 1s"),
         ("fault-stall-{}", None),  # stalls after some words: a stream went out, the SDK must see the break
