@@ -33,9 +33,6 @@ DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504, 529)
 # message; "prefix" / "partial", the same marked `"prefix": true` / `"partial": true`;
 # "continue_final_message", the same with vLLM's `continue_final_message` request fields.
 CONTINUATIONS = ("none", "prefill", "prefix", "partial", "continue_final_message")
-# The request format a node speaks: OpenAI's (/v1/chat/completions, ...) or Anthropic's Messages API
-# (/v1/messages). A request goes only to nodes of its own format: the sidecar translates nothing.
-APIS: tuple[Api, ...] = APIS_SPOKEN
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLAIN_KEY = re.compile(r"[^\s.\[\]\"\\]+")
 # Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the
@@ -196,7 +193,7 @@ class Node:
     checks: Checks = field(default_factory=Checks)
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
-    api: Api = "openai"  # the request format it speaks: APIS
+    api: Api = "openai"  # the request format it speaks (dialect.py): a request goes only to nodes of its own
 
     def serves(self, model: str) -> bool:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves
@@ -672,7 +669,7 @@ def _node(t: _Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str],
         checks=_checks(t.table("checks"), checks),
         timeout=_timeouts(t.table("timeout"), timeouts),
         continuation=_choice(t, "continuation", CONTINUATIONS),
-        api="anthropic" if _choice(t, "api", APIS) == "anthropic" else "openai",
+        api="anthropic" if _choice(t, "api", APIS_SPOKEN) == "anthropic" else "openai",
     )
     t.done()
     return node

@@ -72,10 +72,13 @@ def stream_error(message: str, type_: str, code: str, *, api: Api = OPENAI, stat
 
 
 # A completion stream is whole once it said how it finished; one that ends before that was cut.
+# Anthropic's last event is message_stop (relay.py ends a stream there, whatever the node does next).
+MESSAGE_STOP = rb'"type"\s*:\s*"message_stop"'
+_OPENAI_END = re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"')
 ENDS: dict[str, re.Pattern[bytes]] = {
-    "/v1/chat/completions": re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"'),
-    "/v1/completions": re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"'),
-    MESSAGES_PATH: re.compile(rb'"type"\s*:\s*"message_stop"|"stop_reason"\s*:\s*"'),
+    "/v1/chat/completions": _OPENAI_END,
+    "/v1/completions": _OPENAI_END,
+    MESSAGES_PATH: re.compile(MESSAGE_STOP + rb'|"stop_reason"\s*:\s*"'),
 }
 
 _USAGE = b'"usage"'

@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .dialect import APIS_SPOKEN
+
 FAULTS = ("error", "rate_limit", "hang", "silent", "drop", "close", "keepalive")
 CONTINUATIONS = ("prefill", "prefix", "none")  # the dialects for continuing a partial assistant message
 
@@ -684,7 +686,7 @@ class FakeProvider:
         return response
 
 
-APIS = ("openai", "anthropic")
+APIS = APIS_SPOKEN
 
 
 def provider_class(api: str = "openai") -> type[FakeProvider]:

@@ -95,35 +95,34 @@ class Trip:
 
         A node's error answer may quote the key it was sent ("invalid x-api-key sk-..."): it is taken out
         before the answer can reach the client, the log or the monitor."""
-        key = attempt.node.config.api_key
-        try:
-            ready = await self._first(attempt, request)
-        except UpstreamError as exc:
-            if key and exc.body:
-                exc.body = redact(exc.body, key)
-            raise
-        if key and ready.kind is Body.WHOLE and ready.response.status >= 400:
-            ready.body = redact(ready.body, key)
-        return ready
-
-    async def _first(self, attempt: Attempt, request: Request) -> Ready:
         node = attempt.node
         config = self.upstream.config.upstream
         statuses = node.config.checks.retry_statuses
         limit = config.max_response_bytes
         json_api = is_json_api(self.ex.path)
         timeouts = node.config.timeout
-        if not self.ex.stream:
-            return await first_bytes(await attempt.send(request), statuses, limit, json_api, timeouts.read)
+        key = node.config.api_key
         try:
-            async with asyncio.timeout(timeouts.first_token):
-                return await first_bytes(await attempt.send(request), statuses, limit, json_api)
-        except TimeoutError:
-            raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
+            if not self.ex.stream:
+                ready = await first_bytes(await attempt.send(request), statuses, limit, json_api, timeouts.read)
+            else:
+                try:
+                    async with asyncio.timeout(timeouts.first_token):
+                        ready = await first_bytes(await attempt.send(request), statuses, limit, json_api)
+                except TimeoutError:
+                    raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
+        except UpstreamError as exc:
+            if key:
+                exc.body, exc.reason = redact(exc.body, key), exc.reason.replace(key, "[redacted]")
+            raise
+        if key and ready.kind is Body.WHOLE and ready.response.status >= 400:
+            ready.body = redact(ready.body, key)
+        return ready
 
 
 def redact(body: bytes, key: str) -> bytes:
-    return body.replace(key.encode(), b"[redacted]") if key.encode() in body else body
+    needle = key.encode()
+    return body.replace(needle, b"[redacted]") if needle in body else body
 
 
 async def forward(

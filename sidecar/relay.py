@@ -10,7 +10,7 @@ import re
 
 from .attempt import Attempt, Body, Ready, is_refusal
 from .continuation import Restamp, Transcript, parse_event
-from .dialect import ANTHROPIC, ENDS, Api, error_json, stream_error
+from .dialect import ANTHROPIC, ENDS, MESSAGE_STOP, Api, error_json, stream_error
 from .errors import Send, send_error, send_json
 from .exchange import Exchange, count_body, count_tokens, count_usage, trail
 from .health import Failure
@@ -243,7 +243,7 @@ async def pass_through(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-MESSAGE_STOP = re.compile(rb'"type"\s*:\s*"message_stop"')
+LAST_EVENT = re.compile(MESSAGE_STOP)
 TAIL = 512  # bytes at the end of a read where its last event is looked for
 
 
@@ -257,7 +257,7 @@ def final(out: bytes, api: Api) -> str | None:
     tail = out[-TAIL:]
     start = max(tail.rfind(b"\n\n", 0, len(tail) - 2), tail.rfind(b"\r\n\r\n", 0, len(tail) - 4))
     event = tail[start + 1 :] if start >= 0 else tail
-    if MESSAGE_STOP.search(event) is not None:
+    if LAST_EVENT.search(event) is not None:
         return ""
     if b"event: error" in event or b"event:error" in event:
         data = data_of(event.strip())

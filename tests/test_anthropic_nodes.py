@@ -514,3 +514,23 @@ async def test_a_529_with_retry_after_fails_over_at_once() -> None:
     h = Harness(handler, cfg())  # same_node = 1: a 529 without Retry-After gets one same-node retry
     got = await h.request(ASK, path="/v1/messages")
     assert got.headers["x-llm-sidecar-node"] == "claude-backup" and h.calls("claude") == 1
+
+
+async def test_a_node_key_that_does_not_look_like_one_is_kept_out_of_failure_reasons_too() -> None:
+    data = {
+        "upstream": {
+            "checks": {"passive": {}},
+            "nodes": [
+                {"name": "claude", "url": "http://c.invalid", "api": "anthropic", "api_key": "${PLAIN}"},
+                {"name": "backup", "url": "http://b.invalid", "api": "anthropic", "priority": -1},
+            ],
+        }
+    }
+    echo = event("error", {"type": "error", "error": {"type": "authentication_error", "message": "bad key hunter2x"}})
+    h = Harness(
+        lambda node, r: Script(200, SSE, [*opening(), echo]) if node == "claude" else Script(200, SSE, stream("ok")),
+        parse(data, "<test>", env={"PLAIN": "hunter2x"}),
+    )
+    got = await h.request({**ASK, "stream": True}, path="/v1/messages")
+    assert got.headers["x-llm-sidecar-node"] == "backup" and "hunter2x" not in got.headers["x-llm-sidecar-trail"]
+    assert failed(h) == [{"node": "claude", "reason": "error event before any token (bad key [redacted])"}]
