@@ -31,9 +31,12 @@ import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
+
+if TYPE_CHECKING:
+    from .acceptor import Acceptor
 
 log = logging.getLogger("llm_sidecar")
 
@@ -47,7 +50,6 @@ DISCONNECT = {"type": "http.disconnect"}
 PEER_CHECK_DELAY = 0.02  # seconds for a closed client's reset to arrive over loopback
 LINGER = 2.0  # seconds to drain a client's unread bytes after an error answer, before closing
 SWEEP = 0.1  # seconds between deadline checks: timeouts fire up to this late
-FULL_LOG_EVERY = 10.0  # seconds between "connection limit reached" lines
 TCP_CLOSE = 7  # tcp_info.tcpi_state after a reset (linux/tcp_states.h)
 
 
@@ -558,9 +560,7 @@ class HTTPServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.capacity = limits.max_connections
-        self.on_room: Callable[[], None] | None = None  # resumes accepting after the cap was reached
-        self.full = False
-        self.full_logged = -FULL_LOG_EVERY
+        self.listener: Acceptor | None = None  # pauses and resumes accepting at the cap
 
     def protocol(self) -> asyncio.Protocol:
         return Connection(self)
@@ -575,6 +575,10 @@ class HTTPServer:
                 if callback is not None and conn.deadline <= now:
                     conn.on_deadline = None
                     callback()
+            if self.listener is not None:
+                # Every event that makes room rechecks already; should one be missed, this costs a
+                # paused listener SWEEP seconds rather than the rest of the process's life.
+                self.listener.recheck()
 
     async def run(self, cycle: Cycle) -> None:
         task = cycle.task
@@ -609,37 +613,28 @@ class HTTPServer:
     def opened(self, conn: Connection) -> None:
         self.connections[conn] = None
 
-    def room(self, pending: int) -> bool:
-        """May one more connection be accepted (`pending` are accepted but not yet started)?
+    def open_count(self) -> int:
+        return len(self.connections)
 
-        At the cap an idle keep-alive connection is closed to make room (oldest first, as nginx
-        reuses them); with none idle, the new connection waits in the backlog until one closes.
-        """
-        if len(self.connections) + pending < self.capacity:
-            return True
+    def make_room(self) -> bool:
+        """At the cap: close the oldest idle keep-alive connection for a new one (as nginx reuses them);
+        with none idle, the new connection waits in the backlog until one closes (see acceptor.py)."""
         for other in self.connections:
             if other.idle:
                 other.close()
                 self.connections.pop(other, None)
                 return True
-        if not self.full:
-            self.full = True
-            now = self.loop.time()
-            if now - self.full_logged > FULL_LOG_EVERY:  # one line per episode, not one per connection
-                self.full_logged = now
-                log.warning(
-                    "connection limit reached (%d open): new connections wait until one closes "
-                    "(server.max_connections, and the open-file limit)",
-                    len(self.connections),
-                )
         return False
+
+    @property
+    def full(self) -> bool:
+        """New connections are waiting for room: a kept-alive one should close after its answer."""
+        return self.listener is not None and self.listener.full
 
     def closed(self, conn: Connection) -> None:
         self.connections.pop(conn, None)
-        if self.full and len(self.connections) < self.capacity:
-            self.full = False
-            if self.on_room is not None:
-                self.on_room()
+        if self.listener is not None:
+            self.listener.recheck()
 
     def stop_accepting_requests(self) -> None:
         """Idle connections close now; busy ones close after their answer."""

@@ -68,8 +68,7 @@ class Server:
 
     async def serve(self, sock: socket.socket) -> None:
         http = self.http = HTTPServer(self.app, replace(self.limits, max_connections=connection_cap(self.limits)))
-        acceptor = Acceptor(sock, http.protocol, http.room)
-        http.on_room = acceptor.resume
+        acceptor = http.listener = Acceptor(sock, http.protocol, http)
         sweep = asyncio.ensure_future(http.sweep())
         try:
             await self.exit.wait()
