@@ -7,10 +7,15 @@ them from uvicorn meant subclassing its private protocol class:
 - a request head larger than `max_header_bytes` is answered 431 before more is
   buffered (httptools accumulates a header value internally, so the bytes fed
   while the head is incomplete are what is counted);
-- a head must arrive within `header_timeout`, a body within `body_timeout`, and
-  an idle keep-alive connection closes after `keepalive_timeout` (slowloris);
+- a head must arrive within `header_timeout` (a pipelined one too, counted from
+  when it began), a body within `body_timeout`, and an idle keep-alive
+  connection closes after `keepalive_timeout` (slowloris);
 - a client that half-closes after its request still gets its answer;
-- HTTP/1.0 clients get close-delimited bodies, never chunked ones;
+- HTTP/1.0 clients get close-delimited bodies, never chunked ones, and no `100 Continue`;
+- a chunked body's trailers are dropped (never merged into the headers the app
+  checks), and transfer codings other than chunked are refused (501);
+- after a request that ends the connection (`Connection: close`, HTTP/1.0) the
+  bytes that follow are ignored: that request is answered, not turned into a 400;
 - a request line without a version, or a missing or repeated Host, is a 400;
 - the response head goes out with the first body bytes in one write;
 - a client that leaves is reported to the app at once through the
@@ -31,7 +36,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httptools
 
@@ -73,8 +78,8 @@ class Limits:
     max_connections: int = 4096
 
 
-class HeadTooLarge(Exception):
-    pass
+class Refused(Exception):
+    """Raised in a parser callback once `Connection.refusal` holds the answer (httptools wraps it)."""
 
 
 def plain(status: int, message: str) -> bytes:
@@ -259,7 +264,9 @@ class Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
         self.in_head = False
-        self.too_large = False
+        self.head_started = 0.0  # when the head being parsed began
+        self.refusal: tuple[int, str] | None = None  # the error answer a parser callback chose
+        self.last = False  # the request after which the connection closes was read: what follows is ignored
         self.parsing: Cycle | None = None
         self.active: Cycle | None = None
         self.queue: deque[Cycle] = deque()
@@ -274,7 +281,7 @@ class Connection(asyncio.Protocol):
         self.arm(self.limits.header_timeout, self.head_timed_out)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.last:
             return
         try:
             self.parser.feed_data(data)
@@ -282,11 +289,10 @@ class Connection(asyncio.Protocol):
             self.reject(400, "protocol upgrades are not supported")
             return
         except httptools.HttpParserError:
-            # httptools wraps what a callback raises; the flag says it was the size limit.
-            if self.too_large:
-                self.reject(431, "request headers too large")
-            else:
-                self.reject(400, "invalid HTTP request")
+            if self.last:
+                return  # llhttp refuses bytes after a request that ends the connection: that request stands
+            # httptools wraps what a callback raises; `refusal` says which answer it chose.
+            self.reject(*(self.refusal or (400, "invalid HTTP request")))
             return
         if self.in_head:
             self.head_bytes += len(data)
@@ -355,6 +361,7 @@ class Connection(asyncio.Protocol):
         self.headers = []
         self.head_bytes = 0
         self.in_head = True
+        self.head_started = self.loop.time()
         if self.active is None:
             self.arm(self.limits.header_timeout, self.head_timed_out)
 
@@ -363,14 +370,18 @@ class Connection(asyncio.Protocol):
         self.count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
         self.count(len(name) + len(value) + HEADER_OVERHEAD)
+        if self.in_head:  # else a chunked body's trailer: dropped, never taken for a header
+            self.headers.append((name.lower(), value))
 
     def count(self, size: int) -> None:
         self.head_bytes += size
         if self.head_bytes > self.limits.max_header_bytes:
-            self.too_large = True
-            raise HeadTooLarge
+            self.refuse(431, "request headers too large")
+
+    def refuse(self, status: int, message: str) -> NoReturn:
+        self.refusal = (status, message)
+        raise Refused
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -382,13 +393,22 @@ class Connection(asyncio.Protocol):
             raise httptools.HttpParserError("protocol upgrades are not supported")
         hosts = 0
         expect = False
+        codings: list[bytes] = []
         for name, value in self.headers:
             if name == b"host":
                 hosts += 1
             elif name == b"expect":
                 expect = value.lower() == b"100-continue"
+            elif name == b"transfer-encoding":
+                codings += (coding.strip().lower() for coding in value.split(b","))
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise httptools.HttpParserError("a request needs exactly one Host header")
+        if codings and codings != [b"chunked"]:
+            if codings[-1] != b"chunked":
+                raise httptools.HttpParserError("chunked is not the final transfer coding")  # RFC 9112 6.3: 400
+            # llhttp passes codings before a final chunked; decoding only the chunks would hand the app
+            # (and a node) a body still gzipped, say, with nothing saying so.
+            self.refuse(501, "Transfer-Encoding other than chunked is not supported")
         url = b"".join(self.url)
         parsed = httptools.parse_url(url)
         raw_path: bytes = parsed.path
@@ -409,7 +429,7 @@ class Connection(asyncio.Protocol):
             "server": self.sockname,
             "client": self.peername,
         }
-        cycle = Cycle(self, scope, parser.should_keep_alive(), expect)
+        cycle = Cycle(self, scope, parser.should_keep_alive(), expect and version == "1.1")  # 1.0 has no 100
         scope["extensions"] = {DISCONNECT_EXTENSION: cycle}
         self.parsing = cycle
         if self.active is None:
@@ -434,6 +454,8 @@ class Connection(asyncio.Protocol):
         if cycle is None:
             return
         cycle.more_body = False
+        if not cycle.keep_alive:
+            self.last = True
         if cycle is self.active:
             self.cancel_timer()
         cycle.wake()
@@ -464,7 +486,11 @@ class Connection(asyncio.Protocol):
             self.run(self.queue.popleft())
             self.resume_reading()
             return
-        self.arm(self.limits.keepalive_timeout, self.close)
+        if self.in_head:
+            # A pipelined head that began while this answer was made: its time runs from when it began.
+            self.arm(self.head_started + self.limits.header_timeout - self.loop.time(), self.head_timed_out)
+        else:
+            self.arm(self.limits.keepalive_timeout, self.close)
         self.resume_reading()
 
     @property

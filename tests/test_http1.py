@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,10 +22,12 @@ FAST = Limits(max_header_bytes=8 * 1024, header_timeout=0.3, body_timeout=0.3, k
 
 
 class App:
-    """Echoes the request; `/stream` answers without a length; `/wait` waits until the client leaves."""
+    """Echoes the request; `/stream` answers without a length; `/wait` waits until the client leaves;
+    `/later` echoes after 0.3 s."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
+        self.heads: list[list[tuple[bytes, bytes]]] = []  # each request's headers, once its body was read
         self.gone = asyncio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -37,10 +40,13 @@ class App:
             if not message.get("more_body"):
                 break
         self.seen.append((scope["method"], scope["path"], body))
+        self.heads.append(list(scope["headers"]))
         if scope["path"] == "/wait":
             scope["extensions"][DISCONNECT_EXTENSION].on_disconnect = self.gone.set
             await asyncio.sleep(5)
             return
+        if scope["path"] == "/later":
+            await asyncio.sleep(0.3)
         if scope["path"] == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             for part in (b"one ", b"two ", b"three"):
@@ -297,3 +303,124 @@ async def test_an_error_answer_is_not_lost_to_a_reset_while_the_client_is_still_
 
     out = await asyncio.to_thread(send_then_read)  # a reset would raise ConnectionResetError here
     assert out.startswith(b"HTTP/1.1 431 ")
+
+
+def chunked(body: bytes, trailer: bytes = b"", encoding: bytes = b"chunked", extra: bytes = b"") -> bytes:
+    head = b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: %b\r\n%b\r\n" % (encoding, extra)
+    return head + b"%x\r\n%b\r\n0\r\n%b\r\n" % (len(body), body, trailer)
+
+
+async def test_trailers_never_become_request_headers(serve) -> None:
+    port, app = await serve()
+    raw = chunked(b"hi", b"Authorization: Bearer trailer-key\r\nX-Api-Key: k\r\nHost: evil\r\n", extra=b"X-A: 1\r\n")
+    out = await asyncio.to_thread(exchange, port, raw + request(body=b"next", extra="Connection: close\r\n"))
+    assert out.count(b"HTTP/1.1 200 ") == 2 and b"echo:hi" in out and out.endswith(b"echo:next")
+    assert app.heads[0] == [(b"host", b"t"), (b"transfer-encoding", b"chunked"), (b"x-a", b"1")]
+    assert (b"authorization", b"Bearer trailer-key") not in app.heads[1]
+
+
+async def test_trailers_still_count_against_the_head_limit(serve) -> None:
+    port, _ = await serve()
+    out = await asyncio.to_thread(exchange, port, chunked(b"hi", b"X-Big: " + b"a" * (16 * 1024) + b"\r\n"))
+    assert b"HTTP/1.1 431 " in out
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        request(body=b"first", extra="Connection: close\r\n"),
+        b"POST /x HTTP/1.0\r\nContent-Length: 5\r\n\r\nfirst",
+        b"POST /x HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, close\r\nContent-Length: 5\r\n\r\nfirst",
+    ],
+    ids=["connection close", "http/1.0", "close among tokens"],
+)
+async def test_what_is_pipelined_after_the_last_request_is_ignored_and_the_last_is_answered(serve, last: bytes) -> None:
+    port, app = await serve()
+    out = await asyncio.to_thread(exchange, port, last + request("/evil", body=b"x") + b"garbage\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"echo:first") and out.count(b"HTTP/1.1") == 1
+    assert app.seen == [("POST", "/x", b"first")]
+
+
+async def test_what_comes_after_the_last_request_in_a_later_read_is_ignored_too(serve) -> None:
+    port, app = await serve(Limits(header_timeout=5, body_timeout=5, keepalive_timeout=5))
+
+    def talk() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+            conn.sendall(request("/later", body=b"first", extra="Connection: close\r\n"))
+            time.sleep(0.1)
+            conn.sendall(b"GET /evil HTTP/1.1\r\n\x00\r\n\r\n")
+            out = b""
+            while chunk := conn.recv(65536):
+                out += chunk
+            return out
+
+    out = await asyncio.to_thread(talk)
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"echo:first")
+    assert [path for _, path, _ in app.seen] == ["/later"]
+
+
+async def test_a_pipelined_head_that_trickles_gets_the_header_timeout_not_the_keepalive_one(serve) -> None:
+    port, app = await serve(Limits(header_timeout=0.4, body_timeout=5, keepalive_timeout=30))
+
+    def talk() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(request(body=b"1") + b"GET /slow HTTP/1.1\r\n")
+            out = b""
+            for _ in range(40):  # one header byte every 0.1 s: the head would take 4 s
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    break
+                time.sleep(0.1)
+            conn.settimeout(1)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    out += chunk
+            return out
+
+    out = await asyncio.to_thread(talk)
+    assert out.startswith(b"HTTP/1.1 200 ") and b"echo:1" in out
+    assert b"HTTP/1.1 408 " in out and b"request headers not received in time" in out
+    assert [path for _, path, _ in app.seen] == ["/x"]
+
+
+async def test_no_100_continue_for_http10(serve) -> None:
+    port, _ = await serve()
+
+    def talk() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+            conn.sendall(b"POST /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            time.sleep(0.2)  # the server is waiting for the body by now
+            conn.sendall(b"body")
+            out = b""
+            while chunk := conn.recv(65536):
+                out += chunk
+            return out
+
+    out = await asyncio.to_thread(talk)
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"echo:body") and b"100 Continue" not in out
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        b"gzip, chunked",
+        b"deflate,chunked",
+        b"gzip\r\nTransfer-Encoding: chunked",
+        b"identity, chunked",
+        b"x-custom;q=1, chunked",
+    ],
+)
+async def test_transfer_codings_other_than_chunked_are_refused_with_501(serve, encoding: bytes) -> None:
+    port, app = await serve()
+    out = await asyncio.to_thread(exchange, port, chunked(b"hi", encoding=encoding))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501 ") and b"content-type: application/json" in head
+    assert b"Transfer-Encoding" in json.loads(body)["error"]["message"].encode()
+    assert app.seen == []
+
+
+async def test_chunked_in_any_case_is_still_accepted(serve) -> None:
+    port, _ = await serve()
+    out = await asyncio.to_thread(exchange, port, chunked(b"hi", encoding=b"Chunked", extra=b"Connection: close\r\n"))
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"echo:hi")
