@@ -90,7 +90,9 @@ def client_key_ok(key: bytes, authorization: bytes, x_api_key: bytes | None) -> 
     ANTHROPIC_AUTH_TOKEN) or as `x-api-key` (Anthropic's SDKs, ANTHROPIC_API_KEY)."""
     if x_api_key is not None and hmac.compare_digest(x_api_key, key):
         return True
-    return hmac.compare_digest(authorization, b"Bearer " + key)
+    scheme, _, token = authorization.partition(b" ")
+    # Auth schemes are case-insensitive (RFC 9110 11.1), and one or more spaces may follow the scheme.
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.lstrip(b" "), key)
 
 
 def client_request_id(value: bytes) -> str | None:

@@ -6,13 +6,14 @@ the request's head, never in a trailer.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from typing import Any
 
 import pytest
 
-from .conftest import Sidecar, two_node_config
+from .conftest import Sidecar, cli_env, two_node_config
 
 ROUNDS = 3  # the wedge showed in 5 of 5 single rounds at max_connections = 100
 
@@ -62,3 +63,44 @@ async def test_the_same_flood_at_the_cap_the_open_file_limit_derives(fakes, side
     answers = await asyncio.to_thread(flood_then_ask, car.port, 3 * 30)
     assert answers == [b"HTTP/1.1 200 OK"] * ROUNDS, car.log()[-2000:]
     assert "connection limit reached" in car.log()  # the derived cap was really hit
+
+
+# ---------------------------------------------------------------------------- the sidecar's key
+
+CLIENT_KEY = "sk-sidecar-client-key-42"
+
+
+def chunked_chat(*head: str, trailer: str = "", encoding: str = "chunked") -> bytes:
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    lines = ["POST /v1/chat/completions HTTP/1.1", "Host: sidecar", "Content-Type: application/json",
+             f"Transfer-Encoding: {encoding}", "Connection: close", *head, "", ""]  # fmt: skip
+    chunk = b"%x\r\n%b\r\n" % (len(body), body)
+    return "\r\n".join(lines).encode() + chunk + b"0\r\n" + trailer.encode() + b"\r\n"
+
+
+def answer(port: int, raw: bytes) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(raw)
+        out = b""
+        while chunk := conn.recv(65536):
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_the_key_counts_only_in_the_head_and_its_scheme_in_any_case(fakes, sidecar) -> None:
+    primary, backup = await fakes("primary"), await fakes("backup")
+    config = {**two_node_config(primary, backup), "server": {"api_key": "${SIDECAR_CLIENT_KEY}"}}
+    car = await sidecar(config, env=cli_env(SIDECAR_CLIENT_KEY=CLIENT_KEY))
+    in_trailer = chunked_chat(trailer=f"Authorization: Bearer {CLIENT_KEY}\r\n")
+    status, body = await asyncio.to_thread(answer, car.port, in_trailer)
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    as_x_api_key = chunked_chat(trailer=f"X-Api-Key: {CLIENT_KEY}\r\n")
+    assert (await asyncio.to_thread(answer, car.port, as_x_api_key))[0] == 401
+    assert primary.stats.requests == 0
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        status, _ = await asyncio.to_thread(answer, car.port, chunked_chat(f"Authorization: {scheme} {CLIENT_KEY}"))
+        assert status == 200, scheme
+    status, _ = await asyncio.to_thread(answer, car.port, chunked_chat(f"Authorization: Basic {CLIENT_KEY}"))
+    assert status == 401
+    assert (await asyncio.to_thread(answer, car.port, chunked_chat(f"x-api-key: {CLIENT_KEY}")))[0] == 200
