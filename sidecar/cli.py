@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -215,15 +215,26 @@ def call(control_socket: str | None, config_path: str | None, method: str, *args
 @main.command()
 @CONFIG_OPTION
 @SOCKET_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of GET /v1/status.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the JSON of GET /v1/status, with `listener` (the /healthz probe)."
+)
 def status(config_path: str | None, control_socket: str | None, as_json: bool) -> None:
-    """Show node health and traffic of the running sidecar."""
+    """Show node health and traffic of the running sidecar.
+
+    Exits 1 if the sidecar does not answer on its control socket, or its proxy port not /healthz
+    within 2 s (any status counts: 503 only says no node is usable): a liveness check."""
     import json
 
+    from .client import LISTENER_TIMEOUT, probe_listener
+    from .shapes import StatusReportJSON
     from .table import render_status
 
     data = call(control_socket, config_path, "status")
-    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+    listener = probe_listener(data["sidecar"]["listen"])
+    report = cast(StatusReportJSON, {**data, "listener": listener})  # all GET /v1/status said, and one field
+    click.echo(json.dumps(report, indent=2) if as_json else render_status(data))
+    if not listener["answering"]:
+        fail(f"proxy listener on {listener['address']} not answering /healthz within {LISTENER_TIMEOUT:g}s")
 
 
 @main.command()

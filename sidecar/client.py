@@ -11,19 +11,21 @@ import functools
 import json
 import os
 import re
+import socket
 import stat
+import time
 import tomllib
 import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from .config import MAX_ERRORS, ConfigError, ConfigProblem, one_line, read_text
 from .discovery import control_socket_path, discover
-from .shapes import FailoverJSON, ManualJSON, ReloadJSON, StatusJSON
+from .shapes import FailoverJSON, ListenerJSON, ManualJSON, ReloadJSON, StatusJSON
 
 T = TypeVar("T")
 
@@ -197,6 +199,40 @@ def _failed(path: Path, exc: Exception) -> ControlError | NotRunning:
 
 def _node_path(name: str, manual: str) -> str:
     return f"/v1/nodes/{quote(name, safe='')}/{manual}"  # a name with "/" or "?" must stay one path segment
+
+
+LISTENER_TIMEOUT = 2.0  # seconds for the proxy's listener to answer /healthz (liveness: status)
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3}) ")
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def probe_listener(listen: str, timeout: float = LISTENER_TIMEOUT) -> ListenerJSON:
+    """GET /healthz on the proxy's listener (`listen` as the status JSON has it, http://host:port/v1).
+
+    The control socket is served by the same loop, but not by the same accept path: a listener that has
+    stopped taking connections leaves the control API answering. One deadline for the whole exchange,
+    a raw socket (no proxy from the environment), and no key (/healthz needs none)."""
+    url = urlsplit(listen)
+    host = url.hostname or "127.0.0.1"
+    host = WILDCARDS.get(host, host)
+    port = url.port or 80
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    deadline = time.monotonic() + timeout
+    head = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % address.encode())
+            while b"\r\n" not in head and (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:  # refused, reset, or the deadline passed (TimeoutError)
+        pass
+    found = STATUS_LINE.match(head)
+    status = int(found.group(1)) if found else None
+    return {"address": address, "answering": status is not None, "healthz": status}
 
 
 class ControlClient:

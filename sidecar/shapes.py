@@ -103,6 +103,21 @@ class StatusJSON(TypedDict):
     nodes: list[NodeJSON]
 
 
+class ListenerJSON(TypedDict):
+    """What `llm-sidecar status` found on the proxy's listen address (the control API cannot see it from
+    inside): GET /healthz answered in time, with any status (503 is a provider outage, not a dead listener)."""
+
+    address: str  # host:port asked (loopback for a wildcard listen)
+    answering: bool
+    healthz: int | None  # the status /healthz answered, None without an answer
+
+
+class StatusReportJSON(StatusJSON):
+    """`llm-sidecar status --json`: GET /v1/status, and the listener as the CLI found it."""
+
+    listener: ListenerJSON
+
+
 class ManualJSON(TypedDict):
     node: str
     manual: Literal["auto", "down"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Sidecar, cli_env, two_node_config
+from .conftest import Sidecar, cli, cli_env, two_node_config
 
 ROUNDS = 3  # the wedge showed in 5 of 5 single rounds at max_connections = 100
 
@@ -63,6 +63,56 @@ async def test_the_same_flood_at_the_cap_the_open_file_limit_derives(fakes, side
     answers = await asyncio.to_thread(flood_then_ask, car.port, 3 * 30)
     assert answers == [b"HTTP/1.1 200 OK"] * ROUNDS, car.log()[-2000:]
     assert "connection limit reached" in car.log()  # the derived cap was really hit
+
+
+# ---------------------------------------------------------------------------- liveness
+
+
+async def test_status_fails_while_the_proxy_listener_does_not_answer(fakes, sidecar) -> None:
+    """The control socket answers, the proxy port does not (here: its only connections hold half a head):
+    `status` must not call that alive."""
+    car = await sidecar_with(fakes, sidecar, max_connections=2, header_timeout=60)
+    sock = ("--control-socket", str(car.socket))
+    alive = await asyncio.to_thread(cli, "status", *sock)
+    assert alive.returncode == 0, alive.stderr
+    shown = json.loads((await asyncio.to_thread(cli, "status", "--json", *sock)).stdout)
+    assert shown["listener"] == {"address": f"127.0.0.1:{car.port}", "answering": True, "healthz": 200}
+    assert set(shown) == {"sidecar", "serving", "nodes", "listener"}  # GET /v1/status's shape, one field more
+
+    holders = [socket.create_connection(("127.0.0.1", car.port), timeout=5) for _ in range(2)]
+    try:
+        for conn in holders:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\n")
+        await asyncio.sleep(0.3)
+        stuck = await asyncio.to_thread(cli, "status", *sock)
+        stuck_json = await asyncio.to_thread(cli, "status", "--json", *sock)
+    finally:
+        for conn in holders:
+            conn.close()
+    assert stuck.returncode == 1 and "serving: primary" in stuck.stdout  # the table, then why it failed
+    assert stuck.stderr.strip() == (
+        f"llm-sidecar: proxy listener on 127.0.0.1:{car.port} not answering /healthz within 2s"
+    ), stuck.stderr
+    assert stuck_json.returncode == 1
+    assert json.loads(stuck_json.stdout)["listener"] == {
+        "address": f"127.0.0.1:{car.port}",
+        "answering": False,
+        "healthz": None,
+    }
+    again = await asyncio.to_thread(cli, "status", *sock)  # the holders are gone: room again
+    assert again.returncode == 0, again.stderr
+
+
+async def test_status_counts_a_503_from_healthz_as_a_listener_that_answers(fakes, sidecar) -> None:
+    """/healthz is 503 while no node is usable: a provider outage, not a dead sidecar (README: liveness)."""
+    primary, backup = await fakes("primary"), await fakes("backup")
+    car = await sidecar(two_node_config(primary, backup))
+    sock = ("--control-socket", str(car.socket))
+    for name in ("primary", "backup"):
+        assert (await asyncio.to_thread(cli, "node", "down", name, "--force", *sock)).returncode == 0
+    shown = await asyncio.to_thread(cli, "status", "--json", *sock)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["listener"]["healthz"] == 503
 
 
 # ---------------------------------------------------------------------------- the sidecar's key
