@@ -221,8 +221,8 @@ def call(control_socket: str | None, config_path: str | None, method: str, *args
 def status(config_path: str | None, control_socket: str | None, as_json: bool) -> None:
     """Show node health and traffic of the running sidecar.
 
-    Exits 1 if the sidecar does not answer on its control socket, or its proxy port not /healthz
-    within 2 s (any status counts: 503 only says no node is usable): a liveness check."""
+    Exits 1 if the sidecar does not answer on its control socket, or if its proxy port does not answer
+    /healthz within 2 s (any status counts: a 503 only says no node is usable): a liveness check."""
     import json
 
     from .client import LISTENER_TIMEOUT, probe_listener
