@@ -760,23 +760,37 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     return Config(server=server, upstream=upstream, path=file)
 
 
+def _dangling(path: str | Path) -> str:
+    """Where a symlink that leads nowhere leads (a dotfiles link whose target moved), or nothing."""
+    try:
+        return f": a symlink to {os.readlink(path)}, which does not exist"
+    except OSError:  # not a symlink
+        return ""
+
+
 def read_text(path: str | Path) -> str:
     """The file's text, refusing what is not a small regular file: `-c /dev/zero` or a FIFO
-    must not make `check` read forever."""
+    must not make `check` read forever. Every way of failing is a ConfigError naming the file, and the
+    descriptor is closed whatever happens (a reload that failed otherwise left one open each time)."""
     file = str(Path(path).absolute())
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO would wait for a writer
     except FileNotFoundError:
-        raise ConfigError(file, "", "file not found") from None
+        raise ConfigError(file, "", f"file not found{_dangling(path)}") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError(file, "", f"cannot read: {exc}") from None
-    with open(fd, "rb") as f:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(file, "", "cannot read: not a regular file")
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):  # opened, as Linux lets a directory be, but open() of its descriptor raises
+            raise ConfigError(file, "", "cannot read: a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(file, "", "cannot read: not a regular file")
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(file, "", f"cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(file, "", f"cannot read: larger than {MAX_FILE_BYTES // 1024} KiB, so not a config file")
     try:

@@ -21,13 +21,15 @@ log = logging.getLogger("llm_sidecar")
 TransportFactory = Callable[[Config, SendWatch], Transport]
 
 
-def file_digest(path: str) -> str | None:
-    """A digest of the config file's content; None when it cannot be read (gone, not a file, not UTF-8)."""
+def file_digest(path: str) -> str:
+    """A digest of what the config file holds: its text, or why it cannot be read (gone, a directory,
+    unreadable, not UTF-8). A file that stays unreadable the same way digests the same, so the watch
+    reports it once, not at every change in its directory (the sidecar's own log file may be there)."""
     try:
-        text = read_text(path)
-    except ConfigError:
-        return None
-    return hashlib.sha256(text.encode()).hexdigest()
+        what = b"text\n" + read_text(path).encode()
+    except ConfigError as exc:
+        what = b"unreadable\n" + exc.message.encode()
+    return hashlib.sha256(what).hexdigest()
 
 
 class Runtime:

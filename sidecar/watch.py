@@ -4,9 +4,9 @@ The file's directory is watched, not the file: editors that save by writing a te
 renaming it over the old one (vim, emacs, VS Code, `sed -i`) replace the inode a file watch would hold,
 and a file deleted then created again is seen too. A change is acted on SETTLE seconds after it is seen,
 so an editor's truncate-write-close (or a script's several writes) is one reload; a save that leaves the
-content as it was when last read (a touch, a no-op save) is not reloaded. A broken file is refused by
-Runtime.reload with one error line and a `config` event, and the running config stays; so does it while
-the file is gone.
+content as it was when last read (a touch, a no-op save) is not reloaded. A broken file, or a path that
+cannot be read (a directory, a FIFO, no permission), is refused by Runtime.reload with one error line and
+a `config` event, once while it stays so, and the running config stays; so does it while the file is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 from pathlib import Path
 
 from .config import Config, ConfigError
@@ -153,7 +154,7 @@ class ConfigWatcher:
     async def changed(self) -> None:
         """The file (or its directory entry) changed: reload if its content differs from what was read last."""
         digest = file_digest(str(self.path))
-        if digest is None and not self.path.exists():
+        if not os.path.exists(self.path):  # gone, or a symlink to nothing (os.path: never raises)
             if not self.missing:
                 self.missing = True
                 log.warning("%s is gone; the running config stays until a file is saved there again", self.path)
@@ -164,12 +165,14 @@ class ConfigWatcher:
                 log.info("%s is back, unchanged", self.path)
                 return
             log.info("%s is back", self.path)
-        if digest is not None and digest == self.runtime.config_digest:
-            return  # saved as it was: nothing to do, nothing to say
+        if digest == self.runtime.config_digest:
+            return  # saved as it was, or unreadable as it was: nothing to do, nothing to say
         with contextlib.suppress(OSError):
-            if self.path.stat().st_size == 0:
+            info = self.path.stat()
+            if stat.S_ISREG(info.st_mode) and info.st_size == 0:
                 # Truncated by a save in place whose write has not landed yet (a busy machine can hold it
                 # past SETTLE); that write brings another change. An empty file is never a config anyway.
+                # (A FIFO's size is 0 too, but no write will come: it is refused below like a directory.)
                 log.debug("%s is empty: waiting for its content", self.path)
                 return
         log.info("%s changed: reloading", self.path)

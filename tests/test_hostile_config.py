@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ctypes
 import datetime
 import math
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -381,3 +385,57 @@ def test_cli_finds_the_socket_of_a_config_broken_elsewhere(tmp_path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text('[server\ncontrol_socket = "/run/llm/ctl.sock"  # ours\n')
     assert str(find_socket(None, str(path))) == "/run/llm/ctl.sock"
+
+
+def without_file_permission_bypass() -> None:
+    """In the child, before exec: as root, drop the capabilities that read any file whatever its mode
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the bounding set, so a mode-000 file is unreadable there too."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # PR_CAPBSET_DROP is 24
+        if libc.prctl(24, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_config_path_that_is_no_readable_file_is_one_line_error_naming_it(tmp_path: Path) -> None:
+    """A directory (or a symlink to one), an unreadable file, a FIFO, a dangling symlink or binary garbage:
+    `check` and `run` exit 2 with one line naming the file; `reload` and `status` (no sidecar there) one line."""
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "to-a-directory").symlink_to(tmp_path / "a-directory")
+    (tmp_path / "unreadable.toml").write_text(good_text())
+    (tmp_path / "unreadable.toml").chmod(0)
+    os.mkfifo(tmp_path / "fifo.toml")
+    (tmp_path / "dangling.toml").symlink_to(tmp_path / "never-written.toml")
+    (tmp_path / "garbage.toml").write_bytes(bytes(range(256)) * 4)
+    words = {
+        "a-directory": "a directory, not a file",
+        "to-a-directory": "a directory, not a file",
+        "unreadable.toml": "Permission denied",
+        "fifo.toml": "not a regular file",
+        "dangling.toml": f"a symlink to {tmp_path / 'never-written.toml'}, which does not exist",
+        "garbage.toml": "not UTF-8",
+    }
+    env = cli_env(HOME=str(tmp_path))
+    env.pop("XDG_RUNTIME_DIR", None)
+
+    def run(args: tuple[str, str]) -> subprocess.CompletedProcess[str]:
+        command, name = args
+        return subprocess.run(
+            [sys.executable, "-m", "sidecar", command, "-c", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+            preexec_fn=without_file_permission_bypass,
+        )
+
+    cases = [(command, name) for name in words for command in ("check", "run", "reload", "status")]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, cases))
+    for (command, name), result in zip(cases, results, strict=True):
+        if command in ("check", "run"):
+            one_line_error(result, tmp_path / name, "", words[name])
+        else:  # they only look for the control socket in the file: none runs, which is the one line
+            assert (result.returncode, result.stderr.count("\n")) == (1, 1), (command, name, result.stderr)
+            assert "Traceback" not in result.stderr and "no llm-sidecar is running" in result.stderr, (command, name)

@@ -30,7 +30,7 @@ from sidecar.runtime import Runtime
 from sidecar.watch import SETTLE, ConfigWatcher, watched_file
 from sidecar.watchdog import SendWatch
 
-from .conftest import Sidecar, chat, eventually, two_node_config
+from .conftest import Sidecar, chat, cli, eventually, two_node_config
 
 CHAT = "/v1/chat/completions"
 WEIGHT_KEY = r"upstream\.nodes\[0\][^:]*\.weight"  # the first node's weight (its name may be shown)
@@ -266,6 +266,59 @@ async def test_ten_edits_while_50_streams_are_in_flight_fail_none(fakes: Any, si
     clean_stop(car)
 
 
+def repoint(link: Path, target: Path) -> None:
+    """Make `link` a symlink to `target` in one step, as `ln -sfn` does (a new link renamed over it)."""
+    temp = link.with_name(f".{link.name}.new")
+    temp.symlink_to(target)
+    os.replace(temp, link)
+
+
+def open_fds(car: Sidecar) -> int:
+    return len(os.listdir(f"/proc/{car.proc.pid}/fd"))
+
+
+async def test_a_config_symlink_repointed_to_a_directory_is_refused_and_the_next_good_save_is_loaded(
+    tmp_path: Path, fakes: Any, sidecar: Any, client: httpx.AsyncClient
+) -> None:
+    car = await sidecar(two_node_config(await fakes("primary"), await fakes("backup")))
+    good = car.config_path.read_text()
+    (tmp_path / "v1.toml").write_text(good)
+    assert await eventually(lambda: logged(car, f"watching {car.config_path}"))
+    repoint(car.config_path, tmp_path / "v1.toml")  # the same content: nothing to load
+    await asyncio.sleep(IGNORED)
+    directory = tmp_path / "elsewhere" / "conf.d"
+    directory.mkdir(parents=True)
+    refused = rf"ERROR .*reload failed, keeping the running config: {re.escape(str(car.config_path))}: .*a directory"
+
+    async def refusals(n: int) -> bool:
+        lines = log_lines(car, "ERROR")
+        assert all(re.search(refused, line) for line in lines), lines
+        return len(lines) >= n
+
+    repoint(car.config_path, directory)  # the watch reads it
+    assert await eventually(lambda: refusals(1))
+    r = await client.post(car.url + CHAT, json=chat())
+    assert r.status_code == 200 and r.headers["x-llm-sidecar-node"] == "primary"  # the running config serves
+    car.proc.send_signal(signal.SIGHUP)
+    assert await eventually(lambda: refusals(2))
+    shown = await asyncio.to_thread(cli, "reload", "--control-socket", str(car.socket))
+    assert (shown.returncode, shown.stderr.count("\n")) == (1, 1) and "a directory" in shown.stderr, shown.stderr
+    async with car.control() as control:
+        assert (await control.post("/v1/reload")).status_code == 400  # and the connection is open now
+        before = open_fds(car)
+        for _ in range(20):
+            r = await control.post("/v1/reload")
+            error = r.json()["error"]
+            assert (r.status_code, error["type"], error["file"]) == (400, "config_error", str(car.config_path))
+        assert open_fds(car) <= before, "a refused reload left a descriptor open"
+    assert await eventually(lambda: refusals(24))
+    (tmp_path / "v2.toml").write_text(good.replace("weight = 100", "weight = 42"))
+    repoint(car.config_path, tmp_path / "v2.toml")  # back to a good file: the watch still runs and loads it
+    assert await eventually(lambda: weight_is(car, 42), APPLIED)
+    assert len(await flushed(car, "ERROR")) == 24 and not log_lines(car, "stopped watching")
+    clean_stop(car)
+
+
 async def _in_flight(car: Sidecar, n: int) -> bool:
     return bool((await car.node("primary"))["traffic"]["in_flight"] == n)
 
@@ -415,6 +468,24 @@ async def test_changed_skips_what_was_read_last_and_reports_a_missing_file_once(
     await w.watcher.changed()  # the same broken content: reported once
     assert [e["ok"] for e in w.events()] == [True, False]
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+async def test_a_path_that_stays_unreadable_is_reported_once_however_often_its_directory_changes(
+    config_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "llm_sidecar")
+    w = Watched(config_file)
+    config_file.unlink()
+    config_file.mkdir()  # a directory where the file was
+    for _ in range(3):  # changes to other files there (the sidecar's own log, say) each call changed()
+        await w.watcher.changed()
+    assert [e["ok"] for e in w.events()] == [False] and "a directory" in w.events()[0]["error"]["message"]
+    config_file.rmdir()
+    os.mkfifo(config_file)  # unreadable another way: reported, once
+    await w.watcher.changed()
+    await w.watcher.changed()
+    assert [e["ok"] for e in w.events()] == [False, False]
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 2 and w.watcher.task is None
 
 
 async def test_a_file_truncated_by_a_save_in_place_is_waited_for_not_reported(
