@@ -19,6 +19,7 @@ from .config import Config, Node, PassiveCheck
 from .dialect import ANTHROPIC, ANTHROPIC_VERSION, APIS_SPOKEN, Api
 from .events import EventHub
 from .health import MIN_RETRY_AFTER, Failure, Health, ModelStates, Source, State, Transition
+from .held import Budget
 from .shapes import ProbeJSON
 from .stats import NodeStats
 from .transport import Transport, UpstreamError
@@ -79,8 +80,12 @@ class Upstream:
         previous: Sequence[NodeState] = (),
         clock: Callable[[], float] = time.monotonic,
         pins: Pins | None = None,
+        held: Budget | None = None,
     ) -> None:
         self.config = config
+        # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
+        self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
+        self.held.limit = config.upstream.max_held_bytes
         self.events = events
         self.transport = transport
         self.clock = clock
