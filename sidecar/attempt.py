@@ -15,8 +15,10 @@ Nothing reaches the client before `first_bytes` returns, so anything that goes
 wrong until then is still retryable: the response headers are held until the
 first body byte (for SSE, the first non-comment line, within SSE_HOLD_LIMIT),
 which lets a node that answers 200 and then stays silent be failed over. JSON
-bodies are read whole for the same reason, up to `max_response_bytes`; bodies
-nobody needs to inspect (audio, files, anything too large to hold) are handed
+bodies are read whole for the same reason, up to `max_response_bytes`, their
+bytes counted in the process's held budget (held.py; the attempt's share is
+given back when it ends); bodies nobody needs to inspect (audio, files,
+anything too large to hold, a success that finds the budget full) are handed
 on as they arrive once their first bytes are in.
 
 `first_bytes` also decides which answers are the node's failure although they
@@ -27,6 +29,7 @@ past the limit, an SSE answer of nothing but comments.
 from __future__ import annotations
 
 import email.utils
+import io
 import math
 import re
 import time
@@ -37,6 +40,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .health import Failure
+from .held import Share
 from .sse import Signal, Splitter, classify, data_of, error_text
 from .transport import Request, Response, UpstreamError
 
@@ -187,18 +191,20 @@ async def first_bytes(
     response: Response,
     retry_statuses: frozenset[int],
     max_bytes: int,
+    held: Share,
     json_api: bool = False,
     first_event_within: float = math.inf,
 ) -> Ready:
     """Wait for what may be sent to the client; raise UpstreamError when the node failed instead.
 
-    `max_bytes` bounds what is held of a body read whole; `json_api`: the request's path is one
+    `max_bytes` bounds what is held of a body read whole, `held` is the attempt's share of the
+    process's budget for all of them (see `whole`); `json_api`: the request's path is one
     whose successful answers must be JSON or SSE; `first_event_within`: seconds an SSE answer may
     take to its first real event (keep-alive comments do not extend it).
     """
     status = response.status
     if status in CONTEXT_STATUSES:  # before retry_statuses: a context overflow is never the node's fault
-        ready = await whole(response, max_bytes)
+        ready = await whole(response, max_bytes, held)
         if context_overflow(ready.body):
             raise UpstreamError(
                 None, "context window exceeded", status=status, headers=list(response.raw_headers), body=ready.body
@@ -225,8 +231,8 @@ async def first_bytes(
     if is_json or (json_api and not media):
         length = response.header("content-length")
         if not (length and length.isdigit() and int(length) > max_bytes):
-            ready = await whole(response, max_bytes)
-            if json_api and 200 <= status < 300 and ERROR_IN_200.match(ready.body):
+            ready = await whole(response, max_bytes, held)
+            if ready.kind is Body.WHOLE and json_api and 200 <= status < 300 and ERROR_IN_200.match(ready.body):
                 raise UpstreamError(Failure.HTTP, f"error in a {status} answer ({error_text(ready.body)})")
             return ready
     # Nothing in it needs inspecting: hand it on as it comes, holding nothing.
@@ -234,11 +240,27 @@ async def first_bytes(
     return Ready(response, Body.PASS, data, time.monotonic(), None)
 
 
-async def whole(response: Response, max_bytes: int) -> Ready:
-    data = await response.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UpstreamError(Failure.HTTP, "response too large", code="upstream_response_too_large")
-    return Ready(response, Body.WHOLE, data, time.monotonic(), None)
+async def whole(response: Response, max_bytes: int, held: Share) -> Ready:
+    """The body, up to `max_bytes`, in one buffer that is never copied (BytesIO hands its bytes over:
+    joining pieces would hold the body twice), its bytes taken from `held` as they arrive.
+
+    When the budget has no room left, a success goes on as a pass-through of what is in and the rest
+    as it arrives: the client still gets its answer, only a cut after that cannot fail over. An error
+    answer is refused instead (the sidecar's own trouble, no verdict on the node): it is read whole
+    so the node's key can be taken out of it (forward.Trip.first), and it is worth no memory."""
+    # Closed on every path: a failure's traceback keeps this frame alive (the request keeps its last failure
+    # to answer with), and must not keep the bytes read with it.
+    with io.BytesIO() as buffer:
+        while chunk := await response.chunk():
+            if buffer.tell() + len(chunk) > max_bytes:
+                raise UpstreamError(Failure.HTTP, "response too large", code="upstream_response_too_large")
+            if not held.take(len(chunk)):
+                if not 200 <= response.status < 300:
+                    raise UpstreamError(None, "answers held at once reached max_held_bytes", local=True)
+                buffer.write(chunk)  # this one chunk past the budget is on its way out
+                return Ready(response, Body.PASS, buffer.getvalue(), time.monotonic(), None)
+            buffer.write(chunk)
+        return Ready(response, Body.WHOLE, buffer.getvalue(), time.monotonic(), None)
 
 
 async def first_event(response: Response, within: float = math.inf) -> Ready:
@@ -281,7 +303,7 @@ class Attempt:
     nothing can run between the balancer's offer of a trial and its taking.
     """
 
-    __slots__ = ("failure", "model", "node", "response", "started", "trial", "upstream")
+    __slots__ = ("failure", "held", "model", "node", "response", "started", "trial", "upstream")
 
     def __init__(self, upstream: Upstream, node: NodeState, trial: bool, model: str | None = None) -> None:
         self.upstream = upstream
@@ -291,6 +313,7 @@ class Attempt:
         self.response: Response | None = None
         self.failure: UpstreamError | None = None
         self.started = 0.0
+        self.held = upstream.held.share()  # what the attempt holds of its answer (held.py)
 
     def __enter__(self) -> Attempt:
         # Nothing here awaits, so the trial the balancer offered is still ours to take.
@@ -320,5 +343,6 @@ class Attempt:
                 response.release()
             else:
                 response.close()  # the node stops generating what nobody will read
+        self.held.give_back()
         self.node.stats.in_flight -= 1
         self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model)

@@ -41,9 +41,14 @@ ONE_PREFIX = LIST_PATH + "/"
 MAX_IDS = 2000
 MAX_ID_CHARS = 200
 MAX_LIST_BYTES = 8 * 1024 * 1024
+# The most JSON values a list may hold to be parsed at all. What json.loads builds is 10-25 times the bytes
+# it is given when they are many small values: 8 MB of `{},` is 2.8 million dicts, ~200 MB and a quarter of a
+# second of the loop. A list with 2,000 models and OpenRouter's metadata is ~3 MB of ~160,000 values.
+MAX_LIST_VALUES = 250_000
 FETCH_SECONDS = 5.0  # an answer waits at most this long for the lists it lacks
 CACHE_SECONDS = 60.0  # lists change when a provider ships a model: rarely
 RETRY_SECONDS = 5.0  # an empty list (a failed fetch, most likely) is asked for again sooner
+PROBE_KEEPS_AFTER = CACHE_SECONDS / 2  # the probe renews a list this old, well before the catalog would fetch it
 
 # The fetch in progress per node: concurrent answers on a cold cache share one upstream request.
 # Weak keys: a reload drops NodeStates, and their entries go with them.
@@ -74,8 +79,9 @@ def parse_ids(body: bytes) -> tuple[str, ...] | None:
     """The ids of an OpenAI-shaped list (`{"data": [{"id": ...}, ...]}`), None for anything else.
 
     Invalid ids are skipped (not the whole list), duplicates kept once, and at most MAX_IDS kept.
+    A body of more than MAX_LIST_BYTES or MAX_LIST_VALUES is no list: it is not parsed.
     """
-    if len(body) > MAX_LIST_BYTES:
+    if len(body) > MAX_LIST_BYTES or values_at_most(body) > MAX_LIST_VALUES:
         return None
     try:
         parsed = json.loads(body)
@@ -95,6 +101,13 @@ def parse_ids(body: bytes) -> tuple[str, ...] | None:
     return tuple(ids)
 
 
+def values_at_most(body: bytes) -> int:
+    """A bound on the JSON values in `body`, counted without parsing it (a few ms for 8 MB): each value is
+    the document, the first in its array or object, or follows a comma (commas and brackets in strings
+    only count too many)."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
 def any_name(node: Node) -> bool:
     """Whether a node serves names beyond its table's keys, so its provider's own list matters."""
     return not node.models or "*" in node.models
@@ -105,6 +118,17 @@ def probe_lists(node: Node) -> bool:
     Not on an Anthropic node: its list comes in pages (20 ids by default), fetched here in one."""
     check = node.checks.active
     return check is not None and check.http_path == LIST_PATH and node.api != ANTHROPIC
+
+
+def probe_keeps(node: NodeState, now: float) -> bool:
+    """Whether this active probe's answer is parsed into the node's list: when the probe fetches the list
+    anyway (`probe_lists`), the node takes any name, and the list kept is missing or due (PROBE_KEEPS_AFTER,
+    RETRY_SECONDS when empty). Not on every probe: a list of megabytes probed every second would be parsed
+    every second."""
+    if not (probe_lists(node.config) and any_name(node.config)):
+        return False
+    at = node.upstream_models_at
+    return at is None or now - at >= (PROBE_KEEPS_AFTER if node.upstream_models else RETRY_SECONDS)
 
 
 def considered(nodes: Sequence[NodeState], now: float) -> list[NodeState]:

@@ -1,7 +1,9 @@
 """Active health checks: a periodic GET per node (by default /v1/models, which costs no tokens).
 
 When that GET is /v1/models, its answer is also the node's model list for the sidecar's own
-GET /v1/models (catalog.py): one request serves both.
+GET /v1/models (catalog.py): one request serves both. The list is parsed only when it is due
+(catalog.probe_keeps); other probes read the answer and drop it, at most DRAIN_BYTES of it, so a
+node answering megabytes costs neither memory nor the event loop's time on every probe.
 """
 
 from __future__ import annotations
@@ -16,10 +18,24 @@ from yarl import URL
 from . import catalog, metrics
 from .health import Failure
 from .runtime import Runtime
-from .transport import Request, UpstreamError
+from .transport import Request, Response, UpstreamError
 from .upstream import NodeState, Upstream
 
 log = logging.getLogger("llm_sidecar")
+
+# What a probe reads of an answer it does not keep: health answers are small. Past it the connection is
+# closed rather than read on (a node answering megabytes costs a new connection per probe, not the bytes).
+DRAIN_BYTES = 1 << 20
+
+
+async def drain(response: Response, limit: int) -> bool:
+    """Read the body, keeping none of it; False when it went past `limit` (the rest is never read)."""
+    size = 0
+    while chunk := await response.chunk():
+        size += len(chunk)
+        if size > limit:
+            return False
+    return True
 
 
 async def probe(upstream: Upstream, node: NodeState) -> None:
@@ -33,20 +49,26 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
     status: int | None = None
     kind: Failure | None = None
     body = b""
+    keep = catalog.probe_keeps(node, upstream.clock())
     try:
         async with asyncio.timeout(check.timeout):
             response = await upstream.transport.send(node.name, request)
             status = response.status
             try:
-                # Bounded: only the status decides health, and a list past the bound is ignored anyway.
-                body = await response.read(catalog.MAX_LIST_BYTES + 1)
+                # Only the status decides health: the body is held only when it is kept as the node's list
+                # (bounded: a list past the bound is ignored anyway), else read and dropped.
+                if keep:
+                    body = await response.read(catalog.MAX_LIST_BYTES + 1)
+                    read_all = len(body) <= catalog.MAX_LIST_BYTES
+                else:
+                    read_all = await drain(response, DRAIN_BYTES)
             except BaseException:
                 response.close()
                 raise
-            if len(body) > catalog.MAX_LIST_BYTES:
-                response.close()  # the rest is never read: the connection cannot be reused
-            else:
+            if read_all:
                 response.release()
+            else:
+                response.close()  # the rest is never read: the connection cannot be reused
     except TimeoutError:
         kind, reason = Failure.TIMEOUT, "probe timeout"
     except UpstreamError as exc:
@@ -59,7 +81,7 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
         if status not in check.healthy_http_statuses:
             kind = Failure.HTTP
     upstream.probed(node, kind, reason)
-    if kind is None and status == 200 and catalog.probe_lists(node.config) and catalog.any_name(node.config):
+    if keep and kind is None and status == 200:
         # The probe fetched the node's model list anyway: keep it for GET /v1/models (catalog.py),
         # which then asks the node nothing more. A 200 that is no list leaves the node's list empty.
         node.upstream_models = catalog.parse_ids(body) or ()

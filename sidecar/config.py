@@ -243,6 +243,11 @@ class UpstreamConfig:
     # What the sidecar holds of an answer before sending it (a non-stream body is read whole so a
     # cut can still fail over); past it, 502 JSON and a failure of the node.
     max_response_bytes: int = 64 * 1024 * 1024
+    # What it holds of all answers at once; past it a success is streamed as it arrives (a cut can no longer
+    # fail over), an error answer refused with a 503. Two answers at the cap; with the ~45 MB the sidecar
+    # needs itself it stays inside the README's Kubernetes limit (256Mi). In a file, at least
+    # max_response_bytes (its default follows a larger one).
+    max_held_bytes: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -728,6 +733,9 @@ def _upstream(up: _Table, env: Mapping[str, str]) -> UpstreamConfig:
             continue
         nodes.append(_node(_Table(raw, key, up.problems, (*up.position("nodes"), i)), checks, timeouts, env, names))
 
+    max_response = up.integer("max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024, maximum=BYTES_MAX)
+    # An old file that raised max_response_bytes past the default budget still loads: the budget follows it.
+    held_default = max(UpstreamConfig.max_held_bytes, max_response)
     upstream = UpstreamConfig(
         nodes=tuple(nodes),
         type=kind,
@@ -735,11 +743,12 @@ def _upstream(up: _Table, env: Mapping[str, str]) -> UpstreamConfig:
         retry_timeout=up.number("retry_timeout", UpstreamConfig.retry_timeout),
         retry=_retry(up.table("retry")),
         affinity_ttl=up.number("affinity_ttl", UpstreamConfig.affinity_ttl),
-        max_response_bytes=up.integer(
-            "max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024, maximum=BYTES_MAX
-        ),
+        max_response_bytes=max_response,
+        max_held_bytes=up.integer("max_held_bytes", held_default, minimum=1024, maximum=BYTES_MAX),
         timeout=timeouts,
     )
+    if upstream.max_held_bytes < max_response and up.ok("max_held_bytes", "max_response_bytes"):
+        up.error("max_held_bytes", "must be >= max_response_bytes: what all answers hold at once must fit one whole")
     up.done(known=("retries",))
     return upstream
 

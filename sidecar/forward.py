@@ -104,11 +104,13 @@ class Trip:
         key = node.config.api_key
         try:
             if not self.ex.stream:
-                ready = await first_bytes(await attempt.send(request), statuses, limit, json_api, timeouts.read)
+                ready = await first_bytes(
+                    await attempt.send(request), statuses, limit, attempt.held, json_api, timeouts.read
+                )
             else:
                 try:
                     async with asyncio.timeout(timeouts.first_token):
-                        ready = await first_bytes(await attempt.send(request), statuses, limit, json_api)
+                        ready = await first_bytes(await attempt.send(request), statuses, limit, attempt.held, json_api)
                 except TimeoutError:
                     raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
         except UpstreamError as exc:

@@ -27,6 +27,12 @@ from enum import StrEnum
 from .config import ActiveCheck, PassiveCheck
 from .shapes import CountersJSON
 
+# A 429's Retry-After at least this long is the whole verdict: the node (or the model on it) is held that
+# long and nothing is counted, since many requests hitting one short limit at once must not eject it. A
+# shorter one ("Retry-After: 0", a few retry-after-ms) holds nothing (the next request comes after it), so
+# that 429 counts as a failure: a limit that repeats takes the node out like any repeated failure.
+MIN_RETRY_AFTER = 1.0
+
 
 class Failure(StrEnum):
     HTTP = "http"

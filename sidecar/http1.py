@@ -50,6 +50,9 @@ App = Callable[
 ]
 DISCONNECT_EXTENSION = "llm_sidecar.disconnect"
 HIGH_WATER = 64 * 1024  # request body bytes buffered before reading pauses
+# A response body at least this large is written as it is (one writev with its head and chunk framing):
+# joining them would copy it, holding a large answer twice. Smaller ones are joined (one plain write).
+WRITEV_BYTES = 64 * 1024
 HEADER_OVERHEAD = 32  # counted per header on top of its bytes, so many tiny headers count too
 DISCONNECT = {"type": "http.disconnect"}
 PEER_CHECK_DELAY = 0.02  # seconds for a closed client's reset to arrive over loopback
@@ -169,6 +172,15 @@ class Cycle:
         body: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)
         if self.no_body:
+            data = b""
+        elif len(body) >= WRITEV_BYTES:
+            parts = [b"%x\r\n" % len(body), body, b"\r\n"] if self.chunked else [body]
+            if self.chunked and not more:
+                parts.append(b"0\r\n\r\n")
+            if self.head is not None:
+                parts.insert(0, self.head)
+                self.head = None
+            conn.writelines(parts)
             data = b""
         elif self.chunked:
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
@@ -557,6 +569,10 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
             self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.writelines(parts)
 
     def pause_reading(self) -> None:
         if self.reading and self.transport is not None and not self.closing:

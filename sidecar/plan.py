@@ -73,7 +73,8 @@ def render(config: Config) -> str:
         if s.watch
         else "reload   on SIGHUP and on `llm-sidecar reload` (watch = false)",
         f"upstream {u.type}, timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s "
-        f"first_token {t.first_token:g}s, max_response_bytes {_size(u.max_response_bytes)}",
+        f"first_token {t.first_token:g}s, max_response_bytes {_size(u.max_response_bytes)}, "
+        f"max_held_bytes {_size(u.max_held_bytes)}",
         f"retry    {_retry(config)}",
         f"affinity conversations stay on their node for {u.affinity_ttl:g}s where a level has several nodes"
         if u.affinity_ttl

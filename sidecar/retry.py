@@ -5,7 +5,9 @@ it must retry the way a good SDK would, across nodes:
 
 - a 429 whose Retry-After fits `max_wait` is waited out on the same node (the
   agent stays on its preferred model and its prompt cache); a longer one fails
-  over, and the node is kept out for that long (health's business);
+  over, and the node is kept out for that long (health's business); a
+  Retry-After of 0 names no wait, so that 429 is one without a Retry-After
+  (the openai and anthropic SDKs ignore a Retry-After <= 0 too): fail over;
 - a 5xx or a connection closed before the answer is retried on the same node
   after a short jittered backoff; either way a node gets at most `same_node`
   such retries in a row before the request fails over;
@@ -121,6 +123,8 @@ class RetryPlan:
 
     def failed(self, index: int, fault: Fault, retry_after: float | None, now: float) -> Decision:
         """Record a failed attempt; say whether the same node goes next (after how long)."""
+        if retry_after == 0.0:  # no wait named: an immediate same-node retry would only meet the limit again
+            retry_after = None
         tries = self.tries(index)
         tries.times.append(self.current)
         policy = self.policy

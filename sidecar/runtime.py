@@ -82,7 +82,8 @@ class Runtime:
     def apply(self, config: Config) -> Upstream:
         """Switch to a new generation; the old one closes when its last request ends."""
         old = self.upstream
-        new = Upstream(config, self.events, self.transport(config, self.send_watch), old.nodes, self.clock, old.pins)
+        transport = self.transport(config, self.send_watch)
+        new = Upstream(config, self.events, transport, old.nodes, self.clock, old.pins, old.held)
         self.upstream = new
         self.config = config
         self.config_loaded_at = time.time()

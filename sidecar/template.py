@@ -52,6 +52,8 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         "# retry_timeout: seconds after a request arrived in which retries and waits may start (a first try\n"
         "#   on each node always may); 0 = no limit. retries = N would cap the retries of one request.\n"
         "# max_response_bytes: the most of an answer held before sending it; past it, 502 JSON and a node failure.\n"
+        "# max_held_bytes: the most of all answers held at once (>= max_response_bytes); past it a success is\n"
+        "#   streamed as it arrives (a cut can no longer fail over), an error answer gets 503.\n"
         "# timeout.read: the longest silence between bytes. timeout.first_token: from sending a streamed\n"
         "#   request to its first real token (not keep-alives, not a role-only delta); a silent node costs\n"
         "#   this, not read. Raise both for models that think in silence. A node may override them:\n"
@@ -63,6 +65,7 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
                 "type": "roundrobin",
                 "retry_timeout": UpstreamConfig.retry_timeout,
                 "max_response_bytes": UpstreamConfig.max_response_bytes,
+                "max_held_bytes": UpstreamConfig.max_held_bytes,
                 "affinity_ttl": UpstreamConfig.affinity_ttl,
                 "timeout": {"connect": 5, "send": 30, "read": 120, "first_token": 60},
             }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,8 +83,8 @@ class Response(Protocol):
 
     def header(self, name: str) -> str | None: ...
 
-    async def read(self, limit: int = -1) -> bytes:
-        """The body, or its first `limit` bytes (reads until then or the end); raises UpstreamError."""
+    async def read(self, limit: int) -> bytes:
+        """The body's first `limit` bytes (reads until then or the end); raises UpstreamError."""
 
     async def chunk(self) -> bytes:
         """The next bytes as they arrive; b"" at the end; raises UpstreamError."""
@@ -135,27 +136,18 @@ class AiohttpResponse:
     def header(self, name: str) -> str | None:
         return self._response.headers.get(name)
 
-    async def read(self, limit: int = -1) -> bytes:
-        if limit < 0:
+    async def read(self, limit: int) -> bytes:
+        # StreamReader.read(n) returns what is buffered (up to n): loop, so a body that arrives in
+        # several segments is whole, and never hold more than `limit` of it. Into one buffer that is never
+        # copied (BytesIO hands its bytes over): joining the pieces would hold the body twice.
+        content = self._response.content
+        with io.BytesIO() as buffer:  # closed on every path: an error's traceback must not keep the bytes
             try:
-                return await self._response.read()
+                while (room := limit - buffer.tell()) > 0 and (chunk := await content.read(room)):
+                    buffer.write(chunk)
             except CLIENT_ERRORS as exc:
                 raise translate(exc) from None
-        # StreamReader.read(n) returns what is buffered (up to n): loop, so a body that arrives in
-        # several segments is whole, and never hold more than `limit` of it.
-        content = self._response.content
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while size < limit:
-                chunk = await content.read(limit - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        except CLIENT_ERRORS as exc:
-            raise translate(exc) from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return buffer.getvalue()
 
     async def chunk(self) -> bytes:
         try:

@@ -18,7 +18,8 @@ from .balancer import Balancer, Choice
 from .config import Config, Node, PassiveCheck
 from .dialect import ANTHROPIC, ANTHROPIC_VERSION, APIS_SPOKEN, Api
 from .events import EventHub
-from .health import Failure, Health, ModelStates, Source, State, Transition
+from .health import MIN_RETRY_AFTER, Failure, Health, ModelStates, Source, State, Transition
+from .held import Budget
 from .shapes import ProbeJSON
 from .stats import NodeStats
 from .transport import Transport, UpstreamError
@@ -79,8 +80,12 @@ class Upstream:
         previous: Sequence[NodeState] = (),
         clock: Callable[[], float] = time.monotonic,
         pins: Pins | None = None,
+        held: Budget | None = None,
     ) -> None:
         self.config = config
+        # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
+        self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
+        self.held.limit = config.upstream.max_held_bytes
         self.events = events
         self.transport = transport
         self.clock = clock
@@ -180,9 +185,10 @@ class Upstream:
             if trial:
                 node.health.end_trial()
             return
-        if failure.status == 429 and failure.retry_after is not None:
+        if failure.status == 429 and failure.retry_after is not None and failure.retry_after >= MIN_RETRY_AFTER:
             # The provider said when to come back: that wait is the whole verdict. Counting it as a
             # failure too would eject a node for a one-second limit that many requests hit at once.
+            # A shorter one holds nothing and is counted below (health.MIN_RETRY_AFTER).
             if trial:
                 node.health.end_trial()
             node.health.block(now + failure.retry_after, now)
@@ -196,7 +202,14 @@ class Upstream:
         passive = node.config.checks.passive
         if failure.status == 429:  # with passive checks off too: a rate limit is never a verdict on the node
             passive = passive or PassiveCheck()
-            until = now + (failure.retry_after if failure.retry_after is not None else passive.base_ejection_time)
+            wait = failure.retry_after
+            if wait is not None and wait < MIN_RETRY_AFTER:  # holds nothing: counted, as a 5xx of the model is
+                state = node.models.get(model)
+                base, cap = passive.base_ejection_time, passive.max_ejection_time
+                if state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason):
+                    self._model_event(node, model, "ejected", failure.reason)
+                return True
+            until = now + (wait if wait is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
             self._model_event(node, model, "rate limited", failure.reason)
             return True

@@ -143,5 +143,6 @@ class Harness:
         for transport in self.transports:
             assert not transport.open, f"responses left open: {transport.open}"
         assert self.runtime.upstream.refs == 0
+        assert self.runtime.upstream.held.held == 0, "bytes of an answer still counted as held"
         for transport in self.transports[:-1]:
             assert transport.closed, "a retired generation was not closed once its requests ended"

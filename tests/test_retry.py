@@ -112,18 +112,30 @@ def test_every_node_failing_transiently_starts_rounds_until_the_per_node_cap() -
         assert all(b - a >= MIN_SPACING for a, b in zip(times, times[2:], strict=False))
 
 
-def test_no_node_gets_three_attempts_within_the_spacing_even_with_retry_after_zero() -> None:
+def test_no_node_gets_three_attempts_within_the_spacing_even_with_a_retry_after_of_a_millisecond() -> None:
     p = RetryPlan(RetryPolicy(same_node=5), 0.0, retry_timeout=30)
     times = []
     now = 0.0
     for _ in range(3):
         p.start(0, now)
         times.append(now)
-        decision = p.failed(0, Fault.RATE_LIMITED, 0.0, now)
+        decision = p.failed(0, Fault.RATE_LIMITED, 0.001, now)  # (0 is no wait at all: see below)
         if not decision.same:
             break
         now += decision.wait
     assert len(times) == 3 and times[2] - times[0] >= MIN_SPACING
+
+
+def test_the_plan_treats_a_retry_after_of_zero_as_none_and_honours_a_short_one() -> None:
+    plan = RetryPlan(RetryPolicy(backoff=0.5, max_backoff=4), 0.0, nodes=2, retry_timeout=30)
+    plan.start(0, 0.0)
+    zero = plan.failed(0, Fault.RATE_LIMITED, 0.0, 0.0)
+    assert not zero.same  # fail over at once, as for a 429 without Retry-After
+    assert 0.25 <= plan.nodes[0].ready_at <= 0.5  # and the node is not asked again before a backoff
+    plan = RetryPlan(RetryPolicy(), 0.0, nodes=2, retry_timeout=30)
+    plan.start(0, 0.0)
+    short = plan.failed(0, Fault.RATE_LIMITED, 0.08, 0.0)
+    assert short.same and short.wait == pytest.approx(0.08)  # 80 ms on the preferred node is worth waiting
 
 
 def test_the_retries_cap_ends_the_plan() -> None:
