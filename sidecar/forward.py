@@ -104,7 +104,10 @@ class Trip:
         key = node.config.api_key
         try:
             if not self.ex.stream:
-                ready = await first_bytes(await attempt.send(request), statuses, limit, json_api, timeouts.read)
+                # A GET may ask for a stream in its query (/v1/responses/{id}?stream=true); a POST asks in its body.
+                may_stream = self.ex.method != "POST"
+                response = await attempt.send(request)
+                ready = await first_bytes(response, statuses, limit, json_api, timeouts.read, may_stream)
             else:
                 try:
                     async with asyncio.timeout(timeouts.first_token):

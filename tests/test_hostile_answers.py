@@ -16,6 +16,7 @@ import pytest
 from sidecar.config import Config, parse
 from sidecar.dialect import AnthropicUsage
 from sidecar.exchange import Exchange, count_tokens
+from sidecar.health import Source
 from sidecar.mock import Script
 
 from .inproc import Answer, Harness
@@ -36,6 +37,8 @@ MESSAGE = {
     "usage": {"input_tokens": 5, "output_tokens": 2},
 }  # fmt: skip
 DONE = b"data: [DONE]\n\n"
+FORMATS = [("openai", "/v1/chat/completions", CHAT), ("anthropic", "/v1/messages", ASK)]
+IDS = ["openai", "anthropic"]
 
 
 def cfg(api: str = "openai", *, key: str = KEY, read: float = 1.0, **primary: Any) -> Config:
@@ -164,3 +167,28 @@ async def test_anthropic_a_huge_count_in_a_stream_reaches_the_client_with_every_
     got = await h.request({**ASK, "stream": True}, path="/v1/messages")
     assert got.status == 200 and got.complete and got.body == b"".join(events)
     assert (h.last_event()["tokens_in"], h.last_event()["tokens_out"], h.last_event()["error"]) == (12, 1, None)
+
+
+# ---------------------------------------------------------------------------- 7. a stream for a non-stream request
+
+
+@pytest.mark.parametrize(("api", "path", "ask"), FORMATS, ids=IDS)
+async def test_a_stream_answering_a_non_stream_request_is_the_nodes_failure(
+    api: str, path: str, ask: dict[str, Any]
+) -> None:
+    events = anthropic_stream("Hello") if api == "anthropic" else [chunk("Hello"), chunk(finish="stop"), DONE]
+    backup = Script(body=[json.dumps(MESSAGE).encode() if api == "anthropic" else OK])
+    h = Harness(on(Script(200, SSE, events), backup), cfg(api))
+    got = await h.request(ask, path=path)
+    assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "backup" and got.json()
+    assert h.last_event()["failed"] == [{"node": "primary", "reason": "stream answer to a non-stream request"}]
+    assert h.node("primary").health.counters[Source.PASSIVE].http_failures == 1
+    h.assert_nothing_held()
+
+
+async def test_a_stream_asked_for_without_a_body_is_still_relayed() -> None:
+    # GET /v1/responses/{id}?stream=true streams a stored response: no JSON body says so.
+    events = [b'data: {"type": "response.output_text.delta", "delta": "hi"}\n\n', DONE]
+    h = Harness(on(Script(200, SSE, events)), cfg())
+    got = await h.request(b"", path="/v1/responses/resp_1", method="GET", headers=[])
+    assert got.status == 200 and got.body == b"".join(events) and got.headers["x-llm-sidecar-node"] == "primary"
