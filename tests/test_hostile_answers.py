@@ -18,6 +18,8 @@ from sidecar.dialect import AnthropicUsage
 from sidecar.exchange import Exchange, count_tokens
 from sidecar.health import Source
 from sidecar.mock import Script
+from sidecar.redact import Redactor
+from sidecar.transport import Request
 
 from .inproc import Answer, Harness
 
@@ -167,6 +169,102 @@ async def test_anthropic_a_huge_count_in_a_stream_reaches_the_client_with_every_
     got = await h.request({**ASK, "stream": True}, path="/v1/messages")
     assert got.status == 200 and got.complete and got.body == b"".join(events)
     assert (h.last_event()["tokens_in"], h.last_event()["tokens_out"], h.last_event()["error"]) == (12, 1, None)
+
+
+# ---------------------------------------------------------------------------- 5. the node's key quoted back
+
+
+@pytest.mark.parametrize(("api", "path", "ask"), FORMATS, ids=IDS)
+async def test_a_text_error_body_quoting_the_key_is_redacted_even_split_across_reads(
+    api: str, path: str, ask: dict[str, Any]
+) -> None:
+    said = f"no such model for key {KEY} (see docs)".encode()
+    cut = said.index(b"primary")  # the key in two reads
+    declared = (*TEXT, ("content-length", str(len(said))))
+    h = Harness(on(Script(404, declared, [said[:cut], said[cut:]])), cfg(api))
+    got = await h.request(ask, path=path)
+    assert got.status == 404 and got.complete
+    assert got.body == said.replace(KEY.encode(), b"[redacted]")
+    assert "content-length" not in got.headers  # the node's length no longer holds
+    nowhere(got, KEY)
+
+
+@pytest.mark.parametrize(("api", "path", "ask"), FORMATS, ids=IDS)
+async def test_headers_quoting_the_key_are_redacted_on_every_answer_passed_on(
+    api: str, path: str, ask: dict[str, Any]
+) -> None:
+    def unauthorized(node: str, request: Request) -> Script:
+        key = KEY if node == "primary" else BACKUP_KEY
+        challenge = f'Bearer realm="api", error="invalid_token", error_description="bad key {key}"'
+        return Script(401, (*JSON, ("www-authenticate", challenge)), [b'{"error": {"message": "no"}}'])
+
+    h = Harness(unauthorized, cfg(api))
+    got = await h.request(ask, path=path)  # both fail over; the last 401 is passed on
+    assert got.status == 401 and got.headers["www-authenticate"].endswith('"bad key [redacted]"')
+    nowhere(got, KEY, BACKUP_KEY)
+    teapot = Script(418, (*JSON, ("x-debug", f"key={KEY}")), [b"{}"])  # an answer passed on as it is
+    h = Harness(on(teapot), cfg(api))
+    got = await h.request(ask, path=path)
+    assert got.status == 418 and got.headers["x-debug"] == "key=[redacted]"
+    nowhere(got, KEY)
+
+
+@pytest.mark.parametrize("continuable", [False, True], ids=["relayed", "continuable"])
+async def test_openai_an_error_event_after_the_first_token_never_shows_the_key(continuable: bool) -> None:
+    error = b'data: {"error": {"message": "key ' + PLAIN_KEY.encode() + b' was revoked", "type": "auth"}}\n\n'
+    cut = error.index(b"plain")
+    events = [chunk(role=True), chunk("Hello"), error[:cut], error[cut:]]
+    h = Harness(
+        on(Script(200, SSE, events)), cfg(key=PLAIN_KEY, **({"continuation": "prefill"} if continuable else {}))
+    )
+    got = await h.request({**CHAT, "stream": True})
+    assert got.status == 200 and got.complete and text_of(got.body).startswith("Hello")
+    nowhere(got, PLAIN_KEY)
+    assert PLAIN_KEY not in json.dumps(h.last_event())  # nor the log or the monitor
+
+
+async def test_anthropic_an_error_event_after_the_first_token_never_shows_the_key() -> None:
+    events = [*anthropic_stream("Hello")[:3], anthropic_error(f"overloaded for key {KEY}")]
+    h = Harness(on(Script(200, SSE, events)), cfg("anthropic"))
+    got = await h.request({**ASK, "stream": True}, path="/v1/messages")
+    assert got.status == 200 and got.complete and b"Hello" in got.body
+    assert b"overloaded for key [redacted]" in got.body
+    nowhere(got, KEY)
+
+
+async def test_every_event_of_a_stream_is_redacted_even_with_the_key_across_reads() -> None:
+    said = chunk(f"your key is {KEY}")
+    cut = said.index(b"0123")
+    events = [chunk(role=True), chunk("Hello"), said[:cut], said[cut:], chunk(finish="stop"), DONE]
+    h = Harness(on(Script(200, SSE, events)), cfg())
+    got = await h.request({**CHAT, "stream": True})
+    assert got.complete and text_of(got.body) == "Hello" + "your key is [redacted]"
+    nowhere(got, KEY)
+
+
+def test_the_redactor_finds_the_key_however_the_bytes_are_split() -> None:
+    key = "sk-abcabcabd"  # its own prefix recurs in it: the held part must be the longest that starts it
+    text = f"{key} and sk-abcabcabcabd, then {key}".encode() + b" sk-abcab"  # ends in the key's start, not the key
+    expected = text.replace(key.encode(), b"[redacted]")
+    for first in range(len(text) + 1):
+        for second in range(first, len(text) + 1):
+            redactor = Redactor(key)
+            pieces = [redactor.feed(p) for p in (text[:first], text[first:second], text[second:])]
+            assert b"".join(pieces) + redactor.end() == expected, (first, second)
+    assert Redactor("short").feed(b"short") == b"short"  # under 8 characters: no secret, left alone
+
+
+async def test_a_short_key_is_never_redacted_and_never_garbles_the_sidecars_words() -> None:
+    # A one-letter key garbled "overloaded (529)" into "overlo[redacted]ded (529)": a key under 8 characters
+    # is no secret worth mangling answers for, and the sidecar's own words are never redacted.
+    overloaded = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+    h = Harness(
+        on(Script(529, JSON, [overloaded]), Script(body=[json.dumps(MESSAGE).encode()])), cfg("anthropic", key="a")
+    )
+    got = await h.request(ASK, path="/v1/messages")
+    assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "backup"
+    assert got.headers["x-llm-sidecar-trail"].startswith("primary: overloaded (529)")
+    assert h.last_event()["failed"][0]["reason"] == "overloaded (529)"
 
 
 # ---------------------------------------------------------------------------- 7. a stream for a non-stream request
