@@ -77,9 +77,9 @@ def stream_error(message: str, type_: str, code: str, *, api: Api = OPENAI, stat
 # Anthropic's last event is message_stop (relay.py ends a stream there, whatever the node does next).
 MESSAGE_STOP = rb'"type"\s*:\s*"message_stop"'
 _OPENAI_END = re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"')
+CHOICE_PATHS = ("/v1/chat/completions", "/v1/completions")  # streams of `choices`, each with its finish_reason
 ENDS: dict[str, re.Pattern[bytes]] = {
-    "/v1/chat/completions": _OPENAI_END,
-    "/v1/completions": _OPENAI_END,
+    **dict.fromkeys(CHOICE_PATHS, _OPENAI_END),
     MESSAGES_PATH: re.compile(MESSAGE_STOP + rb'|"stop_reason"\s*:\s*"'),
 }
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from .attempt import Attempt, Body, Ready, is_refusal
-from .continuation import Restamp, Transcript, parse_event
-from .dialect import ANTHROPIC, ENDS, MESSAGE_STOP, Api, error_json, stream_error
+from .continuation import Finishes, Restamp, Transcript, event_of, parse_event
+from .dialect import ANTHROPIC, CHOICE_PATHS, ENDS, MESSAGE_STOP, Api, error_json, stream_error
 from .errors import Send, send_error, send_json
 from .exchange import Exchange, count_body, count_tokens, count_usage, trail
 from .health import Failure
@@ -201,9 +201,12 @@ def take(
     if data is None:
         out.append(event)  # comments: keep-alives go on to the client
         return None
-    payload = parse_event(data)
-    if payload is None:
+    parsed = parse_event(data)
+    if parsed is None:
         return UpstreamError(Failure.HTTP, "malformed event mid-stream")
+    payload = transcript.finishes.trim(parsed)
+    if payload is None:
+        return None  # what the node sent for a choice after its finish
     if restamp is not None:
         if payload is DONE and not transcript.finished:
             return UpstreamError(Failure.HTTP, "continuation ended without finishing")
@@ -214,6 +217,11 @@ def take(
         if stamped is None:
             return None
         event = stamped
+    elif payload is not parsed:
+        try:
+            event = event_of(payload)
+        except ValueError:
+            return UpstreamError(Failure.HTTP, "malformed event mid-stream")
     signal = transcript.feed(payload)
     if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
         count_usage(ex, payload["usage"])
@@ -292,9 +300,12 @@ async def relay_events(
     cut = event_boundary(data)
     end = ENDS.get(ex.path)
     whole = end is None
+    finishes = Finishes() if ex.path in CHOICE_PATHS else None
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     out, pending = data[:cut], data[cut:]
     while True:
+        if out and finishes is not None:
+            out = finishes.events(out)
         if out:
             # Usage is read from whole events only: a usage event split across reads still counts.
             if b'"usage"' in out:

@@ -16,10 +16,10 @@ import pytest
 from sidecar.config import Config, parse
 from sidecar.dialect import AnthropicUsage
 from sidecar.exchange import Exchange, count_tokens
-from sidecar.health import Source
+from sidecar.health import Failure, Source
 from sidecar.mock import Script
 from sidecar.redact import Redactor
-from sidecar.transport import Request
+from sidecar.transport import Request, UpstreamError
 
 from .inproc import Answer, Harness
 
@@ -290,3 +290,44 @@ async def test_a_stream_asked_for_without_a_body_is_still_relayed() -> None:
     h = Harness(on(Script(200, SSE, events)), cfg())
     got = await h.request(b"", path="/v1/responses/resp_1", method="GET", headers=[])
     assert got.status == 200 and got.body == b"".join(events) and got.headers["x-llm-sidecar-node"] == "primary"
+
+
+# ---------------------------------------------------------------------------- 12. one finish per choice
+
+
+async def test_a_choice_that_finishes_twice_reaches_the_client_finished_once() -> None:
+    events = [chunk(role=True), chunk("Hello"), chunk(finish="stop"), chunk(" more"), chunk(finish="length"), DONE]
+    for config in (cfg(), cfg(continuation="prefill")):  # relayed as is, and read into a transcript
+        h = Harness(on(Script(200, SSE, events)), config)
+        got = await h.request({**CHAT, "stream": True})
+        assert got.complete and finishes(got.body) == [(0, "stop")] and text_of(got.body) == "Hello"
+        assert got.body.endswith(DONE)
+
+
+async def test_a_continuing_node_that_finishes_twice_reaches_the_client_finished_once() -> None:
+    calls: list[str] = []
+
+    def handler(node: str, request: Request) -> Script:
+        calls.append(node)
+        if len(calls) == 1:
+            return Script(200, SSE, [chunk(role=True), chunk("Hello"), UpstreamError(Failure.TCP, "closed mid-body")])
+        return Script(200, SSE, [chunk(role=True), chunk(" world"), chunk(finish="stop"), chunk(" again"),
+                                 chunk(finish="stop"), DONE])  # fmt: skip
+
+    h = Harness(handler, cfg(continuation="prefill"))
+    got = await h.request({**CHAT, "stream": True})
+    assert got.complete and text_of(got.body) == "Hello world" and finishes(got.body) == [(0, "stop")]
+    assert h.last_event()["continued"] == [{"from": "primary", "to": "primary", "reason": "closed mid-body"}]
+
+
+async def test_each_of_several_choices_finishes_once_and_usage_after_the_finish_still_passes() -> None:
+    usage = b'data: {"id": "c1", "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6}}\n\n'
+    events = [
+        chunk("a", index=0), chunk("b", index=1), chunk(finish="stop", index=0), chunk("c", index=1),
+        chunk("late", index=0), chunk(finish="stop", index=1), chunk(finish="stop", index=0), usage, DONE,
+    ]  # fmt: skip
+    h = Harness(on(Script(200, SSE, events)), cfg())
+    got = await h.request({**CHAT, "stream": True, "n": 2})
+    assert finishes(got.body) == [(0, "stop"), (1, "stop")]
+    assert (text_of(got.body, 0), text_of(got.body, 1)) == ("a", "bc")
+    assert usage in got.body and got.body.endswith(DONE) and h.last_event()["tokens_out"] == 6
