@@ -134,7 +134,7 @@ _KEYLIKE = re.compile(r"(?:sk|key|rk|pk)-[A-Za-z0-9_*.-]{6,}|[A-Za-z0-9_-]{32,}"
 def error_text(data: bytes, limit: int = 120) -> str:
     """What an error event says, short and printable (it reaches logs and the monitor), key-like words masked."""
     try:
-        payload = json.loads(data)
+        payload = loads(data)
         error = payload.get("error", payload) if isinstance(payload, dict) else payload
         message = error.get("message", "") if isinstance(error, dict) else str(error)
     except (ValueError, RecursionError, AttributeError):
