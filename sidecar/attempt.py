@@ -194,13 +194,15 @@ async def first_bytes(
     held: Share,
     json_api: bool = False,
     first_event_within: float = math.inf,
+    may_stream: bool = True,
 ) -> Ready:
     """Wait for what may be sent to the client; raise UpstreamError when the node failed instead.
 
     `max_bytes` bounds what is held of a body read whole, `held` is the attempt's share of the
     process's budget for all of them (see `whole`); `json_api`: the request's path is one
     whose successful answers must be JSON or SSE; `first_event_within`: seconds an SSE answer may
-    take to its first real event (keep-alive comments do not extend it).
+    take to its first real event (keep-alive comments do not extend it); `may_stream`: False when the
+    client asked for one JSON answer (its SDK would hand on a stream as a raw string).
     """
     status = response.status
     if status in CONTEXT_STATUSES:  # before retry_statuses: a context overflow is never the node's fault
@@ -224,6 +226,8 @@ async def first_bytes(
         raise await failed_answer(response, f"redirect ({status})")
     media = media_type(response.header("content-type"))
     if media == "text/event-stream":
+        if json_api and not may_stream and 200 <= status < 300:
+            raise UpstreamError(Failure.HTTP, "stream answer to a non-stream request")
         return await first_event(response, first_event_within)
     is_json = media == "application/json" or media.endswith("+json")
     if json_api and not is_json and media and 200 <= status < 300:

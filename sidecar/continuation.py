@@ -14,9 +14,10 @@ Pure: the relay feeds events in; nothing here does I/O.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from .sse import DONE, Signal, parse, signal_of
+from .sse import DONE, Signal, Splitter, data_of, parse, signal_of
 
 MAX_CONTINUATIONS = 3  # breaks one stream may survive
 
@@ -24,12 +25,13 @@ MAX_CONTINUATIONS = 3  # breaks one stream may survive
 class Transcript:
     """What a chat-completions stream has delivered so far, event by event."""
 
-    __slots__ = ("done", "finished", "id", "parts", "unsafe")
+    __slots__ = ("done", "finished", "finishes", "id", "parts", "unsafe")
 
     def __init__(self) -> None:
         self.id: str | None = None  # the original stream's: a continuation's events are re-stamped with it
         self.parts: list[str] = []
         self.finished = False  # a finish_reason arrived: the answer is whole
+        self.finishes = Finishes()  # across continuations: a continuing node may finish twice too
         self.done = False  # [DONE] arrived
         self.unsafe: str | None = None  # why the stream cannot be continued (tool calls, several choices)
 
@@ -134,8 +136,80 @@ class Restamp:
                     choice["delta"].pop("role", None)
         if self.id is not None and "id" in payload:
             payload["id"] = self.id
-        # ASCII escapes keep a lone surrogate sendable; a number out of range raises ValueError.
-        return b"data: " + json.dumps(payload, separators=(",", ":"), allow_nan=False).encode() + b"\n\n"
+        return event_of(payload)
+
+
+def event_of(payload: Any) -> bytes:
+    """An event written back from its parsed data; ValueError for a number out of range."""
+    # ASCII escapes keep a lone surrogate sendable.
+    return b"data: " + json.dumps(payload, separators=(",", ":"), allow_nan=False).encode() + b"\n\n"
+
+
+# A choice's finish in an event's bytes (not `null`): until one shows, a stream's events pass unread.
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+
+
+class Finishes:
+    """One finish per choice: what a node sends for a choice after its `finish_reason` is dropped.
+
+    A node may finish, go on, and finish again (a continuing one too); the client's SDK would append the
+    text after the end and see the answer end twice. Only events with `choices` are touched.
+    """
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended: set[int | str] = set()
+
+    def trim(self, payload: Any) -> Any:
+        """`payload` without the choices that had finished (a new dict), itself when none had, or None when
+        nothing is left to send."""
+        choices = payload.get("choices") if isinstance(payload, dict) else None
+        if not isinstance(choices, list):
+            return payload
+        kept = []
+        for choice in choices:
+            index = choice.get("index", 0) if isinstance(choice, dict) else None
+            if not isinstance(index, (int, str)):  # nothing to tell it by: passed on
+                kept.append(choice)
+                continue
+            if index in self.ended:
+                continue
+            kept.append(choice)
+            if choice.get("finish_reason"):
+                self.ended.add(index)
+        if len(kept) == len(choices):
+            return payload
+        if not kept and not payload.get("usage"):
+            return None
+        return {**payload, "choices": kept}
+
+    def events(self, data: bytes) -> bytes:
+        """Whole events, as the relay passes them unread: read only once a choice finished."""
+        if not self.ended and _FINISH.search(data) is None:
+            return data
+        out = []
+        splitter = Splitter()
+        for start, end in splitter.events(data):
+            out.append(self.event(data[start:end]))
+        out.append(data[splitter.start :])  # an event larger than the relay holds goes as it is
+        return b"".join(out)
+
+    def event(self, event: bytes) -> bytes:
+        data = data_of(event)
+        if data is None:
+            return event
+        try:
+            payload = parse(data)
+        except ValueError:
+            return event  # not read, not judged: the relay passes what it does not read
+        kept = self.trim(payload)
+        if kept is payload:
+            return event
+        try:
+            return b"" if kept is None else event_of(kept)
+        except ValueError:  # a number out of range in what is left of it: the event cannot go on
+            return b""
 
 
 def parse_event(data: bytes) -> Any:

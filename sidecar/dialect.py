@@ -13,6 +13,8 @@ import json
 import re
 from typing import Literal
 
+from .sse import loads
+
 Api = Literal["openai", "anthropic"]
 OPENAI: Api = "openai"
 ANTHROPIC: Api = "anthropic"
@@ -75,14 +77,27 @@ def stream_error(message: str, type_: str, code: str, *, api: Api = OPENAI, stat
 # Anthropic's last event is message_stop (relay.py ends a stream there, whatever the node does next).
 MESSAGE_STOP = rb'"type"\s*:\s*"message_stop"'
 _OPENAI_END = re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"')
+CHOICE_PATHS = ("/v1/chat/completions", "/v1/completions")  # streams of `choices`, each with its finish_reason
 ENDS: dict[str, re.Pattern[bytes]] = {
-    "/v1/chat/completions": _OPENAI_END,
-    "/v1/completions": _OPENAI_END,
+    **dict.fromkeys(CHOICE_PATHS, _OPENAI_END),
     MESSAGES_PATH: re.compile(MESSAGE_STOP + rb'|"stop_reason"\s*:\s*"'),
 }
 
+# A token count is at most 15 digits: a longer run (past 4,300 digits int() raises) is no count and is skipped,
+# so counting never breaks an answer.
+MAX_COUNT = 10**15
+COUNT = rb"(\d{1,15})(?!\d)"
+
+
+def count_of(value: object) -> int | None:
+    """A parsed JSON value as a token count: a whole number under MAX_COUNT, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
+        return value
+    return None
+
+
 _USAGE = b'"usage"'
-_NUMBER = rb'"\s*:\s*(\d+)'
+_NUMBER = rb'"\s*:\s*' + COUNT
 _INPUT = re.compile(rb'"input_tokens' + _NUMBER)
 _OUTPUT = re.compile(rb'"output_tokens' + _NUMBER)
 _CACHE_READ = re.compile(rb'"cache_read_input_tokens' + _NUMBER)
@@ -132,15 +147,15 @@ class AnthropicUsage:
         """The counts of a whole (non-stream) answer, from its top-level `usage` only: a tool_use block's
         `input` is the model's own JSON, and may hold a "usage" of its making."""
         try:
-            parsed = json.loads(body)
+            parsed = loads(body)
         except (ValueError, RecursionError):
             return False
         usage = parsed.get("usage") if isinstance(parsed, dict) else None
         if not isinstance(usage, dict):
             return False
         for name, key in _FIELDS:
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
+            value = count_of(usage.get(key))
+            if value is not None:
                 setattr(self, name, value)
         return True
 

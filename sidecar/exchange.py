@@ -8,16 +8,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dialect import ANTHROPIC, OPENAI, AnthropicUsage, Api
+from .dialect import ANTHROPIC, COUNT, OPENAI, AnthropicUsage, Api, count_of
 from .upstream import NodeState
 
 # Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
 MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
-PROMPT_TOKENS_RE = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-COMPLETION_TOKENS_RE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+# A count is a bounded run of digits (dialect.COUNT): int() of an endless one would raise mid-answer.
+PROMPT_TOKENS_RE = re.compile(rb'"prompt_tokens"\s*:\s*' + COUNT)
+COMPLETION_TOKENS_RE = re.compile(rb'"completion_tokens"\s*:\s*' + COUNT)
 # OpenAI's usage.prompt_tokens_details.cached_tokens, DeepSeek's prompt_cache_hit_tokens, Anthropic's.
-CACHED_TOKENS_RE = re.compile(rb'"(?:cached_tokens|prompt_cache_hit_tokens|cache_read_input_tokens)"\s*:\s*(\d+)')
+CACHED_TOKENS_RE = re.compile(rb'"(?:cached_tokens|prompt_cache_hit_tokens|cache_read_input_tokens)"\s*:\s*' + COUNT)
 
 
 class BadBody(Exception):
@@ -87,14 +88,14 @@ def trail(ex: Exchange) -> bytes:
 
 def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
     """Token counts from a parsed `usage` object (a continued stream's events are parsed anyway)."""
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and not isinstance(prompt, bool):
+    prompt, completion = count_of(usage.get("prompt_tokens")), count_of(usage.get("completion_tokens"))
+    if prompt is not None:
         ex.tokens_in = prompt
-    if isinstance(completion, int) and not isinstance(completion, bool):
+    if completion is not None:
         ex.tokens_out = completion
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else usage.get("prompt_cache_hit_tokens")
-    if isinstance(cached, int) and not isinstance(cached, bool):
+    if (cached := count_of(cached)) is not None:
         ex.tokens_cached = cached
 
 

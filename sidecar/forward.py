@@ -25,6 +25,7 @@ from .dialect import ANTHROPIC, ANTHROPIC_VERSION, NAMES, VERSION_HEADER
 from .errors import Send, send_error
 from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .health import Failure
+from .redact import redact, redact_headers, redact_text
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
 from .transport import Request, UpstreamError
@@ -94,7 +95,7 @@ class Trip:
         """Send, and wait for what may go to the client: a stream's first token within `first_token`.
 
         A node's error answer may quote the key it was sent ("invalid x-api-key sk-..."): it is taken out
-        before the answer can reach the client, the log or the monitor."""
+        before a failure can reach the client, the log or the monitor (the relay redacts the answers it sends)."""
         node = attempt.node
         config = self.upstream.config.upstream
         statuses = node.config.checks.retry_statuses
@@ -104,9 +105,10 @@ class Trip:
         key = node.config.api_key
         try:
             if not self.ex.stream:
-                ready = await first_bytes(
-                    await attempt.send(request), statuses, limit, attempt.held, json_api, timeouts.read
-                )
+                # A GET may ask for a stream in its query (/v1/responses/{id}?stream=true); a POST asks in its body.
+                may_stream = self.ex.method != "POST"
+                response = await attempt.send(request)
+                ready = await first_bytes(response, statuses, limit, attempt.held, json_api, timeouts.read, may_stream)
             else:
                 try:
                     async with asyncio.timeout(timeouts.first_token):
@@ -114,17 +116,10 @@ class Trip:
                 except TimeoutError:
                     raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
         except UpstreamError as exc:
-            if key:
-                exc.body, exc.reason = redact(exc.body, key), exc.reason.replace(key, "[redacted]")
+            exc.body, exc.reason = redact(exc.body, key), redact_text(exc.reason, key)
+            exc.headers = redact_headers(exc.headers, key)
             raise
-        if key and ready.kind is Body.WHOLE and ready.response.status >= 400:
-            ready.body = redact(ready.body, key)
         return ready
-
-
-def redact(body: bytes, key: str) -> bytes:
-    needle = key.encode()
-    return body.replace(needle, b"[redacted]") if needle in body else body
 
 
 async def forward(

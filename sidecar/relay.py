@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 
 from .attempt import Attempt, Body, Ready, is_refusal
-from .continuation import Restamp, Transcript, parse_event
-from .dialect import ANTHROPIC, ENDS, MESSAGE_STOP, Api, error_json, stream_error
+from .continuation import Finishes, Restamp, Transcript, event_of, parse_event
+from .dialect import ANTHROPIC, CHOICE_PATHS, ENDS, MESSAGE_STOP, Api, error_json, stream_error
 from .errors import Send, send_error, send_json
 from .exchange import Exchange, count_body, count_tokens, count_usage, trail
 from .health import Failure
+from .redact import Redactor, redact, redact_headers, secret
 from .sse import DONE, Signal, Splitter, data_of, error_text
 from .transport import Response, UpstreamError
 
@@ -84,11 +85,14 @@ async def relay(
     with the response left open, for the caller to continue or end (`end_stream`)."""
     response = ready.response
     node = attempt.node
+    key = node.config.api_key
     ex.node, ex.status = node.name, response.status
     ex.first_byte, ex.first_token = ready.first_byte, ready.first_token
     kind = ready.kind
-    drop = PASS_DROP if kind is Body.PASS else RESPONSE_DROP
-    headers = [(k, v) for k, v in response.raw_headers if k.lower() not in drop]
+    # An error body redacted as it passes may change length: it goes chunked then.
+    kept = kind is Body.PASS and (response.status < 400 or secret(key) is None)
+    drop = PASS_DROP if kept else RESPONSE_DROP
+    headers = redact_headers(((k, v) for k, v in response.raw_headers if k.lower() not in drop), key)
     headers += [
         (b"x-llm-sidecar-node", node.name.encode()),
         (b"x-llm-sidecar-attempts", str(attempts).encode()),
@@ -97,10 +101,11 @@ async def relay(
     if ex.attempts:
         headers.append((b"x-llm-sidecar-trail", trail(ex)))
     if kind is Body.WHOLE:
-        count_body(ex, ready.body)
-        headers.append((b"content-length", str(len(ready.body)).encode()))
+        body = redact(ready.body, key)
+        count_body(ex, body)
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": ready.body})
+        await send({"type": "http.response.body", "body": body})
     elif kind is Body.EVENTS:
         if transcript is not None:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -135,7 +140,8 @@ async def pump(
     event, a broken event, an end before the answer's end) is recorded as the node's failure and
     returned, with nothing of the bad event sent.
     """
-    buffer = bytearray(held)
+    redactor = Redactor(attempt.node.config.api_key)
+    buffer = bytearray(redactor.feed(held))
     splitter = Splitter()
     while True:
         out: list[bytes] = []
@@ -160,8 +166,9 @@ async def pump(
                 broken = exc
             else:
                 if chunk:
-                    buffer += chunk
+                    buffer += redactor.feed(chunk)
                     continue
+                buffer += redactor.end()
                 broken = await at_end(send, buffer, ex, transcript, restamp)
                 if broken is None:
                     return None
@@ -194,9 +201,12 @@ def take(
     if data is None:
         out.append(event)  # comments: keep-alives go on to the client
         return None
-    payload = parse_event(data)
-    if payload is None:
+    parsed = parse_event(data)
+    if parsed is None:
         return UpstreamError(Failure.HTTP, "malformed event mid-stream")
+    payload = transcript.finishes.trim(parsed)
+    if payload is None:
+        return None  # what the node sent for a choice after its finish
     if restamp is not None:
         if payload is DONE and not transcript.finished:
             return UpstreamError(Failure.HTTP, "continuation ended without finishing")
@@ -207,6 +217,11 @@ def take(
         if stamped is None:
             return None
         event = stamped
+    elif payload is not parsed:
+        try:
+            event = event_of(payload)
+        except ValueError:
+            return UpstreamError(Failure.HTTP, "malformed event mid-stream")
     signal = transcript.feed(payload)
     if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
         count_usage(ex, payload["usage"])
@@ -230,17 +245,21 @@ async def pass_through(
     the server closes the connection and the client sees the cut (the node takes the failure).
     """
     response = ready.response
+    # A success's body is the client's own (a file may hold anything): only an error's is the node's words.
+    redactor = Redactor(attempt.node.config.api_key if response.status >= 400 else None)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     chunk = ready.body
     while chunk:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        out = redactor.feed(chunk)
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})
         try:
             chunk = await response.chunk()
         except UpstreamError as exc:
             ex.error = f"body interrupted: {exc.reason}"
             attempt.fail(exc)
             return
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.body", "body": redactor.end(), "more_body": False})
 
 
 LAST_EVENT = re.compile(MESSAGE_STOP)
@@ -276,13 +295,17 @@ async def relay_events(
     """
     response = ready.response
     ex.stream = True
-    data = ready.body
+    redactor = Redactor(attempt.node.config.api_key)
+    data = redactor.feed(ready.body)
     cut = event_boundary(data)
     end = ENDS.get(ex.path)
     whole = end is None
+    finishes = Finishes() if ex.path in CHOICE_PATHS else None
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     out, pending = data[:cut], data[cut:]
     while True:
+        if out and finishes is not None:
+            out = finishes.events(out)
         if out:
             # Usage is read from whole events only: a usage event split across reads still counts.
             if b'"usage"' in out:
@@ -300,18 +323,21 @@ async def relay_events(
                 return
             await send({"type": "http.response.body", "body": out, "more_body": True})
         try:
-            chunk = await response.chunk()
-            if not chunk and pending and not pending.endswith(b"\n"):
+            read = await response.chunk()
+            chunk = redactor.feed(read) if read else b""
+            if not read:
+                pending += redactor.end()  # the start of a key, kept back at the very end: inside a line
+            if not read and pending and not pending.endswith(b"\n"):
                 # A close-delimited stream that ends inside a line: cut, whatever the transport says.
                 raise UpstreamError(Failure.TCP, "stream ended inside an event")
-            if not chunk and not whole and (end is None or end.search(pending) is None):
+            if not read and not whole and (end is None or end.search(pending) is None):
                 raise UpstreamError(Failure.TCP, "stream ended before its end")
         except UpstreamError as exc:
             attempt.fail(exc)
             # Whatever was held of an incomplete event is dropped: the error event starts clean.
             await end_stream(send, ex, attempt.node.name, exc)
             return
-        if not chunk:
+        if not read:
             break
         if pending:
             chunk, pending = pending + chunk, b""

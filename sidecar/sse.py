@@ -72,12 +72,25 @@ def data_of(event: bytes) -> bytes | None:
 DONE = object()  # what `parse` gives for `data: [DONE]`
 
 
+def _integer(text: str) -> int | float:
+    return int(text) if len(text) < 4000 else float(text)  # an infinity where int() would raise (4,300 digits)
+
+
+def loads(data: bytes) -> Any:
+    """A node's JSON, whatever its numbers: an integer too long for int() (4,300 digits) reads as an infinity
+    instead of raising, so an absurd count never makes a whole event or answer unreadable."""
+    try:
+        return json.loads(data)
+    except ValueError:  # the rare retry costs what the common case never pays: a Python call per number
+        return json.loads(data, parse_int=_integer)
+
+
 def parse(data: bytes) -> Any:
     """An event's data as JSON, DONE for the end marker; ValueError for what is neither."""
     if data.strip() == b"[DONE]":
         return DONE
     try:
-        return json.loads(data)
+        return loads(data)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -121,7 +134,7 @@ _KEYLIKE = re.compile(r"(?:sk|key|rk|pk)-[A-Za-z0-9_*.-]{6,}|[A-Za-z0-9_-]{32,}"
 def error_text(data: bytes, limit: int = 120) -> str:
     """What an error event says, short and printable (it reaches logs and the monitor), key-like words masked."""
     try:
-        payload = json.loads(data)
+        payload = loads(data)
         error = payload.get("error", payload) if isinstance(payload, dict) else payload
         message = error.get("message", "") if isinstance(error, dict) else str(error)
     except (ValueError, RecursionError, AttributeError):
