@@ -330,12 +330,12 @@ async def test_the_model_list_takes_the_shape_of_the_client_that_asks() -> None:
     assert missing.status == 404 and missing.json()["error"]["type"] == "not_found_error"
 
 
-def test_the_readme_example_of_anthropic_nodes_is_a_valid_config() -> None:
+def test_the_documented_example_of_anthropic_nodes_is_a_valid_config() -> None:
     import tomllib
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    block = readme.split("## Anthropic-format nodes", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
-    config = parse(tomllib.loads(block), "README.md", env={"ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "b"})
+    page = (Path(__file__).parent.parent / "docs" / "anthropic.md").read_text()
+    block = page.split("# Anthropic-format nodes", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    config = parse(tomllib.loads(block), "anthropic.md", env={"ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "b"})
     assert [(n.name, n.api) for n in config.upstream.nodes] == [
         ("anthropic", "anthropic"),
         ("deepseek-anthropic", "anthropic"),

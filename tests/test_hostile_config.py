@@ -174,11 +174,11 @@ def test_server_and_upstream_limits_are_checked_planned_templated_and_documented
     keys = ["max_header_bytes", "header_timeout", "body_timeout", "keepalive_timeout", "max_connections"]
     keys += ["max_event_subscribers", "max_response_bytes"]
     template = render_template()
-    readme = REPO.joinpath("README.md").read_text().split("## Configuration", 1)[1].split("```toml", 1)[1]
-    readme = readme.split("```", 1)[0]
+    reference = REPO.joinpath("docs", "configuration.md").read_text()
+    full_file = reference.split("## The full file, with every default", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
     for key in keys:
         assert re.search(rf"^# {key}: \S", template, re.M), key  # a one-line comment in the starter config
-        assert re.search(rf"^{key} = \d+(\.\d+)? +# \S", readme, re.M), key
+        assert re.search(rf"^{key} = \d+(\.\d+)? +# \S", full_file, re.M), key
     path = tmp_path / "limits.toml"
     path.write_text(
         good_text()
