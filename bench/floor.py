@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sidecar.proxy import read_body
+from sidecar.proxy.app import read_body
 
 UPSTREAM = URL(f"http://127.0.0.1:{sys.argv[2]}", encoded=True)
 session: aiohttp.ClientSession | None = None
@@ -38,8 +38,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    from sidecar.http1 import Limits
-    from sidecar.server import Server, bind_tcp, tune_gc
+    from sidecar.listener.bind import bind_tcp
+    from sidecar.listener.connection import Limits
+    from sidecar.server import Server, tune_gc
 
     # The sidecar's own server (its HTTP protocol, accept and GC tuning), so every path is served alike.
     tune_gc()

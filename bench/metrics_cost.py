@@ -92,9 +92,9 @@ def micro(n: int = 200_000) -> tuple[float, float]:
     import gc
 
     from sidecar import metrics
-    from sidecar.config import parse
-    from sidecar.events import EventHub
-    from sidecar.runtime import Runtime
+    from sidecar.config.load import parse
+    from sidecar.nodes.runtime import Runtime
+    from sidecar.observe.events import EventHub
 
     nodes = [{"name": "primary", "url": "http://127.0.0.1:1", "priority": 0},
              {"name": "backup", "url": "http://127.0.0.1:2", "priority": -1, "models": {"gpt-4o": "x"}}]  # fmt: skip

@@ -3,7 +3,7 @@
     python bench/soak.py                    # 20000 requests (about a minute)
     python bench/soak.py --requests 1500    # what tests/test_soak.py runs
 
-Three fake providers (sidecar/fake_provider.py, in one process of their own): two "chaos" nodes at the higher
+Three fake providers (sidecar/fakes/openai.py, in one process of their own): two "chaos" nodes at the higher
 priority level, whose fault changes at random every --chaos-period seconds (503s and 500s, connections
 reset before the answer, hangs, 200 then silence, answers cut mid-body or mid-stream, at fail rates from
 0 to 1), and one "steady" node below them that never fails. `llm-sidecar run` in front of them with
@@ -211,7 +211,8 @@ async def serve_fakes(ports: dict[str, int]) -> None:
     samples compare."""
     from aiohttp import web
 
-    from sidecar.fake_provider import Behaviour, FakeProvider
+    from sidecar.fakes.core import Behaviour
+    from sidecar.fakes.openai import FakeProvider
 
     runners = []
     for name, port in ports.items():

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from sidecar.proxy import read_body
+from sidecar.proxy.app import read_body
 
 COMPLETION = json.dumps(
     {
@@ -58,8 +58,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    from sidecar.http1 import Limits
-    from sidecar.server import Server, bind_tcp, tune_gc
+    from sidecar.listener.bind import bind_tcp
+    from sidecar.listener.connection import Limits
+    from sidecar.server import Server, tune_gc
 
     # The sidecar's own server (its HTTP protocol, accept and GC tuning), so every path is served alike.
     tune_gc()

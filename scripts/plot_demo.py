@@ -226,7 +226,7 @@ SCRIPT_LINE = re.compile(r"^=== t=\s*(?P<t>[\d.]+)s\s+(?P<text>.*)$")
 
 async def record(out: Path, duration: float) -> int:
     """Run `llm-sidecar demo --no-tui` for `duration` s and write its events to `out`. Returns its exit code."""
-    from sidecar.client import AsyncControlClient, NotRunning
+    from sidecar.control.client import AsyncControlClient, NotRunning
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sidecar", "demo", "--no-tui", "--duration", f"{duration:g}",

@@ -8,9 +8,12 @@ from typing import Any, NoReturn, cast
 
 import click
 
+from sidecar.config.discovery import control_socket_path, discover
+from sidecar.config.load import load
+from sidecar.config.problems import ConfigError, one_line
+from sidecar.config.schema import CONFIG_NAME, Config
+
 from . import __version__
-from .config import CONFIG_NAME, Config, ConfigError, load, one_line
-from .discovery import control_socket_path, discover
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -79,8 +82,9 @@ def main() -> None:
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds in-flight requests get on stop.")
 def run(config_path: str | None, control_socket: str | None, log_level: str, log_format: str, grace: float) -> None:
     """Run the proxy (and its control socket) until SIGINT/SIGTERM."""
+    from sidecar.listener.bind import StartupError
+
     from . import logs
-    from .server import StartupError
     from .server import run as run_server
 
     config = load_config(config_path)
@@ -97,7 +101,7 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 @CONFIG_OPTION
 def check(config_path: str | None) -> None:
     """Validate a config and print the resolved plan (never the keys)."""
-    from .plan import render
+    from sidecar.config.plan import render
 
     click.echo(render(load_config(config_path)))
     click.echo("ok")
@@ -108,7 +112,7 @@ def check(config_path: str | None) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: Path, force: bool) -> None:
     """Write a commented starter config (OpenAI primary, DeepSeek backup)."""
-    from .template import render
+    from sidecar.config.template import render
 
     if path.exists() and not force:
         fail(f"{path} exists; use --force to overwrite it")
@@ -161,9 +165,10 @@ def fake_provider(
     Change its behaviour while it runs: POST /_fake/behaviour with JSON, e.g.
     {"fail_rate": 1, "fault": "hang"}; GET /_fake/stats counts what it saw.
     A model named fault-<name> picks a fault per request (429-once, 503, cut, stall, context, ...: see
-    README, "Fake provider"); a trailing assistant message is continued (behaviour field continuation).
+    docs/fake-provider.md); a trailing assistant message is continued (behaviour field continuation).
     """
-    from .fake_provider import Behaviour, serve_forever
+    from sidecar.fakes.core import Behaviour
+    from sidecar.fakes.serve import serve_forever
 
     behaviour = Behaviour(
         fault=fault, fail_rate=fail_rate, status=status, latency=latency, chunks=chunks, chunk_delay=chunk_delay
@@ -195,13 +200,13 @@ def demo(ctx: click.Context, no_tui: bool, duration: float, port: int) -> None:
 
 
 def control_client(control_socket: str | None, config_path: str | None) -> Any:
-    from .client import ControlClient, find_socket
+    from sidecar.control.client import ControlClient, find_socket
 
     return ControlClient(find_socket(control_socket, config_path))
 
 
 def call(control_socket: str | None, config_path: str | None, method: str, *args: str, **options: Any) -> Any:
-    from .client import ControlError, NotRunning
+    from sidecar.control.client import ControlError, NotRunning
 
     with control_client(control_socket, config_path) as client:
         try:
@@ -225,9 +230,9 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     /healthz within 2 s (any status counts: a 503 only says no node is usable): a liveness check."""
     import json
 
-    from .client import LISTENER_TIMEOUT, probe_listener
-    from .shapes import StatusReportJSON
-    from .table import render_status
+    from sidecar.control.client import LISTENER_TIMEOUT, probe_listener
+    from sidecar.control.table import render_status
+    from sidecar.observe.shapes import StatusReportJSON
 
     data = call(control_socket, config_path, "status")
     listener = probe_listener(data["sidecar"]["listen"])

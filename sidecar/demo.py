@@ -22,9 +22,11 @@ from typing import Any
 
 import aiohttp
 
-from .config import Config, parse
-from .fake_provider import FakeProvider, start
-from .server import bind_tcp
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.fakes.openai import FakeProvider
+from sidecar.fakes.serve import start
+from sidecar.listener.bind import bind_tcp
 
 # (seconds from start, what happens, behaviour of the primary)
 SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
@@ -238,7 +240,7 @@ class Demo:
 
     async def _health(self, stop: asyncio.Event) -> None:
         """Health changes, read from the control socket the way the monitor does."""
-        from .client import AsyncControlClient
+        from sidecar.control.client import AsyncControlClient
 
         async with AsyncControlClient(self.socket) as control:
             async for event in control.events(replay=False, stop=stop):

@@ -38,15 +38,15 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import Send, send_error
-from .events import Event, EventHub
-from .health import State
+from sidecar.formats.errors import Send, send_error
+from sidecar.nodes.health import State
+from sidecar.observe.events import Event, EventHub
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
-    from .runtime import Runtime
+    from sidecar.nodes.runtime import Runtime
 
 log = logging.getLogger("llm_sidecar")
 
@@ -71,7 +71,7 @@ COUNTING = True
 
 
 def reason_category(reason: str) -> str:
-    """The bounded category of a failure reason (see attempt.py, transport.py, relay.py, forward.py)."""
+    """The bounded category of a failure reason (see proxy/answer.py, nodes/transport.py, proxy/relay.py, proxy/forward.py)."""
     if reason.startswith(CONTINUATION):
         reason = reason[len(CONTINUATION) :]
     if reason.startswith("rate limited"):
@@ -172,6 +172,8 @@ class Metrics:
                 self.health(event)
             elif kind == "manual":
                 _add(self.manual, (event["node"], event["manual"]))
+            elif kind == "probe":
+                self.probe(event["node"], event["ok"], event["seconds"])
             elif kind == "config":
                 _add(self.reloads, "ok" if event.get("ok") else "error")
         except Exception:
@@ -285,7 +287,7 @@ class Metrics:
             _add(self.model_events, (e["node"], model_label(model, self.models_known()), e["after"]))
 
     def probe(self, node: str, ok: bool, seconds: float) -> None:
-        """An active probe's result (see `probed`)."""
+        """An active probe's result (the checker notes each on the hub)."""
         _add(self.probes, (node, "ok" if ok else "fail"))
         _observe(self.probe_duration, node, seconds, PROBE_BUCKETS)
 
@@ -448,29 +450,16 @@ def attach(runtime: Runtime) -> Metrics:
     return metrics
 
 
-def probed(hub: EventHub, node: str, ok: bool, seconds: float) -> None:
-    """For the active checker: count a probe of `node` (its upstream's hub names the runtime)."""
-    metrics = _ATTACHED.get(hub)
-    if metrics is not None:
-        metrics.probe(node, ok, seconds)
-
-
-async def answer(runtime: Runtime, scope: dict[str, Any], send: Send) -> None:
-    """GET `metrics_path` on the proxy listener; with `[server] api_key` set, only with that bearer key."""
+async def answer(runtime: Runtime, scope: dict[str, Any], send: Send, authorized: bool) -> None:
+    """GET `metrics_path` on the proxy listener; `authorized`: the request carried the sidecar's own key
+    (checked by the proxy as for /v1/*), or none is set."""
     if scope["method"] != "GET":
         await send_error(send, 405, "the metrics answer GET only", "invalid_request_error", "method_not_allowed",
                          [(b"allow", b"GET")])  # fmt: skip
         return
-    key = runtime.config.server.api_key
-    if key is not None:
-        from .proxy import client_key_ok  # the same check as /v1/*: a bearer token or x-api-key
-
-        headers = dict(scope["headers"])
-        if not client_key_ok(key.encode(), headers.get(b"authorization", b""), headers.get(b"x-api-key")):
-            await send_error(
-                send, 401, "invalid or missing sidecar API key", "invalid_request_error", "invalid_api_key"
-            )
-            return
+    if not authorized:
+        await send_error(send, 401, "invalid or missing sidecar API key", "invalid_request_error", "invalid_api_key")
+        return
     body, content_type = attach(runtime).exposition()
     await send(
         {

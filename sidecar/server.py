@@ -1,4 +1,4 @@
-"""Process lifecycle: bind, serve the proxy (http1.py), run the checks, stop gracefully."""
+"""Process lifecycle: bind, serve the proxy (listener/), run the checks, stop gracefully."""
 
 from __future__ import annotations
 
@@ -15,41 +15,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .acceptor import Acceptor
-from .checker import ActiveChecker
-from .config import Config, ConfigError
-from .http1 import HTTPServer, Limits
-from .proxy import ProxyApp
-from .runtime import Runtime
+from sidecar.config.problems import ConfigError
+from sidecar.config.schema import Config
+from sidecar.listener.acceptor import Acceptor
+from sidecar.listener.bind import StartupError, bind_tcp
+from sidecar.listener.connection import Limits
+from sidecar.listener.server import HTTPServer
+from sidecar.nodes.checker import ActiveChecker
+from sidecar.nodes.runtime import Runtime
+from sidecar.proxy.app import ProxyApp
+
 from .watch import ConfigWatcher, watched_file
 
 log = logging.getLogger("llm_sidecar")
 
-BACKLOG = 2048
+
 FD_RESERVE = 64  # descriptors kept for the control socket, logs, probes and the listener
 FD_LIMIT_CAP = 65536  # when the hard limit is unlimited
 
 
-class StartupError(Exception):
-    """The sidecar cannot start (port taken, socket in use, ...): one clear line."""
-
-
-def bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(BACKLOG)
-    sock.setblocking(False)
-    return sock
-
-
 class Server:
-    """The proxy's HTTP server (http1.py) on a socket we bound: our accept, the connection cap, a stop.
+    """The proxy's HTTP server (listener/server.py) on a socket we bound: our accept, the connection cap, a stop.
 
     The benchmark's upstream and floor use it too, so every path is served alike.
     """
@@ -212,7 +198,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
     config = runtime.config
     control = None
     if control_socket is not None:
-        from .control import ControlServer
+        from sidecar.control.server import ControlServer
 
         control = ControlServer(runtime, control_socket)
         await control.start()

@@ -18,8 +18,9 @@ import os
 import stat
 from pathlib import Path
 
-from .config import Config, ConfigError
-from .runtime import Runtime, file_digest
+from sidecar.config.problems import ConfigError
+from sidecar.config.schema import Config
+from sidecar.nodes.runtime import Runtime, file_digest
 
 log = logging.getLogger("llm_sidecar")
 

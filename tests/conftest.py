@@ -21,7 +21,9 @@ import pytest
 import tomli_w
 from aiohttp import web
 
-from sidecar.fake_provider import Behaviour, FakeProvider, provider_class
+from sidecar.fakes.core import Behaviour
+from sidecar.fakes.openai import FakeProvider
+from sidecar.fakes.serve import provider_class
 
 NODE_KEYS = {"PRIMARY_KEY": "sk-primary-secret-1234", "BACKUP_KEY": "sk-backup-secret-5678"}
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.config import Config, parse
-from sidecar.mock import Handler, MockTransport
-from sidecar.proxy import ProxyApp
-from sidecar.runtime import Runtime, TransportFactory
-from sidecar.watchdog import SendWatch
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.nodes.mock import Handler, MockTransport
+from sidecar.nodes.runtime import Runtime, TransportFactory
+from sidecar.nodes.watchdog import SendWatch
+from sidecar.proxy.app import ProxyApp
 
 
 def config(checks: dict[str, Any] | None = None, read: float = 0.05, **upstream: Any) -> Config:

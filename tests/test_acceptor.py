@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 import uvloop
 
-from sidecar.acceptor import Acceptor
+from sidecar.listener.acceptor import Acceptor
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.affinity import Pins, conversation_key
+from sidecar.nodes.affinity import Pins, conversation_key
 
 SYSTEM = {"role": "system", "content": "You are a careful agent."}
 

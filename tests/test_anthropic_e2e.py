@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from sidecar.fake_provider import CANONICAL
+from sidecar.fakes.core import CANONICAL
 
 from .conftest import NODE_KEYS
 

@@ -10,13 +10,14 @@ from typing import Any
 
 from aiohttp.test_utils import make_mocked_request
 
-from sidecar import api
-from sidecar.config import Config, parse
-from sidecar.control import ControlServer
-from sidecar.dialect import ANTHROPIC_VERSION, AnthropicUsage, api_of
-from sidecar.health import Failure
-from sidecar.mock import Script
-from sidecar.transport import Request, UpstreamError
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.control import status as api
+from sidecar.control.server import ControlServer
+from sidecar.formats.dialect import ANTHROPIC_VERSION, AnthropicUsage, api_of
+from sidecar.nodes.health import Failure
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request, UpstreamError
 
 from .inproc import Harness
 

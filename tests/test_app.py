@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from sidecar import proxy
-from sidecar.config import parse
-from sidecar.proxy import ProxyApp
-from sidecar.runtime import Runtime
+from sidecar.config.load import parse
+from sidecar.nodes.runtime import Runtime
+from sidecar.proxy import app as proxy
+from sidecar.proxy.app import ProxyApp
 
 CONFIG = {"upstream": {"nodes": [{"name": "a", "url": "http://127.0.0.1:9"}]}}
 

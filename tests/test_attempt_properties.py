@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.attempt import Attempt, Outcome
-from sidecar.health import Failure
-from sidecar.mock import MockTransport, Script
-from sidecar.runtime import Runtime
-from sidecar.transport import UpstreamError
-from sidecar.upstream import Upstream
+from sidecar.nodes.attempt import Attempt, Outcome
+from sidecar.nodes.health import Failure
+from sidecar.nodes.mock import MockTransport, Script
+from sidecar.nodes.runtime import Runtime
+from sidecar.nodes.transport import UpstreamError
+from sidecar.nodes.upstream import Upstream
 
 from .inproc import config
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sidecar.balancer import Balancer, SmoothWeighted
-from sidecar.config import PassiveCheck
-from sidecar.health import Failure, Health, Source
+from sidecar.config.schema import PassiveCheck
+from sidecar.nodes.balancer import Balancer, SmoothWeighted
+from sidecar.nodes.health import Failure, Health, Source
 
 
 def healthy(n: int) -> list[Health]:
@@ -103,8 +103,8 @@ def test_serving_is_the_top_usable_node() -> None:
 
 
 def test_a_preferred_node_is_taken_only_inside_the_winning_level_and_does_not_move_the_wheel() -> None:
-    from sidecar.config import PassiveCheck
-    from sidecar.health import Health
+    from sidecar.config.schema import PassiveCheck
+    from sidecar.nodes.health import Health
 
     health = [Health(None, PassiveCheck(), 0.0) for _ in range(3)]
     b = Balancer([0, 0, -1], [1, 1, 1], health)

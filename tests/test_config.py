@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, RetryPolicy, Timeouts, load, parse
-from sidecar.discovery import control_socket_path, discover
-from sidecar.template import render
+from sidecar.config.discovery import control_socket_path, discover
+from sidecar.config.load import load, parse
+from sidecar.config.problems import ConfigError
+from sidecar.config.schema import RetryPolicy, Timeouts
+from sidecar.config.template import render
 
 ENV = {"OPENAI_API_KEY": "sk-openai", "DEEPSEEK_API_KEY": "sk-deepseek"}
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import MAX_ERRORS, ConfigError, ConfigProblem, load, parse
+from sidecar.config.load import load, parse
+from sidecar.config.problems import MAX_ERRORS, ConfigError, ConfigProblem
 
 from .conftest import cli, cli_env, two_node_config
 
@@ -260,7 +261,7 @@ async def config_event(car: Any) -> dict[str, Any]:
 
 
 def test_the_cli_prints_a_refused_reload_one_problem_per_line_whatever_the_answer_holds() -> None:
-    from sidecar.client import ControlError
+    from sidecar.control.client import ControlError
 
     problems = [{"file": "f", "key": f"k{i}", "message": "bad\nline"} for i in range(60)]
     error = ControlError(400, {"error": {"message": "f: k0: bad (and 59 more)", "errors": problems, "more": 10}})

@@ -2,12 +2,12 @@
 
 Each case starts its own sidecar (no node's health may leak from one case into the next) in front of two or
 three fake providers on loopback. The request's model picks the primary's fault (`fault-<name>-t1`, see
-FAULT_MODELS in sidecar/fake_provider.py), and every successful answer to such a model is CANONICAL. Each
+FAULT_MODELS in sidecar/fakes/openai.py), and every successful answer to such a model is CANONICAL. Each
 case checks what the issue asks of every fault:
 
 - the client gets the complete CANONICAL text, in one answer (a content-policy refusal: the provider's own
   error; a continuation no node will take: an SSE error event naming the original break);
-- each node was asked as often as the retry policy says (sidecar/retry.py), and the waits between attempts
+- each node was asked as often as the retry policy says (sidecar/proxy/retry.py), and the waits between attempts
   are the ones it says: read from the JSON access log (`wait_ms`) and measured on the fakes;
 - the call ends within BOUND, a liveness bound far above the expected time (no speed is asserted);
 - the sidecar answers a healthy request afterwards.
@@ -30,7 +30,7 @@ import httpx
 import openai
 import pytest
 
-from sidecar.fake_provider import CANONICAL, CANONICAL_PIECES, Behaviour
+from sidecar.fakes.core import CANONICAL, CANONICAL_PIECES, Behaviour
 
 from .conftest import Card, Fake, Sidecar
 

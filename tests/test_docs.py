@@ -19,7 +19,8 @@ REFERENCE = DOCS / "configuration.md"
 
 def schema() -> SimpleNamespace:
     """The config schema: the one place this file imports it, so a move of the module is one line here."""
-    from sidecar.config import (
+    from sidecar.config.load import parse
+    from sidecar.config.schema import (
         ActiveCheck,
         Checks,
         Node,
@@ -28,7 +29,6 @@ def schema() -> SimpleNamespace:
         ServerConfig,
         Timeouts,
         UpstreamConfig,
-        parse,
     )
 
     return SimpleNamespace(

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from sidecar import control, events
-from sidecar.config import parse
-from sidecar.control import ControlServer
-from sidecar.events import EventHub, Subscription
-from sidecar.runtime import Runtime
+from sidecar.config.load import parse
+from sidecar.control import server as control
+from sidecar.control.server import ControlServer
+from sidecar.nodes.runtime import Runtime
+from sidecar.observe import events
+from sidecar.observe.events import EventHub, Subscription
 from tui.app import MonitorApp
 
 from .conftest import chat, two_node_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar.events import EventHub
+from sidecar.observe.events import EventHub
 
 
 async def test_replay_then_live_in_order() -> None:

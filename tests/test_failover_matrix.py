@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from sidecar.health import Failure, Source
-from sidecar.mock import Script
-from sidecar.transport import Request, UpstreamError
+from sidecar.nodes.health import Failure, Source
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request, UpstreamError
 
 from .inproc import Harness, config
 

@@ -1,4 +1,4 @@
-"""The fake provider's Anthropic mode (sidecar/fake_anthropic.py), driven over loopback by the real anthropic SDK."""
+"""The fake provider's Anthropic mode (sidecar/fakes/anthropic.py), driven over loopback by the real anthropic SDK."""
 
 from __future__ import annotations
 
@@ -19,22 +19,21 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from sidecar.attempt import context_overflow, is_refusal
 from sidecar.cli import main
-from sidecar.fake_anthropic import ANTHROPIC_FAULT_MODELS, AnthropicFake, wanted_tool
-from sidecar.fake_provider import (
+from sidecar.fakes.anthropic import ANTHROPIC_FAULT_MODELS, AnthropicFake, wanted_tool
+from sidecar.fakes.core import (
     CANONICAL,
     CANONICAL_PIECES,
     CANONICAL_WORDS,
     FAULT_MODELS,
     FIXED_PROMPT_TOKENS,
     Behaviour,
-    FakeProvider,
     estimate_tokens,
     fault_for_model,
-    provider_class,
-    start,
 )
+from sidecar.fakes.openai import FakeProvider
+from sidecar.fakes.serve import provider_class, start
+from sidecar.proxy.answer import context_overflow, is_refusal
 
 from .conftest import cli_env, free_port, wait_for_port
 

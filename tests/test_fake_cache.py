@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.fake_provider import (
+from sidecar.fakes.core import (
     CANONICAL_PIECES,
     FIXED_PROMPT_TOKENS,
     PROMPT_CACHE_SIZE,

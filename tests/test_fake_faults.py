@@ -12,14 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.fake_provider import (
-    CANONICAL,
-    CANONICAL_WORDS,
-    CONTINUATIONS,
-    FAULT_MODELS,
-    Behaviour,
-    fault_for_model,
-)
+from sidecar.fakes.core import CANONICAL, CANONICAL_WORDS, CONTINUATIONS, FAULT_MODELS, Behaviour, fault_for_model
 
 CHAT = "/v1/chat/completions"
 CUT_AFTER = 8  # Behaviour.cut_after's default

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.mock import Script
-from sidecar.transport import Request
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request
 
 from .inproc import Harness, config
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar.config import ActiveCheck, PassiveCheck
-from sidecar.health import Failure, Health, Source
+from sidecar.config.schema import ActiveCheck, PassiveCheck
+from sidecar.nodes.health import Failure, Health, Source
 
 ACTIVE = ActiveCheck(healthy_successes=2, unhealthy_http_failures=3, unhealthy_tcp_failures=2, unhealthy_timeouts=2)
 PASSIVE = PassiveCheck(
@@ -201,7 +201,7 @@ def test_manual_down_overrides_health() -> None:
 
 
 def test_a_model_is_out_for_its_retry_after_capped() -> None:
-    from sidecar.health import ModelHealth
+    from sidecar.nodes.health import ModelHealth
 
     m = ModelHealth()
     m.rate_limited(until=1000.0, now=0.0, cap=300.0)
@@ -209,7 +209,7 @@ def test_a_model_is_out_for_its_retry_after_capped() -> None:
 
 
 def test_a_model_is_ejected_after_its_threshold_and_for_longer_each_time() -> None:
-    from sidecar.health import ModelHealth
+    from sidecar.nodes.health import ModelHealth
 
     m = ModelHealth()
     assert not m.failed(0.0, 2, 10.0, 300.0, "http 503")
@@ -221,7 +221,7 @@ def test_a_model_is_ejected_after_its_threshold_and_for_longer_each_time() -> No
 
 
 def test_per_model_states_are_bounded_and_know_when_other_models_succeed() -> None:
-    from sidecar.health import ModelStates
+    from sidecar.nodes.health import ModelStates
 
     states = ModelStates(size=3)
     for i in range(10):

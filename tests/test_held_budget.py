@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.config import ConfigError, parse
-from sidecar.health import Source
-from sidecar.held import Share
-from sidecar.mock import Script
-from sidecar.transport import Request
+from sidecar.config.load import parse
+from sidecar.config.problems import ConfigError
+from sidecar.nodes.health import Source
+from sidecar.nodes.held import Share
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request
 
 from .conftest import Upstream, chat
 from .inproc import Harness

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import Config, parse
-from sidecar.dialect import AnthropicUsage
-from sidecar.exchange import Exchange, count_tokens
-from sidecar.health import Failure, Source
-from sidecar.mock import Script
-from sidecar.redact import Redactor
-from sidecar.transport import Request, UpstreamError
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.formats.dialect import AnthropicUsage
+from sidecar.nodes.health import Failure, Source
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request, UpstreamError
+from sidecar.proxy.exchange import Exchange, count_tokens
+from sidecar.proxy.redact import Redactor
 
 from .inproc import Answer, Harness
 

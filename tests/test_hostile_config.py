@@ -23,9 +23,11 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.config import MAX_ERRORS, Config, ConfigError, load
-from sidecar.plan import render as render_plan
-from sidecar.template import render as render_template
+from sidecar.config.load import load
+from sidecar.config.plan import render as render_plan
+from sidecar.config.problems import MAX_ERRORS, ConfigError
+from sidecar.config.schema import Config
+from sidecar.config.template import render as render_template
 
 from .conftest import cli, cli_env, two_node_config
 
@@ -380,7 +382,7 @@ def test_cli_socket_lookup_survives_hostile_files(tmp_path: Path) -> None:
 
 def test_cli_finds_the_socket_of_a_config_broken_elsewhere(tmp_path) -> None:
     # `reload` after a bad edit must reach the running sidecar (and report the edit), not the default socket.
-    from sidecar.client import find_socket
+    from sidecar.control.client import find_socket
 
     path = tmp_path / "broken.toml"
     path.write_text('[server\ncontrol_socket = "/run/llm/ctl.sock"  # ours\n')

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.exchange import Exchange
 from sidecar.logs import JsonFormatter, TextFormatter
-from sidecar.mock import Script
-from sidecar.proxy import REQUEST_DROP, path_is_safe, request_drop
-from sidecar.transport import Request
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request
+from sidecar.proxy.app import REQUEST_DROP, path_is_safe, request_drop
+from sidecar.proxy.exchange import Exchange
 
 from .conftest import chat, two_node_config
 from .inproc import Answer, Harness, config

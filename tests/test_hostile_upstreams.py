@@ -19,13 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar import api
-from sidecar.attempt import MAX_RETRY_AFTER, SSE_HOLD_LIMIT, retry_after
-from sidecar.config import Config, parse
-from sidecar.health import Failure, Source
-from sidecar.mock import Script
-from sidecar.sse import Splitter
-from sidecar.transport import AiohttpTransport, Request, UpstreamError
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.control import status as api
+from sidecar.formats.sse import Splitter
+from sidecar.nodes.health import Failure, Source
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import AiohttpTransport, Request, UpstreamError
+from sidecar.proxy.answer import MAX_RETRY_AFTER, SSE_HOLD_LIMIT, retry_after
 
 from .conftest import Upstream, chat, two_node_config
 from .inproc import Answer, Harness, config

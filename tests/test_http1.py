@@ -1,4 +1,4 @@
-"""The proxy's HTTP/1.1 server (sidecar/http1.py) over real sockets: limits, slow clients, framing, smuggling.
+"""The proxy's HTTP/1.1 server (sidecar/listener/connection.py) over real sockets: limits, slow clients, framing, smuggling.
 
 A tiny ASGI app stands behind it; clients are raw sockets, so every byte on the wire is the test's choice.
 """
@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.http1 import DISCONNECT_EXTENSION, Limits
-from sidecar.server import Server, bind_tcp
+from sidecar.listener.bind import bind_tcp
+from sidecar.listener.connection import Limits
+from sidecar.listener.cycle import DISCONNECT_EXTENSION
+from sidecar.server import Server
 
 FAST = Limits(max_header_bytes=8 * 1024, header_timeout=0.3, body_timeout=0.3, keepalive_timeout=0.3)
 

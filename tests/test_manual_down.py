@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.control import ControlServer
-from sidecar.health import Failure
-from sidecar.mock import Script
+from sidecar.control.server import ControlServer
+from sidecar.nodes.health import Failure
+from sidecar.nodes.mock import Script
 
 from .conftest import cli, two_node_config
 from .inproc import Harness, config

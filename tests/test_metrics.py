@@ -12,10 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import metrics
-from sidecar.config import parse
-from sidecar.events import EventHub
+from sidecar.config.load import parse
 from sidecar.metrics import BUCKETS, REASONS, Metrics, model_label, reason_category, status_class
-from sidecar.runtime import Runtime
+from sidecar.nodes.runtime import Runtime
+from sidecar.observe.events import EventHub
 
 from .conftest import NODE_KEYS, chat, cli_env
 
@@ -180,8 +180,8 @@ def test_each_runtime_has_its_own_registry_and_probes_count_by_hub() -> None:
     m1, m2 = metrics.attach(one), metrics.attach(two)
     assert metrics.attach(one) is m1 and m1.collector_registry() is not m2.collector_registry()
     one.events.publish("request", **request_event())
-    metrics.probed(two.events, "a", True, 0.02)
-    metrics.probed(two.events, "a", False, 2.0)
+    two.events.note("probe", node="a", ok=True, seconds=0.02)  # how the checker counts a probe
+    two.events.note("probe", node="a", ok=False, seconds=2.0)
     f1, f2 = scraped(m1), scraped(m2)
     assert (get(f1, "llm_sidecar_requests_total"), get(f2, "llm_sidecar_requests_total")) == (1, 0)
     assert (get(f2, "llm_sidecar_probes_total", result="ok"), get(f2, "llm_sidecar_probes_total", result="fail")) == (

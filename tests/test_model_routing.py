@@ -7,10 +7,11 @@ import json
 from collections import Counter
 from typing import Any
 
-from sidecar.config import Config, parse
-from sidecar.health import Failure, Source
-from sidecar.mock import Script
-from sidecar.transport import Request, UpstreamError
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.nodes.health import Failure, Source
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request, UpstreamError
 
 from .inproc import Harness
 

@@ -13,13 +13,14 @@ import openai
 import pytest
 from aiohttp import web
 
-from sidecar import catalog
-from sidecar.config import parse
-from sidecar.events import EventHub
-from sidecar.health import Failure
-from sidecar.mock import MockTransport, Script
-from sidecar.transport import Request, UpstreamError
-from sidecar.upstream import Upstream
+from sidecar.config.load import parse
+from sidecar.nodes import catalog
+from sidecar.nodes.health import Failure
+from sidecar.nodes.mock import MockTransport, Script
+from sidecar.nodes.transport import Request, UpstreamError
+from sidecar.nodes.upstream import Upstream
+from sidecar.observe.events import EventHub
+from sidecar.proxy import models
 
 from .conftest import NODE_KEYS, cli_env, two_node_config
 
@@ -67,13 +68,13 @@ async def manual(car: Any, name: str, state: str) -> None:
 
 
 def test_requested_paths() -> None:
-    assert catalog.requested("GET", "/v1/models") == ""
-    assert catalog.requested("GET", "/v1/models/gpt-4o") == "gpt-4o"
-    assert catalog.requested("GET", "/v1/models/meta-llama/Llama-3-8B") == "meta-llama/Llama-3-8B"
-    assert catalog.requested("DELETE", "/v1/models/ft:gpt-4o:org:x") is None  # a deletion goes upstream
-    assert catalog.requested("POST", "/v1/models") is None
+    assert models.requested("GET", "/v1/models") == ""
+    assert models.requested("GET", "/v1/models/gpt-4o") == "gpt-4o"
+    assert models.requested("GET", "/v1/models/meta-llama/Llama-3-8B") == "meta-llama/Llama-3-8B"
+    assert models.requested("DELETE", "/v1/models/ft:gpt-4o:org:x") is None  # a deletion goes upstream
+    assert models.requested("POST", "/v1/models") is None
     for path in ("/v1/models/", "/v1/modelsx", "/v1/models\n", "/v1/chat/completions"):
-        assert catalog.requested("GET", path) is None
+        assert models.requested("GET", path) is None
 
 
 def test_parse_ids_keeps_only_bounded_printable_ids() -> None:
@@ -111,28 +112,28 @@ def test_merge_unions_names_once_with_the_first_node_that_serves_each() -> None:
     low, _, anyone = up.nodes
     anyone.upstream_models = ("listed", "gpt-4o")
     low.upstream_models = ("ignored",)  # a node with a table and no "*" serves only its keys
-    nodes = catalog.considered(up.nodes, now[0])
+    nodes = models.considered(up.nodes, now[0])
     assert [n.name for n in nodes] == ["high", "any", "low"]  # by priority, not config order
-    assert catalog.merge(nodes) == {
+    assert models.merge(nodes) == {
         "embed": "high",
         "gpt-4o": "high",
         "listed": "any",
         "named": "any",
         "only-low": "any",  # "any" takes every name, and comes before "low"
     }
-    assert catalog.owner("unlisted", nodes) == "any"  # "*" serves names no list mentions
+    assert models.owner("unlisted", nodes) == "any"  # "*" serves names no list mentions
 
 
 def test_down_nodes_leave_the_list_unless_all_are_down() -> None:
     up, now = states(table("a", 1, {"a-model": "x"}), table("b", 0, {"b-model": "y"}))
     a, b = up.nodes
     up.set_manual(a, True)
-    assert catalog.merge(catalog.considered(up.nodes, now[0])) == {"b-model": "b"}
+    assert models.merge(models.considered(up.nodes, now[0])) == {"b-model": "b"}
     b.health.block(now[0] + 30, now[0])  # a Retry-After counts as not usable too
-    assert catalog.merge(catalog.considered(up.nodes, now[0])) == {"a-model": "a", "b-model": "b"}
+    assert models.merge(models.considered(up.nodes, now[0])) == {"a-model": "a", "b-model": "b"}
     now[0] += 31
-    assert catalog.merge(catalog.considered(up.nodes, now[0])) == {"b-model": "b"}
-    assert catalog.owner("a-model", catalog.considered(up.nodes, now[0])) is None
+    assert models.merge(models.considered(up.nodes, now[0])) == {"b-model": "b"}
+    assert models.owner("a-model", models.considered(up.nodes, now[0])) is None
 
 
 def test_stale_lists_and_the_probe_interval() -> None:
@@ -345,7 +346,7 @@ async def test_ids_with_slashes_keys_and_other_methods(fakes, sidecar, client) -
 
 
 async def test_the_probe_keeps_the_list_of_nodes_that_take_any_name() -> None:
-    from sidecar.checker import probe
+    from sidecar.nodes.checker import probe
 
     listed = json.dumps({"data": [{"id": "p1"}, {"id": "bad\nid"}]}).encode()
     answers = {

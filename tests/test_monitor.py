@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from sidecar.api import status
-from sidecar.mock import Script
-from sidecar.stats import NodeStats
-from sidecar.transport import Request
+from sidecar.control.status import status
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request
+from sidecar.observe.stats import NodeStats
 from tui.app import ConfirmScreen, MonitorApp
 from tui.widgets import HeaderBar, HealthLog, NodesTable, TrafficTable, error_share
 

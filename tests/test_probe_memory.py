@@ -19,13 +19,13 @@ from typing import Any
 
 import httpx
 
-from sidecar import catalog
-from sidecar.checker import DRAIN_BYTES, probe
-from sidecar.config import parse
-from sidecar.events import EventHub
-from sidecar.mock import MockResponse, MockTransport, Script
-from sidecar.transport import Request, Response
-from sidecar.upstream import Upstream
+from sidecar.config.load import parse
+from sidecar.nodes import catalog
+from sidecar.nodes.checker import DRAIN_BYTES, probe
+from sidecar.nodes.mock import MockResponse, MockTransport, Script
+from sidecar.nodes.transport import Request, Response
+from sidecar.nodes.upstream import Upstream
+from sidecar.observe.events import EventHub
 
 from .conftest import Upstream as Handler
 

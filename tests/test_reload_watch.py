@@ -24,11 +24,11 @@ import httpx
 import pytest
 import tomli_w
 
-from sidecar.config import load
-from sidecar.mock import MockTransport
-from sidecar.runtime import Runtime
+from sidecar.config.load import load
+from sidecar.nodes.mock import MockTransport
+from sidecar.nodes.runtime import Runtime
+from sidecar.nodes.watchdog import SendWatch
 from sidecar.watch import SETTLE, ConfigWatcher, watched_file
-from sidecar.watchdog import SendWatch
 
 from .conftest import Sidecar, chat, cli, eventually, two_node_config
 
@@ -526,7 +526,7 @@ def test_only_a_file_that_was_loaded_is_watched(config_file: Path) -> None:
 
 
 def test_the_starter_config_documents_watch() -> None:
-    from sidecar.template import render
+    from sidecar.config.template import render
 
     text = render()
     assert re.search(r"^# watch: \S", text, re.M) and re.search(r"^watch = true$", text, re.M)

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from sidecar.config import RetryPolicy
-from sidecar.health import Failure
-from sidecar.retry import MIN_SPACING, Fault, RetryPlan, fault_of
-from sidecar.transport import UpstreamError
+from sidecar.config.schema import RetryPolicy
+from sidecar.nodes.health import Failure
+from sidecar.nodes.transport import UpstreamError
+from sidecar.proxy.retry import MIN_SPACING, Fault, RetryPlan, fault_of
 
 POLICY = RetryPolicy(max_wait=5, same_node=1, backoff=0.5, max_backoff=4, attempts_per_node=3)
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import Config, PassiveCheck, parse
-from sidecar.health import Source
-from sidecar.mock import Script
-from sidecar.transport import Request
+from sidecar.config.load import parse
+from sidecar.config.schema import Config, PassiveCheck
+from sidecar.nodes.health import Source
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request
 
 from .inproc import Harness
 

@@ -6,8 +6,9 @@ import asyncio
 import socket
 from typing import Any
 
-from sidecar.http1 import Limits
-from sidecar.server import Server, bind_tcp
+from sidecar.listener.bind import bind_tcp
+from sidecar.listener.connection import Limits
+from sidecar.server import Server
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.api import status
-from sidecar.config import parse
-from sidecar.mock import Script
-from sidecar.transport import Request
+from sidecar.config.load import parse
+from sidecar.control.status import status
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request
 from tui.app import MonitorApp
 from tui.widgets import RatePlot
 

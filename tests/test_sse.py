@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sidecar.continuation import Restamp, Transcript, continuation_body, parse_event, request_fits
-from sidecar.sse import Signal, Splitter, classify, data_of
+from sidecar.formats.sse import Signal, Splitter, classify, data_of
+from sidecar.proxy.continuation import Restamp, Transcript, continuation_body, parse_event, request_fits
 
 
 def events_of(chunks: list[bytes]) -> list[bytes]:
@@ -113,7 +113,7 @@ def test_restamp_drops_the_role_opening_and_keeps_the_original_id() -> None:
 
 
 def test_an_error_events_text_is_short_printable_and_shows_no_key() -> None:
-    from sidecar.sse import error_text
+    from sidecar.formats.sse import error_text
 
     said = b'{"error": {"message": "Incorrect API key provided: sk-proj-abcdef123456. \\u001b[31m"}}'
     text = error_text(said)

@@ -10,10 +10,11 @@ import itertools
 import json
 from typing import Any
 
-from sidecar.config import Config, parse
-from sidecar.health import Failure, Source
-from sidecar.mock import Script
-from sidecar.transport import Request, UpstreamError
+from sidecar.config.load import parse
+from sidecar.config.schema import Config
+from sidecar.nodes.health import Failure, Source
+from sidecar.nodes.mock import Script
+from sidecar.nodes.transport import Request, UpstreamError
 
 from .inproc import Harness
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sidecar.watchdog import SendWatch
+from sidecar.nodes.watchdog import SendWatch
 
 
 async def test_overrunning_task_is_cancelled_and_told_why(monkeypatch: pytest.MonkeyPatch) -> None:

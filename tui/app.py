@@ -27,10 +27,10 @@ from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Label
 
-from sidecar.client import AsyncControlClient, ControlError, NotRunning
-from sidecar.shapes import StatusJSON
-from sidecar.stats import WINDOW as STATS_WINDOW
-from sidecar.stats import percentile
+from sidecar.control.client import AsyncControlClient, ControlError, NotRunning
+from sidecar.observe.shapes import StatusJSON
+from sidecar.observe.stats import WINDOW as STATS_WINDOW
+from sidecar.observe.stats import percentile
 
 from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable, clean
 

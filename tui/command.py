@@ -10,7 +10,7 @@ import click
 @click.option("--control-socket", metavar="PATH", help="Control socket of the sidecar to watch.")
 def monitor(config_path: str | None, control_socket: str | None) -> None:
     """Open the live dashboard: node health, traffic, manual failover."""
-    from sidecar.client import find_socket
+    from sidecar.control.client import find_socket
 
     from .app import MonitorApp
 

@@ -25,9 +25,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Label, Sparkline
 
-from sidecar.display import age, ms
-from sidecar.shapes import NodeJSON, StatusJSON, TrafficJSON
-from sidecar.stats import WINDOW as STATS_WINDOW
+from sidecar.observe.display import age, ms
+from sidecar.observe.shapes import NodeJSON, StatusJSON, TrafficJSON
+from sidecar.observe.stats import WINDOW as STATS_WINDOW
 
 # C0/C1 controls and DEL (terminal escapes), line and paragraph separators, bidi overrides (they reorder
 # what is shown), and lone surrogates (valid in JSON escapes, but they cannot be written to a terminal).

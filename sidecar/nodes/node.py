@@ -1,0 +1,54 @@
+"""One node as the running sidecar holds it: its config, health, figures and key headers.
+
+A reload keeps the `NodeState` of every node whose config did not change, so its health and figures
+live on; attempts (attempt.py), the balancer and the control API all work on these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sidecar.config.schema import Node
+from sidecar.formats.dialect import ANTHROPIC, ANTHROPIC_VERSION
+from sidecar.observe.shapes import ProbeJSON
+from sidecar.observe.stats import NodeStats
+
+from .health import Health, ModelStates
+
+MODEL_STATES = 64  # per node: configured models and recent others; model names come from clients
+
+
+@dataclass(eq=False)
+class NodeState:
+    config: Node
+    health: Health
+    stats: NodeStats = field(default_factory=NodeStats)
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # the key, in the node's API's header
+    last_probe: ProbeJSON | None = None
+    # The model ids its provider's own GET /v1/models listed (bounded, see catalog.py), and when
+    # (upstream clock) that was last asked, by the active probe or the catalog; None: never.
+    upstream_models: tuple[str, ...] | None = None
+    upstream_models_at: float | None = None
+
+    # Per-model health, where a failure is one model's (see health.ModelHealth).
+    models: ModelStates = field(default_factory=lambda: ModelStates(MODEL_STATES))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def own_headers(self) -> list[tuple[str, str]]:
+        """What the sidecar's own requests to the node (probes, model lists) carry: its key, and for an
+        Anthropic node the API version that API requires."""
+        if self.config.api == ANTHROPIC:
+            return [*self.auth, ("anthropic-version", ANTHROPIC_VERSION)]
+        return list(self.auth)
+
+
+def auth_headers(node: Node) -> tuple[tuple[str, str], ...]:
+    """The node's key as its API takes it: `x-api-key` for Anthropic's, a bearer token for OpenAI's."""
+    if not node.api_key:
+        return ()
+    if node.api == ANTHROPIC:
+        return (("x-api-key", node.api_key),)
+    return (("Authorization", f"Bearer {node.api_key}"),)

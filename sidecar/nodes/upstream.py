@@ -1,0 +1,238 @@
+"""One config generation of the upstream: its nodes, balancer, transport and health bookkeeping.
+
+A reload builds a new generation. Nodes that did not change keep their health
+and figures (the same objects), and requests in flight keep the generation
+they started with, whose transport is closed only once the last of them ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from sidecar.config.schema import Config, PassiveCheck
+from sidecar.formats.dialect import APIS_SPOKEN, Api
+from sidecar.observe.events import EventHub
+
+from .affinity import Pins
+from .attempt import Attempt, Outcome
+from .balancer import Balancer, Choice
+from .health import MIN_RETRY_AFTER, Failure, Health, Source, State, Transition
+from .held import Budget
+from .node import NodeState, auth_headers
+from .transport import Transport, UpstreamError
+
+log = logging.getLogger("llm_sidecar")
+
+
+MODEL_CACHE = 1024  # model names whose serving nodes are remembered
+# A failure of one model counts against the model alone while another model on the node succeeded
+# within this many seconds; else the node itself is failing.
+OTHERS_FINE_WITHIN = 60.0
+
+
+class Upstream:
+    """Nodes, the balancer and health bookkeeping for one loaded config."""
+
+    def __init__(
+        self,
+        config: Config,
+        events: EventHub,
+        transport: Transport,
+        previous: Sequence[NodeState] = (),
+        clock: Callable[[], float] = time.monotonic,
+        pins: Pins | None = None,
+        held: Budget | None = None,
+    ) -> None:
+        self.config = config
+        # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
+        self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
+        self.held.limit = config.upstream.max_held_bytes
+        self.events = events
+        self.transport = transport
+        self.clock = clock
+        self.refs = 0  # requests holding this generation
+        self.retired = False
+        now = clock()
+        kept = {n.name: n for n in previous}
+        self.nodes: list[NodeState] = []
+        for node in config.upstream.nodes:
+            old = kept.get(node.name)
+            state = NodeState(node, Health(node.checks.active, node.checks.passive, now))
+            if old is not None and old.config.checks == node.checks:
+                # A reload keeps what we learnt about a node whose checks did not change.
+                state.health = old.health
+                state.models = old.models
+                state.stats = old.stats
+                state.upstream_models, state.upstream_models_at = old.upstream_models, old.upstream_models_at
+                state.last_probe = old.last_probe
+            state.auth = auth_headers(node)
+            self.nodes.append(state)
+        self.by_name = {n.name: n for n in self.nodes}
+        self.index = {n.name: i for i, n in enumerate(self.nodes)}
+        # Routing by model: only when some node has a `models` table (else every node serves anything).
+        self.routes = any(n.config.models for n in self.nodes)
+        self.served = sorted({m for n in self.nodes for m in n.config.models if m != "*"})
+        self.serving_cache: dict[str, frozenset[int]] = {}
+        # The nodes a request of each format must not go to: those speaking the other one.
+        self.other_api: dict[Api, frozenset[int]] = {
+            api: frozenset(i for i, n in enumerate(self.nodes) if n.config.api != api) for api in APIS_SPOKEN
+        }
+        # Affinity only matters where one level holds several nodes to spread over.
+        ttl = config.upstream.affinity_ttl
+        priorities = [n.config.priority for n in self.nodes]
+        spread = len(set(priorities)) < len(priorities)
+        self.pins = (pins if pins is not None and pins.ttl == ttl else Pins(ttl)) if ttl and spread else None
+        self.continuable = any(n.continuation != "none" for n in config.upstream.nodes)
+        self.balancer = Balancer(
+            [n.config.priority for n in self.nodes],
+            [n.config.weight for n in self.nodes],
+            [n.health for n in self.nodes],
+        )
+
+    async def close(self) -> None:
+        await self.transport.aclose()
+
+    def choose(self, tried: set[int], prefer: int | None = None) -> Choice | None:
+        return self.balancer.choose(tried, self.clock(), prefer)
+
+    def not_serving(self, model: str) -> frozenset[int]:
+        """The nodes a request for `model` must not go to (their `models` table lacks it)."""
+        cached = self.serving_cache.get(model)
+        if cached is None:
+            if len(self.serving_cache) >= MODEL_CACHE:  # model names come from clients
+                self.serving_cache.clear()
+            cached = frozenset(i for i, n in enumerate(self.nodes) if not n.config.serves(model))
+            self.serving_cache[model] = cached
+        return cached
+
+    def again(self, index: int) -> Choice | None:
+        """The same node for a retry the plan decided on, unless it is out by now (ejected, unhealthy,
+        drained). A Retry-After it gave was already waited out by this request."""
+        health = self.nodes[index].health
+        return self.balancer.plain[index] if health.healthy and not health.manual_down else None
+
+    def attempt(self, choice: Choice, model: str | None = None) -> Attempt:
+        return Attempt(self, self.nodes[choice.index], choice.trial, model)
+
+    def serving(self, api: Api | None = None) -> NodeState | None:
+        """The node new requests go to now: of any format, or of `api`'s (a mixed config serves one of each)."""
+        index = self.balancer.serving(self.clock(), self.other_api[api] if api is not None else frozenset())
+        return None if index is None else self.nodes[index]
+
+    def record(
+        self,
+        node: NodeState,
+        outcome: Outcome,
+        failure: UpstreamError | None,
+        trial: bool,
+        started: float,
+        model: str | None = None,
+    ) -> None:
+        """The one place an attempt's outcome reaches health and figures."""
+        now = self.clock()
+        if outcome is not Outcome.NEUTRAL:  # an abandoned attempt says nothing of the node's speed
+            node.stats.finished(now, now - started, outcome is Outcome.SUCCESS)
+        if outcome is Outcome.SUCCESS:
+            reason = "trial request ok" if trial else "ok"
+            self._transition(node, node.health.record_success(Source.PASSIVE, now, reason, trial=trial))
+            if model is not None:
+                node.models.ok(model, now)
+            return
+        if outcome is Outcome.NEUTRAL or failure is None or failure.kind is None:
+            if trial:
+                node.health.end_trial()
+            return
+        if model is not None and self._model_failure(node, model, failure, now):
+            if trial:
+                node.health.end_trial()
+            return
+        if failure.status == 429 and failure.retry_after is not None and failure.retry_after >= MIN_RETRY_AFTER:
+            # The provider said when to come back: that wait is the whole verdict. Counting it as a
+            # failure too would eject a node for a one-second limit that many requests hit at once.
+            # A shorter one holds nothing and is counted below (health.MIN_RETRY_AFTER).
+            if trial:
+                node.health.end_trial()
+            node.health.block(now + failure.retry_after, now)
+            return
+        self._transition(node, node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial))
+
+    def _model_failure(self, node: NodeState, model: str, failure: UpstreamError, now: float) -> bool:
+        """Count a failure against (node, model) when it is the model's: a 429 always (providers limit
+        per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
+        auth failures are the node's."""
+        passive = node.config.checks.passive
+        if failure.status == 429:  # with passive checks off too: a rate limit is never a verdict on the node
+            passive = passive or PassiveCheck()
+            wait = failure.retry_after
+            if wait is not None and wait < MIN_RETRY_AFTER:  # holds nothing: counted, as a 5xx of the model is
+                state = node.models.get(model)
+                base, cap = passive.base_ejection_time, passive.max_ejection_time
+                if state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason):
+                    self._model_event(node, model, "ejected", failure.reason)
+                return True
+            until = now + (wait if wait is not None else passive.base_ejection_time)
+            node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
+            self._model_event(node, model, "rate limited", failure.reason)
+            return True
+        by_model = failure.status >= 500 or failure.kind is Failure.TIMEOUT
+        if passive is None or not by_model or not node.models.others_fine(model, now, OTHERS_FINE_WITHIN):
+            return False
+        threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
+        state = node.models.get(model)
+        if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
+            self._model_event(node, model, "ejected", failure.reason)
+        return True
+
+    def _model_event(self, node: NodeState, model: str, after: str, reason: str) -> None:
+        log.warning("node %s, model %s: %s (%s)", node.name, model, after, reason)
+        self.events.publish("health", node=node.name, model=model, before="healthy", after=after, reason=reason)
+
+    def models_out(self, model: str, now: float) -> set[int] | None:
+        """Nodes where `model` itself is out (rate-limited or ejected) while the node may be fine; None
+        when no node has any per-model state (the common case: nothing to build). The states are shared
+        with the generation before a reload, so a verdict recorded by a request on it counts here too."""
+        if not any(n.models.health for n in self.nodes):
+            return None
+        return {i for i, n in enumerate(self.nodes) if n.models.health and not n.models.available(model, now)}
+
+    def probed(self, node: NodeState, kind: Failure | None, reason: str) -> None:
+        """An active probe's result (kind None: success)."""
+        now = self.clock()
+        health = node.health
+        if kind is None:
+            self._transition(node, health.record_success(Source.ACTIVE, now, reason))
+        else:
+            self._transition(node, health.record_failure(Source.ACTIVE, kind, now, reason))
+
+    def set_manual(self, node: NodeState, down: bool) -> bool:
+        """A change by hand: routine, so logged at INFO in plain words; published as any health change."""
+        transition = node.health.set_manual(down, self.clock())
+        self.events.publish("manual", node=node.name, manual="down" if down else "auto")
+        if transition is None:
+            return False
+        if down:
+            log.info("node %s: taken out of rotation by hand (was %s)", node.name, transition.before)
+        else:
+            log.info(
+                "node %s: back to automatic health checks (was manually down), now %s", node.name, transition.after
+            )
+        self._publish(node, transition)
+        return True
+
+    def _transition(self, node: NodeState, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        level = logging.INFO if transition.after in (State.HEALTHY, State.DOWN) else logging.WARNING
+        log.log(level, "node %s: %s -> %s (%s)", node.name, transition.before, transition.after, transition.reason)
+        self._publish(node, transition)
+
+    def _publish(self, node: NodeState, transition: Transition) -> None:
+        self.events.publish(
+            "health",
+            node=node.name,
+            before=str(transition.before),
+            after=str(transition.after),
+            reason=transition.reason,
+        )

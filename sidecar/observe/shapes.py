@@ -1,0 +1,144 @@
+"""The control API's JSON shapes, defined once (documented in docs/control-api.md).
+
+The control server builds them (`control/status.py`); the CLI, the monitor and the tests
+read them through these names. Plain types, no imports from the server, so the
+monitor can use them without pulling the server in.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+NodeStateName = Literal["healthy", "unhealthy", "ejected", "down"]
+
+
+class CountersJSON(TypedDict):
+    successes: int
+    http_failures: int
+    tcp_failures: int
+    timeouts: int
+
+
+class ProbeJSON(TypedDict):
+    time: float
+    status: int | None
+    latency_ms: float
+    result: str
+
+
+class ActiveJSON(TypedDict):
+    enabled: bool
+    healthy: bool
+    counters: CountersJSON
+    last_probe: ProbeJSON | None
+
+
+class PassiveJSON(TypedDict):
+    enabled: bool
+    ejected_until: float | None
+    ejections: int
+    counters: CountersJSON
+
+
+class TrafficJSON(TypedDict):
+    requests: int  # since the sidecar started, as errors
+    errors: int
+    # The last `window_s` seconds, the span rps, p50_ms and p95_ms cover too (newer sidecars: a monitor
+    # may attach to an older one, so not required).
+    window_s: NotRequired[float]
+    window_requests: NotRequired[int]
+    window_errors: NotRequired[int]
+    in_flight: int
+    rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    tokens_in: int
+    tokens_out: int
+    tokens_cached: int
+    retries: int
+    continuations: int
+
+
+class ModelStateJSON(TypedDict):
+    """A model that is out on a node while the node itself may be fine."""
+
+    model: str
+    state: Literal["rate limited", "ejected"]
+    reason: str
+    until: float | None
+
+
+class NodeJSON(TypedDict):
+    name: str
+    url: str
+    api: Literal["openai", "anthropic"]  # the request format the node speaks
+    priority: int
+    weight: int
+    state: NodeStateName
+    manual: Literal["auto", "down"]
+    serving: bool
+    reason: str
+    changed_at: float | None
+    blocked_until: float | None
+    active: ActiveJSON
+    passive: PassiveJSON
+    traffic: TrafficJSON
+    models: list[ModelStateJSON]
+
+
+class SidecarJSON(TypedDict):
+    version: str
+    pid: int
+    uptime_s: float
+    started_at: float
+    listen: str
+    config_path: str
+    config_loaded_at: float
+    control_socket: str
+
+
+class StatusJSON(TypedDict):
+    sidecar: SidecarJSON
+    serving: str | None
+    nodes: list[NodeJSON]
+
+
+class ListenerJSON(TypedDict):
+    """What `llm-sidecar status` found on the proxy's listen address (the control API cannot see it from
+    inside): GET /healthz answered in time, with any status (503 is a provider outage, not a dead listener)."""
+
+    address: str  # host:port asked (loopback for a wildcard listen)
+    answering: bool
+    healthz: int | None  # the status /healthz answered, None without an answer
+
+
+class StatusReportJSON(StatusJSON):
+    """`llm-sidecar status --json`: GET /v1/status, and the listener as the CLI found it."""
+
+    listener: ListenerJSON
+
+
+class ManualJSON(TypedDict):
+    node: str
+    manual: Literal["auto", "down"]
+    state: NodeStateName
+    serving: str | None
+
+
+class FailoverJSON(TypedDict):
+    down: str
+    serving: str | None
+
+
+class ReloadJSON(TypedDict):
+    ok: bool
+    config_path: str
+    nodes: list[str]
+
+
+class EventJSON(TypedDict, total=False):
+    """Every event has `type`, `seq` and `time`; the rest depends on the type (see docs/control-api.md)."""
+
+    type: Literal["request", "health", "manual", "config", "missed"]
+    seq: int
+    time: float

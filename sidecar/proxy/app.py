@@ -1,0 +1,363 @@
+"""The proxy as a raw ASGI app: no framework on the hot path, so the server is swappable.
+
+A request is checked (method, path, key, body size), read whole (bounded by
+max_body_bytes), and handed to the policy loop (forward.py), which tries nodes
+until one answers. A client that leaves, or a sidecar that stops, interrupts
+the request at once (interrupt.py): this module turns that into the right end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Any, TypeVar
+
+from yarl import URL
+
+from sidecar import metrics
+from sidecar.formats.dialect import VERSION_HEADER, api_of, stream_error
+from sidecar.formats.errors import Send, send_error, send_json
+from sidecar.nodes.runtime import Runtime
+
+from . import models as catalog
+from .exchange import MODEL_RE, STREAM_RE, Exchange
+from .forward import forward
+from .interrupt import Interrupt, Reason
+
+access_log = logging.getLogger("llm_sidecar.access")
+log = logging.getLogger("llm_sidecar")
+
+# Never forwarded upstream: hop-by-hop headers, and the client's own credentials. Cookies too: a client
+# keeps what one node's CDN set (`__cf_bm`), and its next request may go to another provider.
+REQUEST_DROP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
+        b"upgrade", b"host", b"content-length", b"expect", b"authorization", b"proxy-authorization",
+        b"x-api-key", b"api-key", b"x-request-id", b"cookie",
+    }
+)  # fmt: skip
+# The OpenAI API uses no other method. TRACE to an echoing upstream handed the node's key to the
+# client; OPTIONS would answer browsers' CORS preflights with the node's CORS policy; HEAD and PUT/PATCH
+# serve nothing an SDK calls.
+ALLOWED_METHODS = frozenset({"GET", "POST", "DELETE"})
+ALLOW_HEADER = (b"allow", b"GET, POST, DELETE")
+# What a node (or a server in front of it) may resolve into another path than the one checked here:
+# dot segments, raw or percent-encoded in any case (and `..;`, which Tomcat reads as `..`),
+# encoded slashes and backslashes. The decoded path is checked too, in case the server's differs.
+RAW_PATH_TRICK = re.compile(rb"\\|%2f|%5c|(?:^|/)(?:\.|%2e){1,2}(?:[/;]|\Z)", re.IGNORECASE)
+PATH_TRICK = re.compile(r"\\|(?:^|/)\.{1,2}(?:[/;]|\Z)")
+# A client's X-Request-Id is logged, echoed and sent upstream: printable ASCII without blanks,
+# quotes or backslashes, at most MAX_REQUEST_ID long, else a generated one is used.
+MAX_REQUEST_ID = 128
+REQUEST_ID = re.compile(rb"[!#-&(-\[\]-~]+")
+NOT_HEADERS = frozenset({b"", b"close", b"keep-alive"})  # Connection tokens naming no header to drop
+URL_CACHE_SIZE = 1024
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
+
+
+class ClientGone(Exception):
+    pass
+
+
+def streams(body: bytes) -> bool:
+    """Whether a body that mentions `"stream": true` asks for a stream: the mention may sit anywhere
+    (a JSON schema's property), and a stream gets the first-token limit. Parsed only then."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return True  # not JSON: the node will say what it makes of it
+    return not isinstance(parsed, dict) or parsed.get("stream") is True
+
+
+def path_is_safe(path: str, raw: bytes) -> bool:
+    """False for a path a node could resolve elsewhere (see RAW_PATH_TRICK).
+
+    Normal paths carry no ".", "%" or backslash: they skip the regular expressions.
+    """
+    if b"." not in raw and b"%" not in raw and b"\\" not in raw and "." not in path and "\\" not in path:
+        return True
+    return RAW_PATH_TRICK.search(raw) is None and PATH_TRICK.search(path) is None
+
+
+def client_key_ok(key: bytes, authorization: bytes, x_api_key: bytes | None) -> bool:
+    """The client sent the sidecar's key: as a bearer token (OpenAI's SDKs, Claude Code's
+    ANTHROPIC_AUTH_TOKEN) or as `x-api-key` (Anthropic's SDKs, ANTHROPIC_API_KEY)."""
+    if x_api_key is not None and hmac.compare_digest(x_api_key, key):
+        return True
+    scheme, _, token = authorization.partition(b" ")
+    # Auth schemes are case-insensitive (RFC 9110 11.1), and one or more spaces may follow the scheme.
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.lstrip(b" "), key)
+
+
+def client_request_id(value: bytes) -> str | None:
+    """The client's X-Request-Id capped at MAX_REQUEST_ID, or None when it is not in the safe charset."""
+    value = value[:MAX_REQUEST_ID]
+    return value.decode("ascii") if REQUEST_ID.fullmatch(value) else None
+
+
+def request_drop(connection: list[bytes]) -> frozenset[bytes]:
+    """The headers not forwarded upstream: the fixed set, plus those the client's Connection names.
+
+    A header named in Connection is hop-by-hop (RFC 9110 7.6.1): `Connection: close, X-Secret` means
+    X-Secret was for the sidecar, not for the node. Usually it names only keep-alive or close.
+    """
+    if not connection or (len(connection) == 1 and connection[0].lower() in NOT_HEADERS):
+        return REQUEST_DROP  # what HTTP clients send: nothing, or `keep-alive` (already dropped) or `close`
+    tokens = {token.strip().lower() for value in connection for token in value.split(b",")}
+    extra = tokens - REQUEST_DROP - NOT_HEADERS
+    return REQUEST_DROP | extra if extra else REQUEST_DROP
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None when it exceeds `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ProxyApp:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        # Request ids: a random per-process prefix and a counter (no syscall per request).
+        self.id_prefix = secrets.token_hex(4)
+        self.id_counter = itertools.count(1)
+        self.urls: dict[tuple[str, str], URL] = {}
+        self.inflight: set[Interrupt] = set()
+        self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (sidecar/metrics.py)
+
+    def next_id(self) -> str:
+        return f"{self.id_prefix}{next(self.id_counter):08x}"
+
+    def url(self, base: str, suffix: str) -> URL:
+        """Upstream URLs, parsed once per node and path (yarl parsing is not free)."""
+        key = (base, suffix)
+        url = self.urls.get(key)
+        if url is None:
+            if len(self.urls) > URL_CACHE_SIZE:
+                self.urls.clear()
+            url = self.urls[key] = URL(base + suffix, encoded=True)
+        return url
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def http(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        path: str = scope["path"]
+        api = api_of(path)
+        if scope["method"] not in ALLOWED_METHODS:
+            await send_error(
+                send,
+                405,
+                f"method {scope['method'][:16]!r} is not allowed: the sidecar serves GET, POST and DELETE",
+                "invalid_request_error",
+                "method_not_allowed",
+                [ALLOW_HEADER],
+                api,
+            )
+            return
+        if path == "/healthz":
+            await self.healthz(send)
+            return
+        if not path.startswith("/v1/"):
+            if path == self.runtime.config.server.metrics_path and path:  # off when "" (see sidecar/metrics.py)
+                await metrics.answer(self.runtime, scope, send, self.authorized(scope))
+                return
+            await send_error(
+                send,
+                404,
+                f"unknown path {path!r}: the sidecar serves /v1/* and /healthz",
+                "invalid_request_error",
+                "not_found",
+            )
+            return
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        # GET /v1/models[/{id}] is answered here, never sent on: an encoded slash in the id
+        # (the openai SDK sends meta-llama%2FLlama-3-8B) cannot mislead a node. Dot segments still can't pass.
+        model_id = catalog.requested(scope["method"], path)
+        if not path_is_safe(path, raw_path) and (model_id is None or PATH_TRICK.search(path) is not None):
+            await send_error(
+                send,
+                400,
+                "invalid path: dot segments, encoded slashes and backslashes are not allowed",
+                "invalid_request_error",
+                "invalid_path",
+                api=api,
+            )
+            return
+        server = self.runtime.config.server
+        rid = None
+        auth = b""
+        x_api_key: bytes | None = None
+        anthropic_client = False
+        declared = -1
+        connection: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = client_request_id(value)
+            elif name == b"authorization":
+                auth = value
+            elif name == b"x-api-key":  # how Anthropic's clients send a key
+                x_api_key = value
+            elif name == VERSION_HEADER:
+                anthropic_client = True
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+            elif name == b"connection":
+                connection.append(value)
+        rid = rid or self.next_id()
+        if anthropic_client:
+            api = api_of(path, anthropic_client)
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
+        if server.api_key is not None and not client_key_ok(server.api_key.encode(), auth, x_api_key):
+            await send_error(
+                send,
+                401,
+                "invalid or missing sidecar API key",
+                "invalid_request_error",
+                "invalid_api_key",
+                [rid_header],
+                api=api,
+            )
+            return
+        limit = server.max_body_bytes
+        try:
+            body = None if declared > limit else await read_body(receive, limit)
+        except ClientGone:
+            return  # nobody left to answer
+        if body is None:
+            await send_error(
+                send,
+                413,
+                f"request body exceeds max_body_bytes ({limit} bytes)",
+                "invalid_request_error",
+                "request_too_large",
+                [rid_header],
+                api=api,
+            )
+            return
+        if model_id is not None:  # after the key check: the list is no business of keyless clients
+            await catalog.answer(self.runtime, model_id, send, [rid_header], anthropic_client)
+            return
+        match = MODEL_RE.search(body)
+        ex = Exchange(
+            rid=rid,
+            method=scope["method"],
+            path=path,
+            model=match.group(1).decode("utf-8", "replace") if match else None,
+            stream=STREAM_RE.search(body) is not None and streams(body),
+            started=time.monotonic(),
+            api=api,
+        )
+        interrupt = Interrupt(send)
+        interrupt.watch(receive, scope)
+        self.inflight.add(interrupt)
+        upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
+        try:
+            drop = request_drop(connection)
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
+            headers.append(("X-Request-Id", ex.rid))
+            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
+        except asyncio.CancelledError:
+            if interrupt.reason is None or interrupt.task is None:
+                raise  # not ours to handle
+            interrupt.task.uncancel()
+            await self.interrupted(interrupt, ex)
+        except Exception:
+            # A bug must still end the request with a clear error, and not take the sidecar down.
+            log.exception("request %s failed inside the sidecar", ex.rid)
+            ex.status, ex.error = 500, "internal error in the sidecar"
+            if not interrupt.started:
+                await send_error(
+                    send, 500, "internal error in llm-sidecar (see its log)", "server_error", "internal_error",
+                    [rid_header], ex.api,
+                )  # fmt: skip
+            elif not interrupt.complete:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.runtime.release(upstream)
+            interrupt.close()
+            self.inflight.discard(interrupt)
+            self.finish(ex)
+
+    def authorized(self, scope: dict[str, Any]) -> bool:
+        """The request carries the sidecar's own key (bearer or x-api-key), or none is set."""
+        key = self.runtime.config.server.api_key
+        if key is None:
+            return True
+        headers = dict(scope["headers"])
+        return client_key_ok(key.encode(), headers.get(b"authorization", b""), headers.get(b"x-api-key"))
+
+    async def interrupted(self, interrupt: Interrupt, ex: Exchange) -> None:
+        """End a request whose client left (nothing to send) or that the sidecar's stop cut short."""
+        if interrupt.reason is Reason.CLIENT_GONE:
+            ex.status, ex.error = CLIENT_CLOSED_REQUEST, "client disconnected"
+            return
+        ex.error = "sidecar stopped before the answer was complete"
+        send = interrupt._send
+        with contextlib.suppress(Exception):  # the client may be gone too
+            if not interrupt.started:
+                ex.status = 503
+                await send_error(
+                    send, 503, "llm-sidecar is stopping; retry against a running sidecar", "server_error",
+                    "sidecar_stopping", [(b"x-request-id", ex.rid.encode("latin-1"))], ex.api,
+                )  # fmt: skip
+            elif not interrupt.complete:
+                body = b""
+                if ex.stream:
+                    body = stream_error(ex.error, "server_error", "sidecar_stopping", api=ex.api, status=503)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def stop_requests(self) -> int:
+        """Interrupt every request in flight (the stop's grace is over) and let each end cleanly."""
+        interrupts = list(self.inflight)
+        for interrupt in interrupts:
+            interrupt.interrupt(Reason.SHUTDOWN)
+        tasks = [i.task for i in interrupts if i.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        return len(interrupts)
+
+    async def healthz(self, send: Send) -> None:
+        upstream = self.runtime.upstream
+        now = upstream.clock()
+        usable = [n.name for n in upstream.nodes if n.health.available(now)]
+        status = 200 if usable else 503
+        serving = upstream.serving()
+        payload = {
+            "status": "ok" if usable else "unavailable",
+            "healthy_nodes": usable,
+            "serving": serving and serving.name,
+        }
+        await send_json(send, status, json.dumps(payload).encode())
+
+    def finish(self, ex: Exchange) -> None:
+        record = self.runtime.events.emit(ex.record(time.monotonic()))
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra={"access": record})
