@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sidecar.config.costs import budget, prices
+from sidecar.config.journal import journal_config
 from sidecar.config.server import server_config
 from sidecar.config.upstream import NO_NODES, upstream_config
 
@@ -37,10 +39,13 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     upstream = None if up is None else upstream_config(up, env)
     if up is None and root.ok("upstream"):
         root.error("upstream", NO_NODES, key="upstream.nodes")
+    journal = journal_config(root.table_or_empty("journal"))
+    caps = budget(root.table("budget"))
+    priced = prices(root, "prices")
     root.done()
     problems.check()  # raises if anything at all was wrong: a Config is only made from a file without problems
     assert upstream is not None
-    return Config(server=server, upstream=upstream, path=file)
+    return Config(server=server, upstream=upstream, path=file, journal=journal, budget=caps, prices=priced)
 
 
 def _dangling(path: str | Path) -> str:

@@ -89,6 +89,37 @@ class Checks:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What a model costs, in USD per million tokens (docs/journal.md). Prompt tokens read from the provider's
+    cache cost `cached_input`, those written to it (Anthropic's cache creation) `cache_write`; unset, `input`."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Spend caps in USD per local calendar day and month; unset: no cap."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """The request journal (docs/journal.md): one SQLite row per request, written off the data path."""
+
+    enabled: bool = True
+    path: str = ""  # "" = $XDG_STATE_HOME/llm-sidecar/journal.db, else ~/.local/state/llm-sidecar/journal.db
+    retention_days: float = 30.0  # rows older than this are pruned
+    max_bytes: int = 256 * 1024 * 1024  # the oldest rows are pruned past this size
+    bodies: bool = False  # keep request and response bodies (compressed, keys redacted), for `log show` and `replay`
+    max_body_bytes: int = 1024 * 1024  # of each body kept; a longer one is cut (and cannot be replayed)
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     url: str
@@ -102,6 +133,9 @@ class Node:
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
     api: Api = "openai"  # the request format it speaks (formats/dialect.py): a request goes only to nodes of its own
+    price: Price | None = None  # what everything it serves costs, unless `prices` names the model
+    prices: Mapping[str, Price] = field(default_factory=dict)  # per model (as asked or as sent to the node)
+    budget: Budget = field(default_factory=Budget)  # past it the node is out (reason: budget) until the cap resets
 
     def serves(self, model: str) -> bool:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves
@@ -163,3 +197,6 @@ class Config:
     server: ServerConfig
     upstream: UpstreamConfig
     path: str = "<memory>"
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    budget: Budget = field(default_factory=Budget)  # the whole sidecar's: past it, 429 until it resets
+    prices: Mapping[str, Price] = field(default_factory=dict)  # by model, over the shipped table, for every node

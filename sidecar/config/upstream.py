@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from sidecar.config.costs import budget, price_of, prices
 from sidecar.config.values import bad_char, parse_url, secret
 from sidecar.formats.dialect import APIS_SPOKEN
 
@@ -180,6 +181,9 @@ def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], 
         timeout=_timeouts(t.table("timeout"), timeouts),
         continuation=_choice(t, "continuation", CONTINUATIONS),
         api="anthropic" if _choice(t, "api", APIS_SPOKEN) == "anthropic" else "openai",
+        price=price_of(t, "price"),
+        prices=prices(t, "prices"),
+        budget=budget(t.table("budget")),
     )
     t.done()
     return node
