@@ -12,6 +12,7 @@ from sidecar.config.discovery import control_socket_path, discover
 from sidecar.config.load import load
 from sidecar.config.problems import ConfigError, one_line
 from sidecar.config.schema import CONFIG_NAME, Config
+from sidecar.journal.cli import log, replay
 
 from . import __version__
 
@@ -298,3 +299,7 @@ def reload(config_path: str | None, control_socket: str | None) -> None:
     -c only finds that sidecar (its control socket); it does not load another file."""
     answer = call(control_socket, config_path, "reload")
     click.echo(f"reloaded {answer['config_path']}: nodes {', '.join(answer['nodes'])}")
+
+
+main.add_command(log)
+main.add_command(replay)

@@ -33,6 +33,7 @@ this user can open it.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -151,6 +152,7 @@ class Metrics:
         self.waits: dict[str, float] = {}  # node -> seconds
         self.continuations: dict[tuple[str, str, str], float] = {}  # from, to, reason
         self.tokens: dict[tuple[str, str, str], float] = {}  # node, model, type
+        self.spend: dict[tuple[str, str], float] = {}  # node, model -> USD (spend/recorder.py prices the event)
         self.transitions: dict[tuple[str, str], float] = {}  # node, state
         self.model_events: dict[tuple[str, str, str], float] = {}  # node, model, what
         self.manual: dict[tuple[str, str], float] = {}  # node, down|auto
@@ -244,6 +246,9 @@ class Metrics:
             if count := e["tokens_cached"]:
                 key = (label, model, "cached")
                 tokens[key] = tokens.get(key, 0) + count
+            if usd := e.get("cost_usd"):
+                spend = self.spend
+                spend[(label, model)] = spend.get((label, model), 0.0) + usd
 
     @staticmethod
     def row(hist: dict[Any, list[float]], key: Any) -> list[float]:
@@ -368,6 +373,8 @@ class Metrics:
                       ["from", "to", "reason"], self.continuations)  # fmt: skip
         yield counter("tokens_total", "Tokens the nodes reported (cached: the part of input served from the "
                       "provider's prompt cache; do not sum over type).", ["node", "model", "type"], self.tokens)  # fmt: skip
+        yield counter("spend_usd_total", "USD spent, priced from the tokens each node reported (docs/journal.md): "
+                      "by the node that answered and the model asked.", ["node", "model"], self.spend)  # fmt: skip
         yield counter("health_transitions_total", "Node health state changes, by the state entered.",
                       ["node", "state"], self.transitions)  # fmt: skip
         yield counter("model_health_events_total", "A model rate-limited or ejected on one node.",
@@ -380,6 +387,9 @@ class Metrics:
                         self.probe_duration, PROBE_BUCKETS)  # fmt: skip
         runtime = self.runtime()
         if runtime is not None:
+            dropped = runtime.recorder.dropped() if runtime.recorder is not None else {}
+            yield counter("journal_dropped_total", "Request records the journal dropped (its queue full while the "
+                          "writer was behind or failing), by why.", ["reason"], dict(dropped))  # fmt: skip
             yield from self.gauges(runtime)
 
     def gauges(self, runtime: Runtime) -> Iterable[Metric]:
@@ -398,7 +408,7 @@ class Metrics:
         )
         manual = Gauge(PREFIX + "node_manual_down", "1 when the node is drained by hand.", labels=["node"])
         available = Gauge(PREFIX + "node_available", "1 when the node may take normal traffic now "
-                          "(healthy, not drained, not inside a Retry-After).", labels=["node"])  # fmt: skip
+                          "(healthy, not drained, not inside a Retry-After, not out for budget).", labels=["node"])  # fmt: skip
         serves = Gauge(
             PREFIX + "node_serving", "1 for the node that takes traffic of its format (api) now.", labels=["node"]
         )
@@ -410,6 +420,7 @@ class Metrics:
                               labels=["node"])  # fmt: skip
         probe_time = Gauge(PREFIX + "probe_last_timestamp_seconds", "When the last active probe ended (Unix time).",
                            labels=["node"])  # fmt: skip
+        wall = time.time()
         for node in upstream.nodes:
             name = node.name
             health = node.health
@@ -417,7 +428,8 @@ class Metrics:
             for s in State:
                 state.add_metric([name, str(s)], 1 if s is current else 0)
             manual.add_metric([name], 1 if health.manual_down else 0)
-            available.add_metric([name], 1 if health.available(now) else 0)
+            usable = health.available(now) and runtime.budgets.node_out(name, wall) is None
+            available.add_metric([name], 1 if usable else 0)
             serves.add_metric([name], 1 if node in serving else 0)
             in_flight.add_metric([name], node.stats.in_flight)
             out: dict[str, int] = {}

@@ -24,6 +24,7 @@ from sidecar.listener.server import HTTPServer
 from sidecar.nodes.checker import ActiveChecker
 from sidecar.nodes.runtime import Runtime
 from sidecar.proxy.app import ProxyApp
+from sidecar.spend import recorder as spend
 
 from .watch import ConfigWatcher, watched_file
 
@@ -179,9 +180,17 @@ def raise_fd_limit() -> None:
         log.warning("could not raise the open file limit: %s", exc)
 
 
+def ignore_file_size_signal() -> None:
+    """Under a file size limit (RLIMIT_FSIZE) a write past it raises SIGXFSZ, whose default kills the process:
+    ignored, the write fails with EFBIG instead, and the journal treats it as a full disk."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 async def serve(config: Config, *, control_socket: Path | None = None, grace: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
     raise_fd_limit()
+    ignore_file_size_signal()
     runtime = Runtime(config)
     app = ProxyApp(runtime)
     # Signals are handled before the port opens: a client that can connect may signal us at once.
@@ -209,6 +218,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         if control is not None:
             await control.stop()
         raise
+    recorder = spend.start(runtime)  # opens the journal and reads spend back before the first request
     checker = ActiveChecker(runtime)
     checker.sync()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
@@ -245,6 +255,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
             await control.stop()
         await runtime.close()
         sock.close()
+        await asyncio.to_thread(recorder.close)  # after the last request: its record is written too
 
 
 def tune_gc() -> None:

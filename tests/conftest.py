@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +29,12 @@ from sidecar.fakes.openai import FakeProvider
 from sidecar.fakes.serve import provider_class
 
 NODE_KEYS = {"PRIMARY_KEY": "sk-primary-secret-1234", "BACKUP_KEY": "sk-backup-secret-5678"}
+
+# The suite never writes to the real home: the journal's default place ($XDG_STATE_HOME/llm-sidecar/) is a
+# temporary directory for the whole run, and each test's sidecar gets its own (`Sidecar.state`).
+STATE_HOME = tempfile.mkdtemp(prefix="llm-sidecar-tests-state-")
+os.environ["XDG_STATE_HOME"] = STATE_HOME
+atexit.register(shutil.rmtree, STATE_HOME, True)
 
 
 def free_port() -> int:
@@ -84,6 +93,12 @@ class Sidecar:
     config_path: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    state: Path | None = None  # its $XDG_STATE_HOME: the journal is there unless the config moves it
+
+    @property
+    def journal(self) -> Path:
+        assert self.state is not None
+        return self.state / "llm-sidecar" / "journal.db"
 
     @property
     def url(self) -> str:
@@ -207,6 +222,8 @@ def sidecar(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         path.write_text(tomli_w.dumps({**config, "server": server}))
         log_path = tmp_path / f"sidecar{index}.log"
         full_env = env or cli_env()
+        if full_env.get("XDG_STATE_HOME") == STATE_HOME:  # a test that sets its own keeps it
+            full_env = {**full_env, "XDG_STATE_HOME": str(tmp_path / "state")}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "run", "-c", str(path), "--grace", "5", *args],
@@ -215,7 +232,7 @@ def sidecar(tmp_path: Path) -> Iterator[Callable[..., Any]]:
                 env=full_env,
                 preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile),
             )
-        car = Sidecar(proc, port, sock, path, log_path, full_env)
+        car = Sidecar(proc, port, sock, path, log_path, full_env, Path(full_env.get("XDG_STATE_HOME") or tmp_path))
         started.append(car)
         await wait_for_port(port, proc)
         return car

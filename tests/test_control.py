@@ -89,7 +89,7 @@ async def test_event_stream_replays_then_delivers_request_and_health_in_order(fa
         "http 500",
     )
     last = events[4]
-    assert last["node"] == "backup" and last["failed"] == [{"node": "primary", "reason": "http 500"}]
+    assert last["node"] == "backup" and [(a["node"], a["reason"]) for a in last["failed"]] == [("primary", "http 500")]
     assert last["attempts"] == 2 and last["status"] == 200 and last["stream"] is False
     assert {"id", "model", "ttfb_ms", "total_ms", "tokens_in", "tokens_out"} <= set(last)
 

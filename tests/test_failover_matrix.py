@@ -282,7 +282,9 @@ async def test_a_node_that_sends_only_keepalive_comments_fails_over_after_the_fi
     h = Harness(handler, config())
     got = await h.request({"model": "m", "stream": True})
     assert got.status == 200 and got.headers["x-llm-sidecar-node"] == "backup" and b"[DONE]" in got.body
-    assert h.last_event()["failed"] == [{"node": "primary", "reason": "no first token in 0.05s"}]
+    assert [(a["node"], a["reason"], a["kind"]) for a in h.last_event()["failed"]] == [
+        ("primary", "no first token in 0.05s", "timeout")
+    ]
     assert h.node("primary").health.counters[Source.PASSIVE].timeouts == 1
     h.assert_nothing_held()
 

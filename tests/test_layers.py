@@ -23,6 +23,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "sidecar.observe": set(),
     "sidecar.config": {"sidecar.formats"},
     "sidecar.nodes": {"sidecar.config", "sidecar.formats", "sidecar.observe"},
+    # The journal is a store fed rows: it knows the config and the shapes, not the nodes or the data path.
+    "sidecar.journal": {"sidecar.config", "sidecar.formats", "sidecar.observe"},
+    # Spend sits on the nodes (it sets the budget gate) and feeds the journal.
+    "sidecar.spend": {"sidecar.config", "sidecar.formats", "sidecar.observe", "sidecar.nodes", "sidecar.journal"},
     "sidecar.metrics": {"sidecar.nodes", "sidecar.config", "sidecar.formats", "sidecar.observe"},
     "sidecar.proxy": {
         "sidecar.nodes",
@@ -38,6 +42,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "sidecar.formats",
         "sidecar.observe",
         "sidecar.metrics",
+        "sidecar.journal",  # GET /v1/requests/{id} reads a request the event replay no longer holds
         "sidecar.listener.bind",  # StartupError: the control socket can stop a start too
     },
     "sidecar.fakes": {"sidecar.formats"},

@@ -25,13 +25,14 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Label
+from textual.widgets import Button, DataTable, Footer, Label
 
 from sidecar.control.client import AsyncControlClient, ControlError, NotRunning
-from sidecar.observe.shapes import StatusJSON
+from sidecar.observe.shapes import RequestJSON, StatusJSON
 from sidecar.observe.stats import WINDOW as STATS_WINDOW
 from sidecar.observe.stats import percentile
 
+from .detail import RequestScreen
 from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable, clean
 
 FLUSH_EVERY = 0.25
@@ -63,6 +64,11 @@ class ConnectionChanged(Message):
 @dataclass
 class StreamRefused(Message):
     reason: str
+
+
+@dataclass
+class DetailArrived(Message):
+    detail: RequestJSON
 
 
 class Seen:
@@ -260,6 +266,24 @@ class MonitorApp(App[None]):
         p95 = percentile(totals, 0.95) or 0.0
         names = [n["name"] for n in self.status["nodes"]] if self.status else []
         self.query_one(RatePlot).sample(per_node, p95, names)
+
+    @on(DataTable.RowSelected, "#traffic")
+    def request_chosen(self, message: DataTable.RowSelected) -> None:
+        """Enter on a traffic row: that request's detail, from the sidecar (its events, else its journal)."""
+        event = self.query_one(TrafficTable).event_of(str(message.row_key.value))
+        if event is not None and isinstance(event.get("id"), str):
+            self.fetch_detail(event["id"])
+
+    @work(group="detail", exclusive=True)
+    async def fetch_detail(self, rid: str) -> None:
+        try:
+            async with AsyncControlClient(self.socket, timeout=5.0) as client:
+                self.post_message(DetailArrived(await client.request_detail(rid)))
+        except (NotRunning, ControlError, OSError) as exc:
+            self.tell(f"request {rid}: {exc}", title="No detail", severity="warning")
+
+    def on_detail_arrived(self, message: DetailArrived) -> None:
+        self.push_screen(RequestScreen(message.detail))
 
     # ------------------------------------------------------------------ actions
 

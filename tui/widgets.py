@@ -26,7 +26,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Label, Sparkline
 
 from sidecar.observe.display import age, ms
-from sidecar.observe.shapes import NodeJSON, StatusJSON, TrafficJSON
+from sidecar.observe.shapes import NodeJSON, SpendJSON, StatusJSON, TrafficJSON
 from sidecar.observe.stats import WINDOW as STATS_WINDOW
 
 # C0/C1 controls and DEL (terminal escapes), line and paragraph separators, bidi overrides (they reorder
@@ -83,6 +83,10 @@ class HeaderBar(Widget):
             s = self.status["sidecar"]
             uptime = age(s["started_at"], s["started_at"] + s["uptime_s"])
             left.append(f" {clean(s['version'], 40)}  {clean(s['listen'])}  up {uptime}  ")
+            spend = self.status.get("spend")
+            if spend is not None:
+                left.append_text(spend_text(spend))
+                left.append("  ")
             left.append(clean(s["config_path"]), style="dim")
         else:
             left.append(f" {clean(self.socket)}", style="dim")
@@ -93,6 +97,21 @@ class HeaderBar(Widget):
         width = self.size.width or 80
         left = cut(left, max(width - right.cell_len - 1, 0))
         return Text.assemble(left, " " * max(width - left.cell_len - right.cell_len, 1), right, no_wrap=True, end="")
+
+
+def dollars(value: float) -> str:
+    return f"${value:,.2f}" if value >= 0.995 or value == 0 else f"${value:.4f}"
+
+
+def spend_text(spend: SpendJSON) -> Text:
+    """Spend today against the budget: `$1.24 of $20.00 today`, red once the budget is spent."""
+    today = dollars(spend["today_usd"])
+    if spend["over"] is not None:
+        return Text(f"{today} today: budget spent", style="bold red")
+    if spend["daily_usd"] is None:
+        return Text(f"{today} today", style="cyan")
+    share = spend["today_usd"] / spend["daily_usd"]
+    return Text(f"{today} of {dollars(spend['daily_usd'])} today", style="yellow" if share >= 0.8 else "cyan")
 
 
 GAP = 1  # blank cells after each column: the tables have no cell padding, so none is spent on both sides
@@ -278,6 +297,8 @@ def state_text(node: NodeJSON, now: float) -> Text:
     """The node's state, and each model that is out on it while the node is fine:
     `healthy · gpt-4o: rate limited 12s`."""
     text = plain(node["state"], style=STATE_STYLE.get(node["state"], ""))
+    if node.get("budget"):
+        text.append_text(plain(" · out: budget spent", style="bold red"))
     for m in node.get("models", ()):
         left = f" {max(0, round(m['until'] - now))}s" if m["until"] else ""
         text.append_text(plain(f" · {m['model']}: {m['state']}{left}", style="yellow", limit=48))
@@ -308,12 +329,29 @@ class TrafficTable(FittedTable):
     LIMIT = 200
 
     def on_mount(self) -> None:
+        # A row cursor for Enter (the request's detail) only while the table has the focus (tab): else the
+        # newest row stays at the top, unmarked.
         self.cursor_type = "none"
         self.rows_seen: deque[dict[str, Any]] = deque(maxlen=self.LIMIT)
 
+    def on_focus(self) -> None:
+        self.cursor_type = "row"
+
+    def on_blur(self) -> None:
+        self.cursor_type = "none"
+
     def add_events(self, events: list[dict[str, Any]]) -> None:
         self.rows_seen.extend(events)
-        self.fill([(None, traffic_cells(e)) for e in reversed(self.rows_seen)])
+        self.fill([(row_key(e), traffic_cells(e)) for e in reversed(self.rows_seen)])
+
+    def event_of(self, key: str) -> dict[str, Any] | None:
+        """The request a row shows."""
+        return next((e for e in self.rows_seen if row_key(e) == key), None)
+
+
+def row_key(e: dict[str, Any]) -> str:
+    """A traffic row's key: the event's place in the sidecar's sequence (ids may repeat: a client's own)."""
+    return f"{e.get('seq')}:{e.get('id')}"
 
 
 def traffic_cells(e: dict[str, Any]) -> dict[str, Text]:

@@ -26,7 +26,7 @@ import httpx
 from sidecar.config.discovery import control_socket_path, discover
 from sidecar.config.load import read_text
 from sidecar.config.problems import MAX_ERRORS, ConfigError, ConfigProblem, one_line
-from sidecar.observe.shapes import FailoverJSON, ListenerJSON, ManualJSON, ReloadJSON, StatusJSON
+from sidecar.observe.shapes import FailoverJSON, ListenerJSON, ManualJSON, ReloadJSON, RequestJSON, StatusJSON
 
 T = TypeVar("T")
 
@@ -306,6 +306,10 @@ class AsyncControlClient:
 
     async def reload(self) -> ReloadJSON:
         return await self.request("POST", "/v1/reload", ReloadJSON)
+
+    async def request_detail(self, rid: str) -> RequestJSON:
+        """One finished request in detail (its attempts, waits, reasons, timings, tokens, cost)."""
+        return await self.request("GET", f"/v1/requests/{quote(rid, safe='')}", RequestJSON)
 
     async def events(self, replay: bool = True, stop: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
         """The event stream (replayed history first), until `stop` is set or the sidecar goes."""

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from aiohttp.typedefs import Handler
 
 from sidecar import metrics
 from sidecar.config.problems import ConfigError, one_line
+from sidecar.journal import reader
+from sidecar.journal.paths import journal_path
 from sidecar.nodes.node import NodeState
 from sidecar.nodes.runtime import Runtime
 from sidecar.nodes.upstream import Upstream
@@ -99,6 +102,7 @@ class ControlServer:
         app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/events", self.events)
+        app.router.add_get("/v1/requests/{id}", self.request_detail)
         app.router.add_post("/v1/nodes/{name}/down", self.node_down)
         app.router.add_post("/v1/nodes/{name}/auto", self.node_auto)
         app.router.add_post("/v1/failover", self.failover)
@@ -127,6 +131,22 @@ class ControlServer:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(api.status(self.runtime))
+
+    async def request_detail(self, request: web.Request) -> web.Response:
+        """One finished request: from the events the sidecar still holds, else from the journal's file."""
+        rid = request.match_info["id"]
+        for event in reversed(self.runtime.events.recent):
+            if event.get("type") == "request" and event.get("id") == rid:
+                return web.json_response(reader.detail(event, "recent"))
+        journal = self.runtime.config.journal
+        found = None
+        if journal.enabled:
+            with contextlib.suppress(reader.NoJournal, sqlite3.Error):
+                found = await asyncio.to_thread(reader.lookup, journal_path(journal), rid)
+        if found is None:
+            where = "the recent events or the journal" if journal.enabled else "the recent events (the journal is off)"
+            return _error(404, f"no request {one_line(rid[:128])!r} in {where}", "not_found")
+        return web.json_response(found)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus metrics, the same as the proxy listener's metrics_path (which may be off); no key."""

@@ -23,7 +23,7 @@ def _wall(monotonic_at: float | None) -> float | None:
     return round(time.time() - (time.monotonic() - monotonic_at), 3)
 
 
-def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> NodeJSON:
+def node_status(node: NodeState, serving: bool, now: float, uptime: float, budget: str | None = None) -> NodeJSON:
     health = node.health
     cfg = node.config
     return {
@@ -60,6 +60,7 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
             }
             for model, state in node.models.out(now)
         ],
+        "budget": budget,
     }
 
 
@@ -68,7 +69,13 @@ def status(runtime: Runtime) -> StatusJSON:
     serving = upstream.serving()
     now = upstream.clock()
     config = runtime.config
-    return {
+    wall = time.time()
+
+    def budget(name: str) -> str | None:
+        out = runtime.budgets.node_out(name, wall)
+        return None if out is None else out.message(wall)
+
+    answer: StatusJSON = {
         "sidecar": {
             "version": runtime.version,
             "pid": runtime.pid,
@@ -80,8 +87,14 @@ def status(runtime: Runtime) -> StatusJSON:
             "control_socket": runtime.control_socket,
         },
         "serving": serving.name if serving else None,
-        "nodes": [node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime) for n in upstream.nodes],
+        "nodes": [
+            node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime, budget(n.name))
+            for n in upstream.nodes
+        ],
     }
+    if runtime.recorder is not None:
+        answer["spend"] = runtime.recorder.spend()
+    return answer
 
 
 def manual_answer(runtime: Runtime, node: NodeState) -> ManualJSON:

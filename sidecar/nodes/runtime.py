@@ -14,7 +14,9 @@ from sidecar.config.load import load, read_text
 from sidecar.config.problems import ConfigError
 from sidecar.config.schema import Config
 from sidecar.observe.events import EventHub
+from sidecar.observe.record import Desk, Recorder
 
+from .budget import Budgets
 from .transport import AiohttpTransport, Transport
 from .upstream import Upstream
 from .watchdog import SendWatch
@@ -48,7 +50,12 @@ class Runtime:
         self.send_watch = SendWatch()
         self.transport = transport
         self.clock = clock
-        self.upstream = Upstream(config, self.events, transport(config, self.send_watch), clock=clock)
+        self.budgets = Budgets()  # nodes out for budget, the sidecar's spent budget (set by spend/recorder.py)
+        self.desk = Desk()  # a request's bodies on their way to the journal, when it keeps them
+        self.recorder: Recorder | None = None  # spend and the journal's drops, once the process records them
+        self.upstream = Upstream(
+            config, self.events, transport(config, self.send_watch), clock=clock, budgets=self.budgets
+        )
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self.config_loaded_at = self.started
@@ -86,7 +93,7 @@ class Runtime:
         """Switch to a new generation; the old one closes when its last request ends."""
         old = self.upstream
         transport = self.transport(config, self.send_watch)
-        new = Upstream(config, self.events, transport, old.nodes, self.clock, old.pins, old.held)
+        new = Upstream(config, self.events, transport, old.nodes, self.clock, old.pins, old.held, self.budgets)
         self.upstream = new
         self.config = config
         self.config_loaded_at = time.time()

@@ -18,6 +18,7 @@ from sidecar.observe.events import EventHub
 from .affinity import Pins
 from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
+from .budget import Budgets
 from .health import MIN_RETRY_AFTER, Failure, Health, Source, State, Transition
 from .held import Budget
 from .node import NodeState, auth_headers
@@ -44,8 +45,10 @@ class Upstream:
         clock: Callable[[], float] = time.monotonic,
         pins: Pins | None = None,
         held: Budget | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.config = config
+        self.budgets = budgets if budgets is not None else Budgets()  # nodes out for budget (budget.py)
         # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
         self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
         self.held.limit = config.upstream.max_held_bytes
@@ -95,6 +98,8 @@ class Upstream:
         await self.transport.aclose()
 
     def choose(self, tried: set[int], prefer: int | None = None) -> Choice | None:
+        if self.budgets.nodes:  # a node out for budget is never chosen, in panic mode neither
+            tried = tried | self.budgets.excluded(self.index, time.time())
         return self.balancer.choose(tried, self.clock(), prefer)
 
     def not_serving(self, model: str) -> frozenset[int]:
@@ -111,6 +116,8 @@ class Upstream:
         """The same node for a retry the plan decided on, unless it is out by now (ejected, unhealthy,
         drained). A Retry-After it gave was already waited out by this request."""
         health = self.nodes[index].health
+        if self.budgets.nodes and self.budgets.node_out(self.nodes[index].name, time.time()):
+            return None
         return self.balancer.plain[index] if health.healthy and not health.manual_down else None
 
     def attempt(self, choice: Choice, model: str | None = None) -> Attempt:
@@ -118,7 +125,10 @@ class Upstream:
 
     def serving(self, api: Api | None = None) -> NodeState | None:
         """The node new requests go to now: of any format, or of `api`'s (a mixed config serves one of each)."""
-        index = self.balancer.serving(self.clock(), self.other_api[api] if api is not None else frozenset())
+        excluded = self.other_api[api] if api is not None else frozenset()
+        if self.budgets.nodes:
+            excluded = excluded | self.budgets.excluded(self.index, time.time())
+        index = self.balancer.serving(self.clock(), excluded)
         return None if index is None else self.nodes[index]
 
     def record(

@@ -84,6 +84,8 @@ class NodeJSON(TypedDict):
     passive: PassiveJSON
     traffic: TrafficJSON
     models: list[ModelStateJSON]
+    # While the node is out for budget: which budget, what was spent, when it resets (newer sidecars).
+    budget: NotRequired[str | None]
 
 
 class SidecarJSON(TypedDict):
@@ -101,6 +103,7 @@ class StatusJSON(TypedDict):
     sidecar: SidecarJSON
     serving: str | None
     nodes: list[NodeJSON]
+    spend: NotRequired[SpendJSON]  # newer sidecars
 
 
 class ListenerJSON(TypedDict):
@@ -139,6 +142,87 @@ class ReloadJSON(TypedDict):
 class EventJSON(TypedDict, total=False):
     """Every event has `type`, `seq` and `time`; the rest depends on the type (see docs/control-api.md)."""
 
-    type: Literal["request", "health", "manual", "config", "missed"]
+    type: Literal["request", "health", "manual", "config", "budget", "missed"]
     seq: int
     time: float
+
+
+class NodeSpendJSON(TypedDict):
+    """One node's spend: today and this month (local calendar), its budget, and why it is out if it is."""
+
+    node: str
+    today_usd: float
+    month_usd: float
+    daily_usd: float | None
+    monthly_usd: float | None
+    over: str | None  # the spent budget in words, while the node is out for it
+    until: float | None  # when that budget resets (Unix time)
+
+
+class ModelSpendJSON(TypedDict):
+    node: str
+    model: str | None  # as sent to the node
+    today_usd: float
+    requests: int  # priced requests today
+
+
+class SpendJSON(TypedDict):
+    """What was spent (docs/journal.md): today and this month, by node and by (node, model) today."""
+
+    day: str  # the local date, YYYY-MM-DD
+    today_usd: float
+    month_usd: float
+    daily_usd: float | None  # the whole sidecar's budget ([budget])
+    monthly_usd: float | None
+    day_ends_at: float
+    month_ends_at: float
+    over: str | None  # the sidecar's spent budget in words, while new requests get 429
+    unpriced_today: int  # answered requests with token counts that no price applied to
+    prices_as_of: str  # the date of the shipped price table
+    nodes: list[NodeSpendJSON]
+    models: list[ModelSpendJSON]
+
+
+class StepJSON(TypedDict):
+    """One attempt of a request, as the journal and GET /v1/requests/{id} show it."""
+
+    node: str
+    kind: str  # first | retry (the same node again) | failover (another node) | continuation
+    outcome: str  # failed | answered
+    reason: str | None  # what the attempt met (failed), what broke the stream (a continuation)
+    fault: str | None  # http | tcp | timeout, for a failure that counts against the node
+    wait_ms: float | None  # waited after it, before the next attempt
+    ms: float | None  # the attempt's own time (the answering one: the rest of the request)
+
+
+class RequestJSON(TypedDict):
+    """One finished request in detail: GET /v1/requests/{id} (docs/control-api.md), `llm-sidecar log show`."""
+
+    id: str
+    client_id: str | None
+    time: float  # when it ended
+    method: str
+    path: str
+    api: str
+    api_upstream: str | None
+    model: str | None
+    model_served: str | None
+    node: str | None
+    status: int
+    stream: bool
+    attempts: int
+    failovers: int
+    ttfb_ms: float | None
+    ttft_ms: float | None
+    total_ms: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    tokens_cached: int | None
+    tokens_cache_write: int | None
+    tokens_reasoning: int | None
+    cost_usd: float | None
+    error: str | None
+    steps: list[StepJSON]
+    marks: dict[str, object]  # what later features mark a request with (hedged, moved, ...)
+    bodies: bool  # the journal holds its bodies (`llm-sidecar log show`, `replay`)
+    source: Literal["recent", "journal"]  # the sidecar's memory of its last events, or the journal's file

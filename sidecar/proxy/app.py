@@ -25,8 +25,10 @@ from sidecar import metrics
 from sidecar.formats.dialect import VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
 from sidecar.nodes.runtime import Runtime
+from sidecar.nodes.upstream import Upstream
 
 from . import models as catalog
+from .capture import Capture
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
 from .interrupt import Interrupt, Reason
@@ -231,6 +233,7 @@ class ProxyApp:
                 declared = int(value)
             elif name == b"connection":
                 connection.append(value)
+        client_id = rid
         rid = rid or self.next_id()
         if anthropic_client:
             api = api_of(path, anthropic_client)
@@ -274,16 +277,24 @@ class ProxyApp:
             stream=STREAM_RE.search(body) is not None and streams(body),
             started=time.monotonic(),
             api=api,
+            client_id=client_id,
         )
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
         upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
+        limit = self.runtime.desk.limit
+        capture = None if not limit else Capture(interrupt.send, limit, body, scope["headers"])
         try:
+            budgets = self.runtime.budgets
+            if (budgets.sidecar is not None or budgets.nodes) and await refuse_over_budget(
+                upstream, ex, capture or send
+            ):
+                return
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
+            await forward(upstream, scope, capture or interrupt.send, body, ex, headers, self.url, interrupt.task)
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle
@@ -304,7 +315,7 @@ class ProxyApp:
             self.runtime.release(upstream)
             interrupt.close()
             self.inflight.discard(interrupt)
-            self.finish(ex)
+            self.finish(ex, capture)
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         """The request carries the sidecar's own key (bearer or x-api-key), or none is set."""
@@ -357,7 +368,32 @@ class ProxyApp:
         }
         await send_json(send, status, json.dumps(payload).encode())
 
-    def finish(self, ex: Exchange) -> None:
-        record = self.runtime.events.emit(ex.record(time.monotonic()))
+    def finish(self, ex: Exchange, capture: Capture | None = None) -> None:
+        record = ex.record(time.monotonic())
+        if capture is None:
+            self.runtime.events.emit(record)
+        else:  # the recorder, observing the event, takes the bodies from the desk (observe/record.py)
+            desk = self.runtime.desk
+            desk.hand(record, capture.bodies)
+            try:
+                self.runtime.events.emit(record)
+            finally:
+                desk.clear()
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
+
+
+async def refuse_over_budget(upstream: Upstream, ex: Exchange, send: Send) -> bool:
+    """429 in the client's format when the sidecar's budget is spent, or every node of the request's format
+    is out for its own; True when it answered."""
+    now = time.time()
+    out = upstream.budgets.refusal([n.name for n in upstream.nodes if n.config.api == ex.api], now)
+    if out is None:
+        return False
+    ex.status, ex.error = 429, out.message(now)
+    headers = [
+        (b"x-request-id", ex.rid.encode("latin-1")),
+        (b"retry-after", str(max(1, int(out.until - now))).encode()),
+    ]
+    await send_error(send, 429, f"llm-sidecar: {ex.error}", "insufficient_quota", "budget_exceeded", headers, ex.api)
+    return True

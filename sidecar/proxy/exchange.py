@@ -19,6 +19,8 @@ PROMPT_TOKENS_RE = re.compile(rb'"prompt_tokens"\s*:\s*' + COUNT)
 COMPLETION_TOKENS_RE = re.compile(rb'"completion_tokens"\s*:\s*' + COUNT)
 # OpenAI's usage.prompt_tokens_details.cached_tokens, DeepSeek's prompt_cache_hit_tokens, Anthropic's.
 CACHED_TOKENS_RE = re.compile(rb'"(?:cached_tokens|prompt_cache_hit_tokens|cache_read_input_tokens)"\s*:\s*' + COUNT)
+# OpenAI's usage.completion_tokens_details.reasoning_tokens (part of completion_tokens): for the journal.
+REASONING_TOKENS_RE = re.compile(rb'"reasoning_tokens"\s*:\s*' + COUNT)
 
 
 class BadBody(Exception):
@@ -45,6 +47,9 @@ class Exchange:
     tokens_in: int | None = None
     tokens_out: int | None = None
     tokens_cached: int | None = None  # prompt tokens the provider served from its cache
+    tokens_cache_write: int | None = None  # prompt tokens written to its cache (Anthropic's cache creation)
+    tokens_reasoning: int | None = None  # completion tokens spent thinking (OpenAI's reasoning_tokens)
+    client_id: str | None = None  # the client's X-Request-Id, when it sent one (then also `rid`)
     error: str | None = None
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
 
@@ -57,6 +62,7 @@ class Exchange:
         return {
             "type": "request",
             "id": self.rid,
+            "client_id": self.client_id,
             "method": self.method,
             "path": self.path,
             "api": self.api,
@@ -73,6 +79,8 @@ class Exchange:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "tokens_cached": self.tokens_cached,
+            "tokens_cache_write": self.tokens_cache_write,
+            "tokens_reasoning": self.tokens_reasoning,
             "error": self.error,
         }
 
@@ -97,6 +105,9 @@ def count_usage(ex: Exchange, usage: dict[str, Any]) -> None:
     cached = details.get("cached_tokens") if isinstance(details, dict) else usage.get("prompt_cache_hit_tokens")
     if (cached := count_of(cached)) is not None:
         ex.tokens_cached = cached
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict) and (reasoning := count_of(details.get("reasoning_tokens"))) is not None:
+        ex.tokens_reasoning = reasoning
 
 
 def count_body(ex: Exchange, body: bytes) -> None:
@@ -112,6 +123,7 @@ def count_anthropic(ex: Exchange, data: bytes, whole: bool) -> None:
     usage = ex.usage = ex.usage or AnthropicUsage()
     if usage.read_body(data) if whole else usage.feed(data):
         ex.tokens_in, ex.tokens_out, ex.tokens_cached = usage.prompt, usage.output, usage.cache_read
+        ex.tokens_cache_write = usage.cache_write
 
 
 def count_tokens(ex: Exchange, data: bytes) -> None:
@@ -130,6 +142,9 @@ def count_tokens(ex: Exchange, data: bytes) -> None:
     cached = CACHED_TOKENS_RE.search(data, start)
     if cached:
         ex.tokens_cached = int(cached.group(1))
+    reasoning = REASONING_TOKENS_RE.search(data, start)
+    if reasoning:
+        ex.tokens_reasoning = int(reasoning.group(1))
 
 
 def is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -187,7 +187,8 @@ async def forward(
         except BadBody as exc:
             await bad_body(send, ex, exc)
             return
-        plan.start(choice.index, upstream.clock())
+        began = upstream.clock()
+        plan.start(choice.index, began)
         try:
             with upstream.attempt(choice, route.model) as attempt:
                 ready = await trip.first(attempt, request)
@@ -209,7 +210,8 @@ async def forward(
                     "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
                 )  # fmt: skip
                 return
-            ex.attempts.append({"node": node.name, "reason": exc.reason})
+            ms = round((upstream.clock() - began) * 1000, 1)  # the attempt's own time, for the journal
+            ex.attempts.append({"node": node.name, "reason": exc.reason, "kind": exc.kind, "ms": ms})
             if exc.kind is None and exc.status and refusal is None:
                 refusal = exc
             last = exc

@@ -1,0 +1,92 @@
+"""The journal's tables, and how a `request` event becomes a row. Pure.
+
+One row per finished request. The columns are what `log`, `log stats` and budgets query; what a request met
+on the way (its failed attempts, continuations, and the marks later features add: hedged, moved, probe,
+translated, request-caused) is kept as the event has it, as JSON in `detail`, NULL for a request answered at
+its first attempt, so a new kind of mark needs no new column. `api_upstream` is the format sent upstream
+(the client's own until the sidecar translates). Bodies, when kept, are in their own table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+VERSION = 1  # PRAGMA user_version of a journal this code writes
+
+COLUMNS = (
+    "time", "id", "client_id", "sidecar", "method", "path", "api", "api_upstream", "model", "model_served",
+    "node", "status", "stream", "attempts", "failovers", "ttfb_ms", "ttft_ms", "total_ms", "tokens_in",
+    "tokens_out", "tokens_cached", "tokens_cache_write", "tokens_reasoning", "cost_usd", "error", "detail",
+)  # fmt: skip
+
+DDL = (
+    """CREATE TABLE IF NOT EXISTS requests (
+        time REAL NOT NULL,          -- Unix time the request ended
+        id TEXT NOT NULL,            -- the request id (the client's X-Request-Id when it sent one)
+        client_id TEXT,              -- the client's X-Request-Id, NULL when the sidecar made the id
+        sidecar TEXT,                -- the listen address of the sidecar that wrote the row
+        method TEXT, path TEXT,
+        api TEXT,                    -- the client's format: openai | anthropic
+        api_upstream TEXT,           -- the format sent upstream
+        model TEXT,                  -- as the client asked
+        model_served TEXT,           -- as sent to the node that answered
+        node TEXT,                   -- the node that answered, NULL when none did
+        status INTEGER, stream INTEGER,
+        attempts INTEGER,            -- attempts on nodes, continuations included
+        failovers INTEGER,           -- moves from one node to another
+        ttfb_ms REAL, ttft_ms REAL, total_ms REAL,
+        tokens_in INTEGER, tokens_out INTEGER, tokens_cached INTEGER, tokens_cache_write INTEGER,
+        tokens_reasoning INTEGER,
+        cost_usd REAL,               -- NULL: no price applied, or no token counts
+        error TEXT,
+        detail TEXT                  -- JSON: {"failed": [...], "continued": [...], "marks": {...}}
+    )""",
+    "CREATE INDEX IF NOT EXISTS requests_time ON requests (time)",
+    """CREATE TABLE IF NOT EXISTS bodies (
+        request INTEGER PRIMARY KEY, -- requests.rowid
+        request_body BLOB,           -- zlib, node keys and the sidecar's key redacted
+        response_body BLOB,
+        request_size INTEGER,        -- bytes before the cap
+        response_size INTEGER,
+        cut INTEGER,                 -- 1 when either was longer than [journal] max_body_bytes
+        headers TEXT                 -- JSON: content-type, anthropic-version, anthropic-beta, content-encoding
+    )""",
+)
+
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def failovers(failed: list[dict[str, Any]], node: str | None) -> int:
+    """Moves from one node to another: between failed attempts, and to the node that answered."""
+    moves = 0
+    previous = None
+    for attempt in failed:
+        if str(attempt.get("reason", "")).startswith("continuation: "):
+            continue
+        current = attempt.get("node")
+        if previous is not None and current != previous:
+            moves += 1
+        previous = current
+    if previous is not None and node is not None and node != previous:
+        moves += 1
+    return moves
+
+
+def row_of(e: dict[str, Any], sidecar: str) -> tuple[Any, ...]:
+    """The row of one `request` event (called per request, in the writer thread: kept to lookups)."""
+    failed = e["failed"]
+    continued = e.get("continued")
+    marks = e.get("marks")
+    detail = None
+    moves = 0
+    if failed or continued or marks:
+        detail = json.dumps({"failed": failed, "continued": continued or [], "marks": marks or {}})
+        moves = failovers(failed, (continued[0]["from"] if continued else e["node"]))
+    api = e["api"]
+    return (
+        e["time"], e["id"], e.get("client_id"), sidecar, e["method"], e["path"], api, e.get("api_upstream", api),
+        e["model"], e.get("model_served"), e["node"], e["status"], e["stream"], e["attempts"], moves,
+        e["ttfb_ms"], e["ttft_ms"], e["total_ms"], e["tokens_in"], e["tokens_out"], e["tokens_cached"],
+        e.get("tokens_cache_write"), e.get("tokens_reasoning"), e.get("cost_usd"), e["error"], detail,
+    )  # fmt: skip
