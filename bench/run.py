@@ -11,7 +11,9 @@ Paths are measured alternately, round by round, so their ratios hold on a noisy 
 (sidecar, floor, nginx, a peer) are pinned to CPU 0, the upstream and the load generator to CPU 1 (when
 taskset exists). Load comes from wrk (a Lua POST script) when installed (`apt-get install wrk nginx`), else
 from a built-in aiohttp generator. The sidecar runs with every feature on: active and passive checks,
-access log at INFO. A last check runs the sidecar at c=16 and c=256 alternately (5 rounds), so the
+access log at INFO, the journal (its file in the run's temporary directory). Two more sidecars, the journal
+off and the journal keeping bodies, are measured in the same rounds at c=1 and c=16, with the CPU each spends
+per request, so the journal's cost is read within one run. A last check runs the sidecar at c=16 and c=256 alternately (5 rounds), so the
 no-collapse ratio does not drift with the machine between points. Results go to bench/results/<time>.json
 and a table on stdout.
 """
@@ -107,11 +109,22 @@ class Procs:
                     proc.kill()
 
 
-def sidecar_config(upstream: int, port: int, sock: Path) -> str:
+JOURNALS = {  # the [journal] of each sidecar path: on as shipped, off, and keeping bodies
+    "sidecar": "",
+    "no-journal": "enabled = false",
+    "bodies": "bodies = true",
+}
+
+
+def sidecar_config(upstream: int, port: int, sock: Path, journal: str = "") -> str:
+    """A sidecar with every feature on; its journal beside its control socket (never the user's)."""
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
 control_socket = "{sock}"
+[journal]
+path = "{sock.with_suffix(".journal.db")}"
+{journal}
 [upstream]
 retries = 1
 [[upstream.nodes]]
@@ -307,6 +320,12 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (its threads included: the journal's writer too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds, for the test suite")
@@ -342,43 +361,57 @@ def main() -> None:
         up_port, slow_port, car_port, ngx_port = free_port(), free_port(), free_port(), free_port()
         procs.start([sys.executable, str(HERE / "upstream.py"), str(up_port)], cpu=1)
         procs.start([sys.executable, str(HERE / "upstream.py"), str(slow_port), "0.5"], cpu=1)
-        config = tmp / "sidecar.toml"
-        config.write_text(sidecar_config(up_port, car_port, tmp / "ctl.sock"))
-        log = open(tmp / "sidecar.log", "wb")  # noqa: SIM115 - closed with the process
-        car = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level", "info"], cpu=0,
-                          env=env, stderr=log, cwd=ROOT)  # fmt: skip
+        # The sidecar as shipped (journal on), and the same with the journal off and keeping bodies: measured
+        # in the same rounds at c=1 and c=16, so the journal's cost is read within one run.
+        pids: dict[str, int] = {}
+        ports = {"sidecar": car_port, "no-journal": free_port(), "bodies": free_port()}
+        for name, port in ports.items():
+            config = tmp / f"{name}.toml"
+            config.write_text(sidecar_config(up_port, port, tmp / f"{name}.sock", JOURNALS[name]))
+            log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+            pids[name] = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level",
+                                      "info"], cpu=0, env=env, stderr=log, cwd=ROOT).pid  # fmt: skip
+        car_pid = pids["sidecar"]
         floor_port = free_port()
         procs.start([sys.executable, str(HERE / "floor.py"), str(floor_port), str(up_port)], cpu=0)
         paths = {"direct": up_port, "sidecar": car_port, "floor": floor_port}
+        journal_paths = {"no-journal": ports["no-journal"], "bodies": ports["bodies"]}
         if use_nginx:
             (tmp / "nginx.conf").write_text(nginx_config(up_port, ngx_port, tmp))
             procs.start(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], cpu=0)
             paths["nginx"] = ngx_port
         if "litellm" in args.peer:
             paths["litellm"] = start_litellm(procs, up_port, tmp)
-        for port in [up_port, slow_port, *paths.values()]:
+        for port in [up_port, slow_port, *paths.values(), *journal_paths.values()]:
             wait_port(port)
         time.sleep(0.5)
-        results["idle_rss_mb"] = rss_mb(car.pid)
+        results["idle_rss_mb"] = rss_mb(car_pid)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT % BODY)
 
-        def measure(port: int, c: int, stream: bool = False) -> dict[str, float]:
+        def measure(port: int, c: int, stream: bool = False, pid: int | None = None) -> dict[str, float]:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            cpu = cpu_seconds(pid) if pid is not None else 0.0
             if use_wrk and not stream:
-                return wrk(url, c, seconds, script)
-            return asyncio.run(py_load(url, c, seconds, STREAM_BODY if stream else BODY, stream))
+                result = wrk(url, c, seconds, script)
+            else:
+                result = asyncio.run(py_load(url, c, seconds, STREAM_BODY if stream else BODY, stream))
+            if pid is not None:  # CPU per request: far less sensitive to other load on the machine than req/s
+                served = result["rps"] * (max(1, round(seconds)) if use_wrk and not stream else seconds)
+                result["cpu_us"] = (cpu_seconds(pid) - cpu) / max(served, 1) * 1e6
+            return result
 
-        for port in paths.values():  # warm up connections and caches
+        for port in [*paths.values(), *journal_paths.values()]:  # warm up connections and caches
             measure(port, 4)
         points = [(f"c={c}", c, False) for c in levels] + [
             (f"stream c={c}", c, True) for c in ([1] if args.quick else [1, 64])
         ]
         for label, c, stream in points:
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+            here = {**paths, **journal_paths} if label in JOURNAL_POINTS else paths
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in here}
             for _ in range(rounds):
-                for name, port in paths.items():
-                    runs[name].append(measure(port, c, stream))
+                for name, port in here.items():
+                    runs[name].append(measure(port, c, stream, pids.get(name)))
             results["points"][label] = {name: median_of(r) for name, r in runs.items()}
             print(f"  measured {label}", file=sys.stderr)
         if not args.quick:
@@ -436,6 +469,7 @@ def render(results: dict[str, Any]) -> str:
             f"({100 * high['rps'] / low['rps']:.0f}%), p99 {low['p99_ms']:.1f} / {high['p99_ms']:.1f} ms, "
             f"errors {low['errors'] + high['errors']:.0f}"
         )
+    lines += journal_lines(results["points"])
     lines.append("")
     lines.append(
         "| point | path | req/s | p50 ms | p99 ms | errors | +p50 vs direct | % of direct | % of floor | % of nginx "
@@ -454,6 +488,27 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {label} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']:.0f} | "
                          f"{added} | {of_direct} | {of_floor} | {of_nginx} | {first} |")  # fmt: skip
     return "\n".join(lines)
+
+
+JOURNAL_POINTS = ("c=1", "c=16")
+
+
+def journal_lines(points: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The journal's cost: the sidecar as shipped (journal on) against it off, and with bodies kept."""
+    low, high = points.get("c=1", {}), points.get("c=16", {})
+    if "no-journal" not in high or "no-journal" not in low:
+        return []
+    lines = []
+    off16, off1 = high["no-journal"], low["no-journal"]
+    for name, what in (("sidecar", "journal on (default)"), ("bodies", "journal with bodies = true")):
+        on16, on1 = high[name], low[name]
+        lines.append(
+            f"{what} vs off: c=16 {on16['rps']:.0f} vs {off16['rps']:.0f} req/s "
+            f"({100 * (on16['rps'] - off16['rps']) / off16['rps']:+.1f}%), CPU {on16['cpu_us']:.0f} vs "
+            f"{off16['cpu_us']:.0f} us/request; c=1 p50 {on1['p50_ms']:.3f} vs {off1['p50_ms']:.3f} ms "
+            f"({on1['p50_ms'] - off1['p50_ms']:+.3f} ms)"
+        )
+    return lines
 
 
 if __name__ == "__main__":

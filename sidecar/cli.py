@@ -103,8 +103,14 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 def check(config_path: str | None) -> None:
     """Validate a config and print the resolved plan (never the keys)."""
     from sidecar.config.plan import render
+    from sidecar.spend import plan
 
-    click.echo(render(load_config(config_path)))
+    config = load_config(config_path)
+    click.echo(render(config))
+    spend, warnings = plan.render(config)
+    click.echo(spend)
+    for warning in warnings:
+        click.echo(f"llm-sidecar: warning: {one_line(warning)}", err=True)
     click.echo("ok")
 
 

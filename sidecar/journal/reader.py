@@ -18,7 +18,7 @@ from sidecar.observe.shapes import RequestJSON, StepJSON
 from sidecar.observe.stats import percentile
 
 from .bodies import readable, unpack
-from .schema import COLUMNS
+from .schema import COLUMNS, rowid_at
 
 CONTINUATION = "continuation: "
 
@@ -191,9 +191,12 @@ class Filter:
     since: float | None = None
     until: float | None = None
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self, db: sqlite3.Connection) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
+        if self.since is not None:  # rows are in time order (schema.rowid_at): skip the older ones whole
+            clauses.append("rowid >= ?")
+            params.append(rowid_at(db, self.since))
         if self.node is not None:
             clauses.append("node = ?")
             params.append(self.node)
@@ -220,7 +223,7 @@ class Filter:
 
 def recent(db: sqlite3.Connection, where: Filter, limit: int, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
     """The last `limit` matching requests (rowid above `after`), oldest first."""
-    sql, params = where.where()
+    sql, params = where.where(db)
     sql = (sql + " AND" if sql else " WHERE") + " rowid > ?"
     rows = db.execute(
         f"SELECT rowid, * FROM requests{sql} ORDER BY rowid DESC LIMIT ?", [*params, after, limit]
@@ -248,7 +251,7 @@ class Group:
 def stats(db: sqlite3.Connection, where: Filter) -> list[Group]:
     """Per node and model (as served): requests, errors, requests that failed over, TTFT percentiles (a
     stream's first token; the first byte for the rest), tokens and cost."""
-    sql, params = where.where()
+    sql, params = where.where(db)
     groups: dict[tuple[str, str], Group] = {}
     rows: Iterable[sqlite3.Row] = db.execute(
         "SELECT coalesce(node, '-') AS n, coalesce(model_served, model, '-') AS m, count(*) AS requests, "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .bodies import Packed
-from .schema import DDL, INSERT, VERSION
+from .schema import DDL, INSERT, SLACK, VERSION, rowid_at
 
 BUSY_MS = 1000  # how long a write waits for another process's transaction (two sidecars on one file)
 PRUNE_CHUNK = 5000  # rows deleted per transaction, so another writer never waits long
@@ -199,10 +199,12 @@ class Store:
         assert db is not None
         deleted = 0
         with named_trouble():
+            bound = rowid_at(db, older_than + SLACK)  # about the first row not older: later ones are pruned later
             while True:
                 cur = db.execute(
-                    "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE time < ? LIMIT ?)",
-                    (older_than, PRUNE_CHUNK),
+                    "DELETE FROM requests WHERE rowid IN "
+                    "(SELECT rowid FROM requests WHERE rowid < ? AND time < ? ORDER BY rowid LIMIT ?)",
+                    (bound, older_than, PRUNE_CHUNK),
                 )
                 deleted += cur.rowcount
                 if cur.rowcount < PRUNE_CHUNK:
@@ -239,8 +241,8 @@ class Store:
         with named_trouble():
             rows = db.execute(
                 "SELECT node, model_served, time >= ?, sum(cost_usd) FROM requests "
-                "WHERE time >= ? AND sidecar = ? AND cost_usd IS NOT NULL AND node IS NOT NULL "
+                "WHERE rowid >= ? AND time >= ? AND sidecar = ? AND cost_usd IS NOT NULL AND node IS NOT NULL "
                 "GROUP BY node, model_served, time >= ?",
-                (day_start, month_start, sidecar, day_start),
+                (day_start, rowid_at(db, month_start), month_start, sidecar, day_start),
             ).fetchall()
         return [(node, model, float(cost), bool(today)) for node, model, today, cost in rows]
