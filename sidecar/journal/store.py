@@ -50,7 +50,7 @@ WORDS = {
     "locked": "the database is locked by another process",
     "read_only": "the file or its directory is read-only",
     "cannot_open": "the file cannot be opened (a missing or read-only directory?)",
-    "io_error": "an I/O error",
+    "io_error": "an I/O error (a full disk, a file size limit, a failing device)",
     "error": "an unexpected error",
 }
 
@@ -91,16 +91,19 @@ class Store:
 
     # ------------------------------------------------------------------ opening
 
-    def open(self) -> None:
-        """Open (creating the file and its directory); a corrupt file is moved aside once and a new one made."""
+    def open(self) -> Path | None:
+        """Open (creating the file and its directory); a corrupt file is moved aside once and a new one made:
+        where it went, then."""
         try:
             self._open()
         except Trouble as exc:
             if exc.kind != "corrupt":
                 raise
             self.close()
-            self.move_aside()
+            aside = self.move_aside()
             self._open()
+            return aside
+        return None
 
     def _open(self) -> None:
         with named_trouble():
@@ -226,7 +229,7 @@ class Store:
             if deleted:
                 db.execute("DELETE FROM bodies WHERE request < (SELECT coalesce(min(rowid), 0) FROM requests)")
                 db.execute("DELETE FROM bodies WHERE request NOT IN (SELECT rowid FROM requests)")
-                db.execute("PRAGMA incremental_vacuum")
+                db.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page: it steps once
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 

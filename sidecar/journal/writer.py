@@ -69,9 +69,14 @@ class Journal:
     def open(self) -> None:
         """Open the file now, in the caller's thread (so spend can be read back before the first request)."""
         try:
-            self.store.open()
+            self.open_store()
         except Trouble as exc:
             self.begin(exc)
+
+    def open_store(self) -> None:
+        aside = self.store.open()
+        if aside is not None:
+            log.warning("journal %s: %s; moved it to %s, a new one is started", self.path, WORDS["corrupt"], aside)
 
     def start(self) -> None:
         """From now on the store is the writer thread's."""
@@ -129,8 +134,8 @@ class Journal:
         return batch
 
     def flush(self) -> None:
-        """Write everything queued, a batch at a time; on trouble keep the batch and stop until next time."""
-        while True:
+        """Write what is queued, a batch at a time; on trouble keep the batch and stop until next time."""
+        for _ in range(QUEUE // BATCH + 2):  # all a full queue holds, then maintenance gets its turn
             batch = self.pending or self.take()
             if not batch:
                 if self.overflowing:
@@ -140,7 +145,7 @@ class Journal:
             began = time.thread_time()
             try:
                 if self.store.db is None:
-                    self.store.open()
+                    self.open_store()
                 rows, bodies = self.rows(batch)
                 self.store.write(rows, bodies)
             except Trouble as exc:
@@ -152,8 +157,6 @@ class Journal:
             self.written += len(batch)
             if self.trouble is not None:
                 self.recovered()
-            if len(batch) < BATCH:
-                return
 
     def rows(self, batch: list[Record]) -> tuple[list[tuple[Any, ...]], list[tuple[int, Packed]]]:
         rows: list[tuple[Any, ...]] = []
