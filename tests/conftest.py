@@ -211,10 +211,15 @@ def sidecar(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     started: list[Sidecar] = []
 
     async def start(
-        config: dict[str, Any], *args: str, env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None
+        config: dict[str, Any],
+        *args: str,
+        env: dict[str, str] | None = None,
+        nofile: tuple[int, int] | None = None,
+        port: int | None = None,
     ) -> Sidecar:
-        """`nofile`: (soft, hard) RLIMIT_NOFILE for the process, set before it starts."""
-        port = free_port()
+        """`nofile`: (soft, hard) RLIMIT_NOFILE for the process, set before it starts; `port`: the one a
+        sidecar stopped before had (the journal keeps spend by listen address)."""
+        port = port or free_port()
         index = len(started)
         sock = tmp_path / f"ctl{index}.sock"
         server = {"listen": f"127.0.0.1:{port}", "control_socket": str(sock), **config.get("server", {})}

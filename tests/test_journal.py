@@ -20,7 +20,7 @@ import pytest
 
 from sidecar.config.schema import JournalConfig
 from sidecar.journal import reader
-from sidecar.journal.bodies import MASK, keys_of, pack, unpack
+from sidecar.journal.bodies import MASK, REQUEST_CUT, RESPONSE_CUT, keys_of, pack, unpack
 from sidecar.journal.schema import rowid_at
 from sidecar.journal.store import Store
 from sidecar.journal.writer import QUEUE, Journal
@@ -150,9 +150,10 @@ def test_bodies_are_cut_redacted_and_compressed() -> None:
     packed = pack(bodies, 1024, keys)
     assert unpack(packed.request) == request.replace(b"sidecar-key-123456", MASK)
     assert unpack(packed.response) == b'{"error": "invalid key [redacted]"} and more'
-    assert packed.cut and packed.response_size == bodies.response_size  # the client got 100 bytes more
+    assert packed.cut == RESPONSE_CUT and packed.response_size == bodies.response_size  # 100 bytes more were sent
     assert not pack(Bodies(request=b"{}", response=[b"ok"], response_size=2), 1024, keys).cut
-    assert unpack(pack(Bodies(request=b"a" * 5000), 1024, keys).request) == b"a" * 1024
+    long = pack(Bodies(request=b"a" * 5000), 1024, keys)
+    assert unpack(long.request) == b"a" * 1024 and long.cut == REQUEST_CUT
 
 
 # ---------------------------------------------------------------------------- trouble

@@ -209,8 +209,12 @@ def test_check_says_which_price_applies_and_warns_where_none_does(tmp_path: Path
         budget={"daily_usd": 20},
         nodes=[
             {"name": "openai", "url": "http://a.invalid", "models": {"gpt-4o": "gpt-4o-2024-08-06", "mine": "mine"}},
-            {"name": "cheap", "url": "http://b.invalid", "price": {"input": 0.1, "output": 0.2},
-             "budget": {"daily_usd": 5}},  # fmt: skip
+            {
+                "name": "cheap",
+                "url": "http://b.invalid",
+                "price": {"input": 0.1, "output": 0.2},
+                "budget": {"daily_usd": 5},
+            },  # fmt: skip
         ],
     )
     text, warnings = plan(cfg)

@@ -55,7 +55,7 @@ def render_status(data: StatusJSON) -> str:
                 ms(t["p95_ms"]),
                 probe_text,
                 age(n["changed_at"], now),
-                n["reason"],
+                "budget spent" if n.get("budget") else n["reason"],
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -65,6 +65,7 @@ def render_status(data: StatusJSON) -> str:
     lines.append(
         f"(* = serving; REQS and ERR since the sidecar started; RPS, P50ms and P95ms over the last {window} s)"
     )
+    lines += spend_lines(data)
     out = [(n["name"], m) for n in data["nodes"] for m in n.get("models", ())]
     if out:
         lines.append("")
@@ -73,3 +74,35 @@ def render_status(data: StatusJSON) -> str:
             left = f", {max(0, round(m['until'] - now))}s left" if m["until"] else ""
             lines.append(f"  {name}: {m['model']} {m['state']}{left} ({m['reason']})")
     return "\n".join(lines)
+
+
+def dollars(value: float) -> str:
+    return f"${value:,.2f}" if value >= 0.995 or value == 0 else f"${value:.4f}"
+
+
+def spend_lines(data: StatusJSON) -> list[str]:
+    """Spend today and this month against the budgets, by node and model (newer sidecars say it)."""
+    spend = data.get("spend")
+    if spend is None:
+        return []
+
+    def against(value: float, cap: float | None) -> str:
+        return dollars(value) + (f" of {dollars(cap)}" if cap is not None else "")
+
+    lines = [
+        "",
+        f"spend {spend['day']}: {against(spend['today_usd'], spend['daily_usd'])} today, "
+        f"{against(spend['month_usd'], spend['monthly_usd'])} this month"
+        f" (prices: shipped table {spend['prices_as_of']} unless the config sets them)",
+    ]
+    if spend["over"]:
+        lines.append(f"  new requests get 429: {spend['over']}")
+    for n in spend["nodes"]:
+        words = f"  {n['node']}: {against(n['today_usd'], n['daily_usd'])} today, "
+        words += f"{against(n['month_usd'], n['monthly_usd'])} this month"
+        lines.append(words + (f"; out: {n['over']}" if n["over"] else ""))
+    for m in spend["models"]:
+        lines.append(f"    {m['node']} {m['model'] or '-'}: {dollars(m['today_usd'])} today ({m['requests']} requests)")
+    if spend["unpriced_today"]:
+        lines.append(f"  {spend['unpriced_today']} answers today had no price (llm-sidecar check says which)")
+    return lines

@@ -43,15 +43,19 @@ class Packed:
     response: bytes
     request_size: int
     response_size: int
-    cut: bool
+    cut: int  # REQUEST_CUT | RESPONSE_CUT: which was longer than the cap (redaction changes sizes too)
     headers: str
+
+
+REQUEST_CUT = 1
+RESPONSE_CUT = 2
 
 
 def pack(bodies: Bodies, limit: int, keys: tuple[bytes, ...]) -> Packed:
     """Cut to `limit` bytes each, redacted, compressed (in the writer thread)."""
     request = bodies.request[:limit]
     response = b"".join(bodies.response)[:limit]
-    cut = len(bodies.request) > limit or bodies.response_size > len(response)
+    cut = (REQUEST_CUT if len(bodies.request) > limit else 0) | (RESPONSE_CUT if bodies.response_size > limit else 0)
     headers = {k: redact(v.encode("latin-1", "replace"), keys).decode("latin-1") for k, v in bodies.headers.items()}
     return Packed(
         request=zlib.compress(redact(request, keys), LEVEL),

@@ -224,7 +224,7 @@ def replay(rid: str, config_path: str | None, journal: str | None, url: str | No
     stored = reader.bodies(db, rowid)
     if stored is None:
         fail(f"request {record['id']} has no stored body: replay needs [journal] bodies = true when it is sent")
-    if len(stored.request) < stored.request_size:
+    if not stored.whole(response=False):
         fail(f"request {record['id']}'s body was cut at [journal] max_body_bytes ({len(stored.request)} of "
              f"{stored.request_size} bytes kept): it cannot be replayed")  # fmt: skip
     server = config_table(config_path).get("server")

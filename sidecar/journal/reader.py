@@ -17,8 +17,8 @@ from urllib.parse import quote
 from sidecar.observe.shapes import RequestJSON, StepJSON
 from sidecar.observe.stats import percentile
 
-from .bodies import readable, unpack
-from .schema import COLUMNS, rowid_at
+from .bodies import REQUEST_CUT, RESPONSE_CUT, readable, unpack
+from .schema import COLUMNS, failovers, rowid_at
 
 CONTINUATION = "continuation: "
 
@@ -99,7 +99,7 @@ def detail(record: Mapping[str, Any], source: Literal["recent", "journal"], bodi
         "status": record["status"],
         "stream": bool(record["stream"]),
         "attempts": record["attempts"],
-        "failovers": record.get("failovers") or 0,
+        "failovers": record["failovers"] if "failovers" in record else failovers(failed, answered_first(record)),
         "ttfb_ms": record["ttfb_ms"],
         "ttft_ms": record["ttft_ms"],
         "total_ms": record["total_ms"],
@@ -115,6 +115,12 @@ def detail(record: Mapping[str, Any], source: Literal["recent", "journal"], bodi
         "bodies": bodies,
         "source": source,
     }
+
+
+def answered_first(record: Mapping[str, Any]) -> str | None:
+    """The node whose answer began (a continuation moves `node` on to the node that finished it)."""
+    continued = record.get("continued")
+    return str(continued[0]["from"]) if continued else record["node"]
 
 
 def as_event(row: sqlite3.Row) -> dict[str, Any]:
@@ -162,8 +168,11 @@ class StoredBodies:
     response: bytes
     request_size: int
     response_size: int
-    cut: bool
+    cut: int  # bodies.REQUEST_CUT | bodies.RESPONSE_CUT
     headers: dict[str, str]
+
+    def whole(self, response: bool) -> bool:
+        return not self.cut & (RESPONSE_CUT if response else REQUEST_CUT)
 
     def text(self, response: bool) -> str:
         return readable(self.response if response else self.request, self.headers, response)
@@ -175,7 +184,7 @@ def bodies(db: sqlite3.Connection, rowid: int) -> StoredBodies | None:
         return None
     return StoredBodies(
         unpack(row["request_body"]), unpack(row["response_body"]), row["request_size"], row["response_size"],
-        bool(row["cut"]), json.loads(row["headers"] or "{}"),
+        int(row["cut"]), json.loads(row["headers"] or "{}"),
     )  # fmt: skip
 
 
@@ -241,7 +250,8 @@ class Group:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
-    priced: int = 0
+    priced: int = 0  # requests with a cost
+    unpriced: int = 0  # requests with token counts that no price applied to
     ttft: list[float] | None = None
 
     def p(self, q: float) -> float | None:
@@ -256,14 +266,15 @@ def stats(db: sqlite3.Connection, where: Filter) -> list[Group]:
     rows: Iterable[sqlite3.Row] = db.execute(
         "SELECT coalesce(node, '-') AS n, coalesce(model_served, model, '-') AS m, count(*) AS requests, "
         "sum(status >= 400 OR error IS NOT NULL) AS errors, sum(failovers > 0) AS failovers, "
-        "total(tokens_in) AS tin, total(tokens_out) AS tout, total(cost_usd) AS cost, count(cost_usd) AS priced "
+        "total(tokens_in) AS tin, total(tokens_out) AS tout, total(cost_usd) AS cost, count(cost_usd) AS priced, "
+        "sum(cost_usd IS NULL AND (tokens_in IS NOT NULL OR tokens_out IS NOT NULL)) AS unpriced "
         f"FROM requests{sql} GROUP BY n, m ORDER BY cost DESC, requests DESC",
         params,
     )
     for row in rows:
         groups[row["n"], row["m"]] = Group(
             row["n"], row["m"], row["requests"], row["errors"] or 0, row["failovers"] or 0, int(row["tin"]),
-            int(row["tout"]), row["cost"], row["priced"], [],
+            int(row["tout"]), row["cost"], row["priced"], row["unpriced"] or 0, [],
         )  # fmt: skip
     for n, m, ttft in db.execute(
         "SELECT coalesce(node, '-'), coalesce(model_served, model, '-'), coalesce(ttft_ms, ttfb_ms) "

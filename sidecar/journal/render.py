@@ -164,7 +164,7 @@ def show_bodies(stored: StoredBodies | None) -> list[str]:
     lines = []
     for response, size in ((False, stored.request_size), (True, stored.response_size)):
         kept = len(stored.response if response else stored.request)
-        note = f", first {kept} kept" if kept < size else ""
+        note = "" if stored.whole(response) else f", cut to the first {kept}"
         lines.append(f"{'response' if response else 'request'} body ({size} bytes{note}):")
         lines += ["  " + line for line in stored.text(response).splitlines()]
     return lines
@@ -182,7 +182,7 @@ def stats_lines(groups: list[Group], span: str) -> list[str]:
     total_cost = sum(g.cost for g in groups)
     requests = sum(g.requests for g in groups)
     errors = sum(g.errors for g in groups)
-    unpriced = sum(1 for g in groups if g.priced < g.requests and g.node != "-")
+    unpriced = sum(g.unpriced for g in groups)
     lines = [
         f"{span}: {requests} requests, {errors} errors, {usd(total_cost, 12)} spent",
         row_line(STATS_HEADER, widths, STATS_RIGHT),
@@ -200,8 +200,8 @@ def stats_lines(groups: list[Group], span: str) -> list[str]:
                 STATS_RIGHT,
             )
         )  # fmt: skip
-    lines.append("(ERR: status >= 400 or a broken stream; FAILOVR: answered after another node failed; TTFT: first")
-    lines.append(" token of a stream, first byte of the rest; node - : answered by the sidecar itself)")
+    lines.append("(ERR: status >= 400 or a broken stream. FAILOVR: answered after a node failed.")
+    lines.append(" TTFT: a stream's first token, else the first byte. NODE -: the sidecar's own.)")
     if unpriced:
-        lines.append(f"({unpriced} node/model rows hold requests no price applied to: `llm-sidecar check` says which)")
+        lines.append(f"({unpriced} requests with tokens had no price: `llm-sidecar check` says where)")
     return lines

@@ -49,7 +49,7 @@ DDL = (
         response_body BLOB,
         request_size INTEGER,        -- bytes before the cap
         response_size INTEGER,
-        cut INTEGER,                 -- 1 when either was longer than [journal] max_body_bytes
+        cut INTEGER,                 -- 1: the request was longer than [journal] max_body_bytes, 2: the answer, 3: both
         headers TEXT                 -- JSON: content-type, anthropic-version, anthropic-beta, content-encoding
     )""",
 )

@@ -178,7 +178,7 @@ class Store:
                             db.execute(
                                 "INSERT INTO bodies VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 (rowid, packed.request, packed.response, packed.request_size,
-                                 packed.response_size, int(packed.cut), packed.headers),
+                                 packed.response_size, packed.cut, packed.headers),
                             )  # fmt: skip
                 db.execute("COMMIT")
             except BaseException:

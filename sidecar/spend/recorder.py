@@ -82,7 +82,10 @@ class SpendRecorder:
     # ------------------------------------------------------------------ per request
 
     def observe(self, event: dict[str, Any]) -> None:
-        if event["type"] != "request":
+        kind = event["type"]
+        if kind != "request":
+            if kind == "config" and event.get("ok") and self.runtime.config is not self.config:
+                self.reconfigure(self.runtime.config)  # a reload: raised budgets take nodes back at once
             return
         try:
             self.record(event)
