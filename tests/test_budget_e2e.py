@@ -87,7 +87,7 @@ async def test_the_sidecar_past_its_budget_answers_429_in_the_clients_format(fak
                     "api": "anthropic",
                     "api_key": "${BACKUP_KEY}",
                     "price": PRICE,
-                },  # fmt: skip
+                },
             ],
         },
     }

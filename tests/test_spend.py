@@ -127,7 +127,7 @@ def test_spend_adds_up_by_node_and_model_and_resets_at_local_midnight() -> None:
     assert ledger.nodes_over().keys() == {"a"}
     over = ledger.sidecar_over()
     assert over is not None and over.spent == pytest.approx(1.1) and over.until == day_bounds(JUNE_3_NOON)[1]
-    assert "the sidecar's daily budget of $1.00 (budget.daily_usd) is spent: $1.10 today" == over.words
+    assert over.words == "the sidecar's daily budget of $1.00 (budget.daily_usd) is spent: $1.10 today"
     report = ledger.report(JUNE_3_NOON + 4, AS_OF)
     assert report["today_usd"] == pytest.approx(1.1) and report["over"] is not None
     assert {(m["node"], m["model"], m["requests"]) for m in report["models"]} == {
@@ -214,7 +214,7 @@ def test_check_says_which_price_applies_and_warns_where_none_does(tmp_path: Path
                 "url": "http://b.invalid",
                 "price": {"input": 0.1, "output": 0.2},
                 "budget": {"daily_usd": 5},
-            },  # fmt: skip
+            },
         ],
     )
     text, warnings = plan(cfg)
