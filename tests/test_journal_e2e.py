@@ -93,7 +93,7 @@ async def test_log_show_stats_and_replay_through_the_real_cli(
     table = {tuple(line.split()[:2]): line.split() for line in stats.stdout.splitlines()[2:-2]}
     # The stream reported no usage (the client did not ask for it): no tokens, no cost.
     assert table["primary", "gpt-4o"][2:5] == ["2", "0", "0"] and table["primary", "gpt-4o"][-1] == "$0.0120"
-    assert table["backup", "deepseek-c…"][2:5] == ["1", "0", "1"]  # one request, answered after a failover
+    assert table["backup", "deepseek-chat"][2:5] == ["1", "0", "1"]  # one request, answered after a failover
     assert table["primary", "-"][2:4] == ["1", "1"]  # the 400: no model in a body that is not JSON
 
     # In a thread: the fake providers answer from this test's event loop.

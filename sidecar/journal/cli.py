@@ -130,27 +130,24 @@ def log(ctx: click.Context, config_path: str | None, journal: str | None, node: 
     db = opened(journal, config_path)
     where = make_filter(node, model, status, errors, since, until)
     rows = reader.recent(db, where, limit or -1)
-    if not as_json:
-        click.echo(render.log_header())
-    day = None
+    table = render.LogTable(follow)
     last = 0
-    while True:
-        if as_json:
-            for _, e in rows:
-                click.echo(json.dumps(e, separators=(",", ":")))
-        else:
-            lines, day = render.log_lines((e for _, e in rows), day)
-            for line in lines:
-                click.echo(line)
-        last = rows[-1][0] if rows else last
-        if not follow:
-            break
-        try:
+    try:
+        while True:
+            if as_json:
+                for _, e in rows:
+                    click.echo(json.dumps(e, separators=(",", ":")))
+            else:
+                for line in table.lines(e for _, e in rows):
+                    click.echo(line)
+            last = rows[-1][0] if rows else last
+            if not follow:
+                break
             time.sleep(FOLLOW_EVERY)
-        except KeyboardInterrupt:
-            return
-        rows = reader.recent(db, where, 1000, after=last)
-    if not as_json and not follow:
+            rows = reader.recent(db, where, 1000, after=last)
+    except KeyboardInterrupt:  # how --follow ends
+        return
+    if not as_json:
         click.echo(render.LOG_LEGEND)
 
 

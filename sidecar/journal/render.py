@@ -53,7 +53,7 @@ def usd(value: float | None, width: int = 8) -> str:
     if value == 0:
         return "$0"
     if value < 0.0001:
-        return f"${value:.0e}"  # $4e-06: a few tokens of a cheap model
+        return f"${value:.6f}"  # a few tokens of a cheap model: $0.000004
     text = f"${value:.2f}" if value >= 0.995 else f"${value:.4f}"
     return text if len(text) <= width else f"${value:.0f}"
 
@@ -63,51 +63,79 @@ def row_line(cells: Sequence[str], widths: Sequence[int], right: frozenset[int])
     return GAP.join(parts).rstrip()
 
 
+def fit(header: Sequence[str], rows: Iterable[Sequence[str]], least: dict[int, int]) -> list[int]:
+    """Column widths within WIDTH: each as wide as its widest cell; when that is too wide, the columns in
+    `least` (index: the fewest cells it may keep) give way, the widest first."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    excess = sum(widths) + len(GAP) * (len(widths) - 1) - WIDTH
+    while excess > 0:
+        shrinkable = [i for i, most in least.items() if widths[i] > most]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def lines(header: Sequence[str], rows: list[Sequence[str]], widths: Sequence[int], right: frozenset[int]) -> list[str]:
+    cut = [[short(c, w) for c, w in zip(row, widths, strict=True)] for row in rows]
+    return [row_line(header, widths, right)] + [row_line(row, widths, right) for row in cut]
+
+
 # ---------------------------------------------------------------------------- log
 
 LOG_HEADER = ("TIME", "ID", "MODEL", "NODE", "ST", "ATT", "TTFT", "TOTAL", "TOKENS", "COST")
-LOG_WIDTHS = (8, 8, 12, 10, 3, 3, 5, 5, 9, 7)  # with the gaps: 79 columns
 LOG_RIGHT = frozenset({4, 6, 7, 8, 9})
+LOG_LEAST = {2: 10, 3: 8}  # model and node give way, down to this, when the rows are too wide for 80 columns
+LOG_FOLLOW = [8, 8, 12, 10, 3, 3, 5, 5, 7, 9]  # --follow: rows to come are not known, so these widths at least
 
 
-def log_header() -> str:
-    return row_line(LOG_HEADER, LOG_WIDTHS, LOG_RIGHT)
-
-
-def log_row(e: dict[str, Any]) -> str:
+def log_cells(e: dict[str, Any]) -> tuple[str, ...]:
     failed = bool(e.get("failed")) or bool(e.get("continued"))
-    tokens = (
-        "-"
-        if e["tokens_in"] is None and e["tokens_out"] is None
-        else f"{count(e['tokens_in'])}/{count(e['tokens_out'])}"
-    )
+    no_tokens = e["tokens_in"] is None and e["tokens_out"] is None
     first = e["ttft_ms"] if e["ttft_ms"] is not None else e["ttfb_ms"]
-    cells = (
+    return (
         time.strftime("%H:%M:%S", time.localtime(e["time"])),
-        short(e["id"][-8:], 8),
-        short(e.get("model_served") or e["model"] or "-", LOG_WIDTHS[2]),
-        short(e["node"] or "-", LOG_WIDTHS[3]),
+        one_line(e["id"][-8:]),
+        one_line(e.get("model_served") or e["model"] or "-"),
+        one_line(e["node"] or "-"),
         str(e["status"]),
         f"{e['attempts']}{'↻' if failed else ''}",
         dur(first),
         dur(e["total_ms"]),
-        short(tokens, LOG_WIDTHS[8]),
-        usd(e.get("cost_usd"), LOG_WIDTHS[9]),
+        "-" if no_tokens else f"{count(e['tokens_in'])}/{count(e['tokens_out'])}",
+        usd(e.get("cost_usd"), 9),
     )
-    return row_line(cells, LOG_WIDTHS, LOG_RIGHT)
 
 
-def log_lines(records: Iterable[dict[str, Any]], last_day: str | None = None) -> tuple[list[str], str | None]:
-    """Rows, with a date line where the day changes (and first, when it is not today)."""
-    lines = []
-    today = time.strftime("%Y-%m-%d")
-    for e in records:
-        day = time.strftime("%Y-%m-%d", time.localtime(e["time"]))
-        if day != last_day and (last_day is not None or day != today):
-            lines.append(f"-- {day} --")
-        last_day = day
-        lines.append(log_row(e))
-    return lines, last_day
+class LogTable:
+    """`llm-sidecar log`: rows that fit 80 columns, a date line where the day changes (and first, when it is
+    not today). The widths are set by the first rows (for --follow: at least LOG_FOLLOW)."""
+
+    def __init__(self, follow: bool = False) -> None:
+        self.follow = follow
+        self.widths: list[int] | None = None
+        self.day: str | None = None
+
+    def lines(self, records: Iterable[dict[str, Any]]) -> list[str]:
+        rows = list(records)
+        cells = [log_cells(e) for e in rows]
+        out: list[str] = []
+        if self.widths is None:
+            floor = [tuple(" " * w for w in LOG_FOLLOW)] if self.follow else []
+            self.widths = fit(LOG_HEADER, [*floor, *cells], LOG_LEAST)
+            out.append(row_line(LOG_HEADER, self.widths, LOG_RIGHT))
+        today = time.strftime("%Y-%m-%d")
+        for e, row in zip(rows, cells, strict=True):
+            day = time.strftime("%Y-%m-%d", time.localtime(e["time"]))
+            if day != self.day and (self.day is not None or day != today):
+                out.append(f"-- {day} --")
+            self.day = day
+            out.append(row_line([short(c, w) for c, w in zip(row, self.widths, strict=True)], self.widths, LOG_RIGHT))
+        return out
 
 
 LOG_LEGEND = "(TTFT: first token of a stream, else first byte; ATT: attempts, ↻ some failed)"
@@ -174,34 +202,26 @@ def show_bodies(stored: StoredBodies | None) -> list[str]:
 
 STATS_HEADER = ("NODE", "MODEL", "REQS", "ERR", "FAILOVR", "TTFT p50", "p95", "TOKENS in/out", "COST")
 STATS_RIGHT = frozenset({2, 3, 4, 5, 6, 7, 8})
-STATS_WIDTHS = (9, 11, 6, 5, 7, 8, 5, 13, 8)  # with the gaps: 80 columns
+STATS_LEAST = {0: 8, 1: 10}
 
 
 def stats_lines(groups: list[Group], span: str) -> list[str]:
-    widths = STATS_WIDTHS
     total_cost = sum(g.cost for g in groups)
     requests = sum(g.requests for g in groups)
     errors = sum(g.errors for g in groups)
     unpriced = sum(g.unpriced for g in groups)
-    lines = [
-        f"{span}: {requests} requests, {errors} errors, {usd(total_cost, 12)} spent",
-        row_line(STATS_HEADER, widths, STATS_RIGHT),
-    ]
-    for g in groups:
-        lines.append(
-            row_line(
-                (
-                    short(g.node, widths[0]), short(g.model, widths[1]), str(g.requests), str(g.errors),
-                    str(g.failovers), dur(g.p(0.5)), dur(g.p(0.95)),
-                    short(f"{count(g.tokens_in)}/{count(g.tokens_out)}", widths[7]) if g.tokens_in or g.tokens_out
-                    else "-", usd(g.cost if g.priced else None),
-                ),
-                widths,
-                STATS_RIGHT,
-            )
-        )  # fmt: skip
-    lines.append("(ERR: status >= 400 or a broken stream. FAILOVR: answered after a node failed.")
-    lines.append(" TTFT: a stream's first token, else the first byte. NODE -: the sidecar's own.)")
+    rows = [
+        (
+            one_line(g.node), one_line(g.model), str(g.requests), str(g.errors), str(g.failovers), dur(g.p(0.5)),
+            dur(g.p(0.95)), f"{count(g.tokens_in)}/{count(g.tokens_out)}" if g.tokens_in or g.tokens_out else "-",
+            usd(g.cost if g.priced else None, 9),
+        )
+        for g in groups
+    ]  # fmt: skip
+    table = lines(STATS_HEADER, list(rows), fit(STATS_HEADER, rows, STATS_LEAST), STATS_RIGHT)
+    out = [f"{span}: {requests} requests, {errors} errors, {usd(total_cost, 12)} spent", *table]
+    out.append("(ERR: status >= 400 or a broken stream. FAILOVR: answered after a node failed.")
+    out.append(" TTFT: a stream's first token, else the first byte. NODE -: the sidecar's own.)")
     if unpriced:
-        lines.append(f"({unpriced} requests with tokens had no price: `llm-sidecar check` says where)")
-    return lines
+        out.append(f"({unpriced} requests with tokens had no price: `llm-sidecar check` says where)")
+    return out
