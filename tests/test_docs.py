@@ -22,7 +22,9 @@ def schema() -> SimpleNamespace:
     from sidecar.config.load import parse
     from sidecar.config.schema import (
         ActiveCheck,
+        Budget,
         Checks,
+        JournalConfig,
         Node,
         PassiveCheck,
         RetryPolicy,
@@ -33,7 +35,9 @@ def schema() -> SimpleNamespace:
 
     return SimpleNamespace(
         ActiveCheck=ActiveCheck,
+        Budget=Budget,
         Checks=Checks,
+        JournalConfig=JournalConfig,
         Node=Node,
         PassiveCheck=PassiveCheck,
         RetryPolicy=RetryPolicy,
@@ -204,6 +208,8 @@ SECTIONS = {
     "[upstream.checks.active]": "ActiveCheck",
     "[upstream.checks.passive]": "PassiveCheck",
     "[[upstream.nodes]]": "Node",
+    "[journal]": "JournalConfig",
+    "[budget]": "Budget",
 }
 # Fields with a section of their own instead of a row; checks are kept per node, read from [upstream.checks].
 OWN_SECTION = {
@@ -229,6 +235,10 @@ TYPES = {
     "Mapping[str, str]": "table",
     "Checks": "table",
     "Timeouts": "table",
+    "float | None": "number",
+    "Price | None": "table",
+    "Mapping[str, Price]": "table",
+    "Budget": "table",
 }
 
 
@@ -345,6 +355,7 @@ def test_the_full_file_holds_every_default_and_every_key() -> None:
     block = full_file()
     config = s.parse(tomllib.loads(block), REFERENCE.name, env=fake_env(block))
     assert config.server == s.ServerConfig()
+    assert config.journal == s.JournalConfig() and config.budget == s.Budget()
     upstream = config.upstream
     for field in dataclasses.fields(s.UpstreamConfig):
         if field.name != "nodes":

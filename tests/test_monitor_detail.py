@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 from tui.app import MonitorApp
 from tui.detail import RequestScreen, detail_text
-from tui.widgets import HeaderBar, NodesTable, TrafficTable
+from tui.widgets import HeaderBar, HealthLog, NodesTable, TrafficTable
 
 from .conftest import chat, two_node_config
 from .test_monitor import until
@@ -59,6 +59,8 @@ async def test_enter_on_a_traffic_row_opens_that_requests_detail(
         async with car.control() as control:
             assert (await control.post("/v1/reload")).status_code == 200
         await until(pilot, lambda: "today: budget spent" in header.render().plain)
+        health = app.query_one(HealthLog)  # the lower budget is spent as the reload takes it
+        await until(pilot, lambda: any("new requests get 429" in line for line in health.texts))
 
 
 def test_the_detail_is_inert_text() -> None:

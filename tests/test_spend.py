@@ -98,11 +98,13 @@ def test_cost_counts_cached_and_cache_written_prompt_tokens_at_their_prices() ->
 
 def test_the_price_book_caches_and_stays_bounded() -> None:
     book = PriceBook(config())
-    assert book.sent("deepseek", "gpt-4o") == "deepseek-chat" and book.sent("openai", "gpt-4o") == "gpt-4o"
+    assert book.lookup("deepseek", "gpt-4o") == ("deepseek-chat", resolve(book.nodes["deepseek"], "gpt-4o",
+                                                                          "deepseek-chat", {}))  # fmt: skip
+    assert book.lookup("openai", "gpt-4o")[0] == "gpt-4o" and book.lookup("openai", None) == (None, None)
     for i in range(5000):  # model names come from clients
-        book.lookup("openai", f"m{i}", f"m{i}")
+        book.lookup("openai", f"m{i}")
     assert len(book.cache) <= 4096
-    assert book.lookup("nobody", "gpt-4o", "gpt-4o") is None
+    assert book.lookup("nobody", "gpt-4o") == ("gpt-4o", None)
 
 
 # ---------------------------------------------------------------------------- the ledger

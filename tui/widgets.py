@@ -48,7 +48,10 @@ def plain(value: object, style: str = "", limit: int = LIMIT) -> Text:
     return Text(clean(value, limit), style=style, no_wrap=True, end="")
 
 
-STATE_STYLE = {"healthy": "bold green", "unhealthy": "bold red", "ejected": "bold magenta", "down": "bold yellow"}
+STATE_STYLE = {
+    "healthy": "bold green", "unhealthy": "bold red", "ejected": "bold magenta", "down": "bold yellow",
+    "budget": "bold red",
+}  # fmt: skip
 API_MARK = {"openai": "oai", "anthropic": "anth"}  # the request format a node speaks, in a few cells
 
 
@@ -502,7 +505,7 @@ class HealthLog(ScrollView):
 def event_line(event: dict[str, Any]) -> Text | None:
     """A health, manual, config or gap event as one line of text; None for a type this monitor does not know."""
     kind = event.get("type")
-    if kind not in ("health", "manual", "config", "missed"):
+    if kind not in ("health", "manual", "config", "budget", "missed"):
         return None  # a newer sidecar's event type: nothing to say about it
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     line = Text(f"{stamp} ", no_wrap=True, end="")
@@ -512,6 +515,11 @@ def event_line(event: dict[str, Any]) -> Text | None:
             line.append(f"{clean(event['model'], 60)}: ")
         line.append(clean(event["after"]), style=STATE_STYLE.get(event["after"], ""))
         line.append(f" ({clean(event['reason'], 500)})")
+    elif kind == "budget":
+        if event.get("over"):
+            line.append(f"{clean(event.get('reason'), 500)}: new requests get 429", style="bold red")
+        else:
+            line.append(f"budget: {clean(event.get('reason'), 200)}: requests go on", style="green")
     elif kind == "manual":
         line.append(f"{clean(event['node'])}: manual {clean(event['manual'])}", style="yellow")
     elif kind == "config":

@@ -92,7 +92,7 @@ def detail(record: Mapping[str, Any], source: Literal["recent", "journal"], bodi
         "method": record["method"],
         "path": record["path"],
         "api": record["api"],
-        "api_upstream": record.get("api_upstream", record["api"]),
+        "api_upstream": record.get("api_upstream") or record["api"],
         "model": record["model"],
         "model_served": record.get("model_served"),
         "node": record["node"],

@@ -71,7 +71,6 @@ class Ledger:
         self.month = (0.0, 0.0)
         self.today: dict[tuple[str, str], float] = {}  # (node, model) -> USD
         self.requests: dict[tuple[str, str], int] = {}  # (node, model) -> priced requests today
-        self.node_today: dict[str, float] = {}
         self.node_month: dict[str, float] = {}
         self.total_today = 0.0
         self.total_month = 0.0
@@ -83,7 +82,7 @@ class Ledger:
         if self.day[0] <= now < self.day[1]:
             return False
         self.day = day_bounds(now)
-        self.today, self.requests, self.node_today = {}, {}, {}
+        self.today, self.requests = {}, {}
         self.total_today = 0.0
         self.unpriced = 0
         if not self.month[0] <= now < self.month[1]:
@@ -103,12 +102,15 @@ class Ledger:
                 return  # a request of yesterday finishing after midnight's roll: yesterday is closed
             self.roll(when)
         key = (node, model or "")
-        self.today[key] = self.today.get(key, 0.0) + cost
+        today = self.today
+        today[key] = today.get(key, 0.0) + cost
         self.requests[key] = self.requests.get(key, 0) + 1
-        self.node_today[node] = self.node_today.get(node, 0.0) + cost
         self.node_month[node] = self.node_month.get(node, 0.0) + cost
         self.total_today += cost
         self.total_month += cost
+
+    def node_today(self, node: str) -> float:
+        return sum(cost for (name, _), cost in self.today.items() if name == node)
 
     def unpriced_request(self, when: float) -> None:
         """An answered request with token counts that no price applied to."""
@@ -123,7 +125,6 @@ class Ledger:
         if today:
             key = (node, model or "")
             self.today[key] = self.today.get(key, 0.0) + cost
-            self.node_today[node] = self.node_today.get(node, 0.0) + cost
             self.total_today += cost
 
     def _verdict(self, scope: str, budget: Budget, today: float, month: float) -> Verdict | None:
@@ -139,7 +140,7 @@ class Ledger:
     def nodes_over(self) -> dict[str, Verdict]:
         over = {}
         for name, budget in self.nodes.items():
-            verdict = self._verdict(name, budget, self.node_today.get(name, 0.0), self.node_month.get(name, 0.0))
+            verdict = self._verdict(name, budget, self.node_today(name), self.node_month.get(name, 0.0))
             if verdict is not None:
                 over[name] = verdict
         return over
@@ -152,11 +153,12 @@ class Ledger:
         nodes: list[NodeSpendJSON] = []
         for name in names:
             budget = self.nodes.get(name, Budget())
-            verdict = self._verdict(name, budget, self.node_today.get(name, 0.0), self.node_month.get(name, 0.0))
+            today = self.node_today(name)
+            verdict = self._verdict(name, budget, today, self.node_month.get(name, 0.0))
             nodes.append(
                 {
                     "node": name,
-                    "today_usd": round(self.node_today.get(name, 0.0), 6),
+                    "today_usd": round(today, 6),
                     "month_usd": round(self.node_month.get(name, 0.0), 6),
                     "daily_usd": budget.daily_usd,
                     "monthly_usd": budget.monthly_usd,

@@ -23,7 +23,7 @@ from sidecar.config.schema import Config, Node, Price
 from .table import AS_OF, SHIPPED
 
 MILLION = 1_000_000
-CACHE_SIZE = 4096  # (node, asked, served) resolved; model names come from clients
+CACHE_SIZE = 4096  # (node, model asked) resolved; model names come from clients
 DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
 
@@ -85,28 +85,26 @@ def cost(
 
 
 class PriceBook:
-    """The prices of one config, each (node, asked, sent) resolved once."""
+    """The prices of one config, each (node, model asked) resolved once."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.nodes = {n.name: n for n in config.upstream.nodes}
-        self.cache: dict[tuple[str, str | None, str | None], Applied | None] = {}
+        self.cache: dict[tuple[str, str | None], tuple[str | None, Applied | None]] = {}
 
-    def sent(self, node: str, asked: str | None) -> str | None:
-        """The model name the node was sent for `asked` (its `models` table may rename it)."""
-        config = self.nodes.get(node)
-        if config is None or asked is None:
-            return asked
-        return config.rewrite_model(asked)
-
-    def lookup(self, node: str, asked: str | None, sent: str | None) -> Applied | None:
-        key = (node, asked, sent)
+    def lookup(self, node: str, asked: str | None) -> tuple[str | None, Applied | None]:
+        """The model as sent to `node` for `asked` (its `models` table may rename it), and its price."""
+        key = (node, asked)
         try:
             return self.cache[key]
         except KeyError:
             pass
         config = self.nodes.get(node)
-        found = None if config is None else resolve(config, asked, sent, self.config.prices)
+        if config is None:
+            found: tuple[str | None, Applied | None] = (asked, None)
+        else:
+            sent = asked if asked is None else config.rewrite_model(asked)
+            found = (sent, resolve(config, asked, sent, self.config.prices))
         if len(self.cache) >= CACHE_SIZE:
             self.cache.clear()
         self.cache[key] = found

@@ -104,10 +104,10 @@ class SpendRecorder:
         if node is None:
             event["model_served"] = None
         else:
-            sent = event["model_served"] = self.book.sent(node, asked)
+            sent, applied = self.book.lookup(node, asked)
+            event["model_served"] = sent
             prompt, output = event["tokens_in"], event["tokens_out"]
             if prompt is not None or output is not None:
-                applied = self.book.lookup(node, asked, sent)
                 if applied is None:
                     self.ledger.unpriced_request(event["time"])
                 else:
