@@ -320,9 +320,11 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (its threads included: the journal's writer too)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds so far of a process (its threads included: the journal's writer too), or of
+    one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -392,13 +394,16 @@ def main() -> None:
         def measure(port: int, c: int, stream: bool = False, pid: int | None = None) -> dict[str, float]:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             cpu = cpu_seconds(pid) if pid is not None else 0.0
+            loop = cpu_seconds(pid, pid) if pid is not None else 0.0  # the main thread: the event loop
             if use_wrk and not stream:
                 result = wrk(url, c, seconds, script)
             else:
                 result = asyncio.run(py_load(url, c, seconds, STREAM_BODY if stream else BODY, stream))
             if pid is not None:  # CPU per request: far less sensitive to other load on the machine than req/s
-                served = result["rps"] * (max(1, round(seconds)) if use_wrk and not stream else seconds)
-                result["cpu_us"] = (cpu_seconds(pid) - cpu) / max(served, 1) * 1e6
+                served = max(1, result["rps"] * (max(1, round(seconds)) if use_wrk and not stream else seconds))
+                result["cpu_us"] = (cpu_seconds(pid) - cpu) / served * 1e6
+                # The other threads' share: the journal's writer (the rest idle: DNS workers, the file watcher).
+                result["threads_us"] = result["cpu_us"] - (cpu_seconds(pid, pid) - loop) / served * 1e6
             return result
 
         for port in [*paths.values(), *journal_paths.values()]:  # warm up connections and caches
@@ -505,8 +510,9 @@ def journal_lines(points: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         lines.append(
             f"{what} vs off: c=16 {on16['rps']:.0f} vs {off16['rps']:.0f} req/s "
             f"({100 * (on16['rps'] - off16['rps']) / off16['rps']:+.1f}%), CPU {on16['cpu_us']:.0f} vs "
-            f"{off16['cpu_us']:.0f} us/request; c=1 p50 {on1['p50_ms']:.3f} vs {off1['p50_ms']:.3f} ms "
-            f"({on1['p50_ms'] - off1['p50_ms']:+.3f} ms)"
+            f"{off16['cpu_us']:.0f} us/request, of which the writer thread {on16['threads_us']:.1f} "
+            f"({100 * on16['threads_us'] / on16['cpu_us']:.1f}%); c=1 p50 {on1['p50_ms']:.3f} vs {off1['p50_ms']:.3f} "
+            f"ms ({on1['p50_ms'] - off1['p50_ms']:+.3f} ms)"
         )
     return lines
 

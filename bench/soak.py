@@ -63,6 +63,8 @@ def sidecar_config(port: int, sock: Path, nodes: dict[str, int]) -> str:
         f'listen = "127.0.0.1:{port}"',
         f'control_socket = "{sock}"',
         "watch = false",
+        "[journal]",  # on, as shipped, but never the user's file
+        f'path = "{sock.with_suffix(".journal.db")}"',
         "[upstream]",
         "retry_timeout = 20",
         "[upstream.timeout]",

@@ -17,7 +17,8 @@ def test_bench_quick_runs_and_reports_numbers(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "| c=16 | sidecar |" in done.stdout
+    assert "| c=16 | sidecar |" in done.stdout and "| c=16 | no-journal |" in done.stdout
+    assert "journal on (default) vs off: c=16" in done.stdout and "journal with bodies = true vs off" in done.stdout
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
     for point in ("c=1", "c=16", "stream c=1"):
@@ -27,3 +28,15 @@ def test_bench_quick_runs_and_reports_numbers(tmp_path: Path) -> None:
             assert figures["errors"] == 0
     assert data["points"]["stream c=1"]["sidecar"]["first_p50_ms"] > 0
     assert data["idle_rss_mb"] > 0 and data["startup_s"] > 0
+
+
+def test_journal_bench_prints_its_figures() -> None:
+    """bench/journal.py with a small count: the writer's cost, the file's size and the queries come out."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "journal.py"), "--count", "3000"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    plain, bodies = done.stdout.splitlines()
+    assert plain.startswith("3000 requests: event loop +") and "written 3000" in plain and " B/row" in plain
+    assert bodies.startswith("3000 requests with bodies") and "written 3000" in bodies

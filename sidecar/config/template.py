@@ -170,8 +170,20 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+SPEND = """\
+# The request journal: one SQLite row per request ($XDG_STATE_HOME/llm-sidecar/journal.db, else
+#   ~/.local/state/llm-sidecar/journal.db), read with `llm-sidecar log`; kept retention_days.
+#   bodies = true also keeps request and response bodies (keys redacted) for `log show` and `replay`.
+# Each answer is priced from its tokens (a shipped table of common models, or price = { input = 2.5,
+#   output = 10 } on a node, USD per million tokens). Budgets cap the spend per local day or month:
+#   [budget] daily_usd = 20 answers 429 once $20 is spent today; a node's budget = { daily_usd = 5 }
+#   takes only that node out, and traffic fails over. `llm-sidecar check` shows which price applies.
+"""
+
+
 def render() -> str:
     parts = [HEADER]
     for comment, data in SECTIONS:
         parts.append(comment + "\n" + tomli_w.dumps(data))
+    parts.append(SPEND + tomli_w.dumps({"journal": {"enabled": True, "retention_days": 30, "bodies": False}}))
     return "\n".join(parts)

@@ -58,7 +58,6 @@ DDL = (
 )
 
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-
 # No index on `time`: it would cost the writer a quarter more per row. Rows are appended in the order their
 # requests ended, a batch at a time, so time grows with rowid, but for a batch written late (after the file was
 # locked, or by another sidecar sharing it): a time range is found by a binary search over rowids, SLACK early.
