@@ -127,11 +127,8 @@ class Journal:
             self.store.close()
 
     def take(self) -> list[Record]:
-        queue = self.queue
-        batch = []
-        for _ in range(min(BATCH, len(queue))):
-            batch.append(queue.popleft())
-        return batch
+        take = self.queue.popleft
+        return [take() for _ in range(min(BATCH, len(self.queue)))]
 
     def flush(self) -> None:
         """Write what is queued, a batch at a time; on trouble keep the batch and stop until next time."""
@@ -159,13 +156,10 @@ class Journal:
                 self.recovered()
 
     def rows(self, batch: list[Record]) -> tuple[list[tuple[Any, ...]], list[tuple[int, Packed]]]:
-        rows: list[tuple[Any, ...]] = []
-        bodies: list[tuple[int, Packed]] = []
         sidecar = self.sidecar
-        for event, kept in batch:
-            if kept is not None:
-                bodies.append((len(rows), pack(kept, self.config.max_body_bytes, self.keys)))
-            rows.append(row_of(event, sidecar))
+        rows = [row_of(event, sidecar) for event, _ in batch]
+        limit, keys = self.config.max_body_bytes, self.keys
+        bodies = [(i, pack(kept, limit, keys)) for i, (_, kept) in enumerate(batch) if kept is not None]
         return rows, bodies
 
     def failed(self, exc: Trouble, batch: list[Record]) -> None:
