@@ -239,6 +239,7 @@ TYPES = {
     "Price | None": "table",
     "Mapping[str, Price]": "table",
     "Budget": "table",
+    "Budget | None": "table",
 }
 
 

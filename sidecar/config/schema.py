@@ -135,7 +135,7 @@ class Node:
     api: Api = "openai"  # the request format it speaks (formats/dialect.py): a request goes only to nodes of its own
     price: Price | None = None  # what everything it serves costs, unless `prices` names the model
     prices: Mapping[str, Price] = field(default_factory=dict)  # per model (as asked or as sent to the node)
-    budget: Budget = field(default_factory=Budget)  # past it the node is out (reason: budget) until the cap resets
+    budget: Budget | None = None  # past it the node is out (reason: budget) until the cap resets
 
     def serves(self, model: str) -> bool:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves

@@ -183,7 +183,7 @@ def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], 
         api="anthropic" if _choice(t, "api", APIS_SPOKEN) == "anthropic" else "openai",
         price=price_of(t, "price"),
         prices=prices(t, "prices"),
-        budget=budget(t.table("budget")),
+        budget=budget(t.table("budget")) if "budget" in t.data else None,
     )
     t.done()
     return node

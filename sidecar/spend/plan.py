@@ -70,7 +70,7 @@ def render(config: Config) -> tuple[str, list[str]]:
         warnings += warned
     budgets = [f"sidecar {budget_words(config.budget)} (past it: 429)"] if budget_words(config.budget) else []
     budgets += [f"{n.name} {budget_words(n.budget)} (past it: out, traffic fails over)" for n in config.upstream.nodes
-                if budget_words(n.budget)]  # fmt: skip
+                if n.budget is not None and budget_words(n.budget)]  # fmt: skip
     lines.append("budget   " + ("; ".join(budgets) if budgets else "none") + " (local days and months)")
     journal = config.journal
     if journal.enabled:

@@ -34,7 +34,7 @@ log = logging.getLogger("llm_sidecar")
 
 
 def node_budgets(config: Config) -> dict[str, Budget]:
-    return {n.name: n.budget for n in config.upstream.nodes if n.budget != Budget()}
+    return {n.name: n.budget for n in config.upstream.nodes if n.budget is not None and n.budget != Budget()}
 
 
 class SpendRecorder:
