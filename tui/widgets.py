@@ -8,6 +8,7 @@ the terminal.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections import deque
@@ -335,7 +336,8 @@ class TrafficTable(FittedTable):
         # A row cursor for Enter (the request's detail) only while the table has the focus (tab): else the
         # newest row stays at the top, unmarked.
         self.cursor_type = "none"
-        self.rows_seen: deque[dict[str, Any]] = deque(maxlen=self.LIMIT)
+        self.rows_seen: deque[tuple[str, dict[str, Any]]] = deque(maxlen=self.LIMIT)
+        self.keys = itertools.count()  # row keys: an event's seq may repeat (a restarted sidecar) or be missing
 
     def on_focus(self) -> None:
         self.cursor_type = "row"
@@ -344,17 +346,12 @@ class TrafficTable(FittedTable):
         self.cursor_type = "none"
 
     def add_events(self, events: list[dict[str, Any]]) -> None:
-        self.rows_seen.extend(events)
-        self.fill([(row_key(e), traffic_cells(e)) for e in reversed(self.rows_seen)])
+        self.rows_seen.extend((str(next(self.keys)), e) for e in events)
+        self.fill([(key, traffic_cells(e)) for key, e in reversed(self.rows_seen)])
 
     def event_of(self, key: str) -> dict[str, Any] | None:
         """The request a row shows."""
-        return next((e for e in self.rows_seen if row_key(e) == key), None)
-
-
-def row_key(e: dict[str, Any]) -> str:
-    """A traffic row's key: the event's place in the sidecar's sequence (ids may repeat: a client's own)."""
-    return f"{e.get('seq')}:{e.get('id')}"
+        return next((e for k, e in self.rows_seen if k == key), None)
 
 
 def traffic_cells(e: dict[str, Any]) -> dict[str, Text]:
