@@ -88,13 +88,14 @@ def run(count: int, bodies: bool, folder: Path) -> dict[str, float]:
     bare = Runtime(cfg, transport=lambda config, watch: MockTransport(lambda node, request: None))
     baseline = emit_seconds(bare, events(count, 0.0), None)  # the hub's own work, without the recorder
     runtime = Runtime(cfg, transport=lambda config, watch: MockTransport(lambda node, request: None))
-    journal = Journal(folder / "journal.db", cfg.journal, "127.0.0.1:8787", keys_of(cfg))
+    journal = Journal(folder / "journal.db", cfg.journal, "127.0.0.1:8787", keys_of(cfg), runtime.desk)
+    runtime.desk.budget = 1 << 40  # this run measures costs, not the bound
     journal.open()
     recorder = SpendRecorder(runtime, journal)
     recorder.attach()
     journal.limit = count + 1  # this run measures costs, not the bound
     response = [b'{"choices": [{"message": {"content": "' + b"y" * 2000 + b'"}}]}']
-    kept = Bodies(BODY, response, len(response[0])) if bodies else None
+    kept = Bodies(BODY, len(BODY), response, len(response[0])) if bodies else None
     loop = emit_seconds(runtime, events(count, time.time() - count / 1000), kept) - baseline
     while journal.queue:  # the writer's part, in this thread: its CPU is counted the same
         journal.flush()

@@ -23,7 +23,8 @@ from sidecar.journal.bodies import MASK, REQUEST_CUT, RESPONSE_CUT, keys_of, pac
 from sidecar.journal.schema import rowid_at
 from sidecar.journal.store import Store
 from sidecar.journal.writer import QUEUE, Journal
-from sidecar.observe.record import Bodies
+from sidecar.observe.record import Bodies, Desk
+from sidecar.proxy.capture import Capture
 from sidecar.proxy.exchange import Exchange
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,15 +145,44 @@ def test_bodies_are_cut_redacted_and_compressed() -> None:
     assert set(keys) == {b"sidecar-key-123456", b"sk-node-a-secret-99"}  # a key under 8 characters is no secret
     request = b'{"note": "my key is sidecar-key-123456", "model": "gpt-4o"}'
     parts = [b'{"error": "invalid key sk-node-', b'a-secret-99"}', b" and more"]  # a key split across reads
-    bodies = Bodies(request=request, response=parts, response_size=sum(map(len, parts)) + 100,
-                    headers={"content-type": "application/json"})  # fmt: skip
-    packed = pack(bodies, 64, keys)  # the capture kept the first 64 bytes of the answer: 100 more were sent
+    sent = sum(map(len, parts)) + 100  # the capture kept the first parts: 100 more bytes were sent
+    bodies = Bodies(request, len(request), parts, sent, headers={"content-type": "application/json"})
+    packed = pack(bodies, keys)
     assert unpack(packed.request) == request.replace(b"sidecar-key-123456", MASK)
     assert unpack(packed.response) == b'{"error": "invalid key [redacted]"} and more'
-    assert packed.cut == RESPONSE_CUT and packed.response_size == bodies.response_size
-    assert not pack(Bodies(request=b"{}", response=[b"ok"], response_size=2), 1024, keys).cut
-    long = pack(Bodies(request=b"a" * 5000), 1024, keys)
-    assert unpack(long.request) == b"a" * 1024 and long.cut == REQUEST_CUT
+    assert packed.cut == RESPONSE_CUT and packed.response_size == sent
+    assert not pack(Bodies(b"{}", 2, [b"ok"], 2), keys).cut
+    assert pack(Bodies(b"a" * 1024, 5000), keys).cut == REQUEST_CUT
+
+
+async def test_the_bodies_held_in_memory_are_bounded(tmp_path: Path) -> None:
+    """A capture keeps each body up to max_body_bytes, and all of them up to the desk's budget: past it a
+    request is journaled with what was kept, marked cut; what the writer wrote makes room again."""
+    desk = Desk()
+    desk.limit, desk.budget = 1000, 2500
+    sent: list[dict[str, Any]] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    first = Capture(client, desk, b"q" * 1500, [(b"content-type", b"application/json")])
+    for _ in range(3):
+        await first({"type": "http.response.body", "body": b"r" * 400, "more_body": True})
+    assert len(first.bodies.request) == 1000 and first.kept == 1000  # each body at most max_body_bytes
+    second = Capture(client, desk, b"s" * 800, [])
+    await second({"type": "http.response.body", "body": b"t" * 600})
+    assert second.bodies.request == b"" and second.bodies.response == []  # the budget is spent: nothing more
+    assert len(sent) == 4 and all(m["body"] for m in sent)  # what the client gets is never touched
+    j = Journal(tmp_path / "j.db", JournalConfig(bodies=True), "x", desk=desk)
+    j.open()
+    j.put(event(0), first.bodies)
+    j.put(event(1), second.bodies)
+    j.flush()
+    assert desk.kept - desk.freed - desk.written == 0  # all written: room again
+    assert Capture(client, desk, b"u" * 900, []).bodies.request == b"u" * 900
+    db = reader.connect(tmp_path / "j.db")
+    stored = reader.bodies(db, 2)
+    assert stored is not None and not stored.whole(response=False) and stored.request_size == 800
 
 
 # ---------------------------------------------------------------------------- trouble

@@ -1,4 +1,5 @@
-"""Request and response bodies as the journal keeps them: cut to the cap, every key redacted, compressed.
+"""Request and response bodies as the journal keeps them: as the capture cut them (proxy/capture.py), every key
+redacted, compressed.
 
 The keys are every node's and the sidecar's own, as the config holds them; a key shorter than MIN_KEY is
 left alone, as proxy/redact.py does (it is no secret, and masking it would garble the text). A key is
@@ -51,16 +52,18 @@ REQUEST_CUT = 1
 RESPONSE_CUT = 2
 
 
-def pack(bodies: Bodies, limit: int, keys: tuple[bytes, ...]) -> Packed:
-    """Cut to `limit` bytes each, redacted, compressed (in the writer thread)."""
-    request = bodies.request[:limit]
-    response = b"".join(bodies.response)[:limit]
-    cut = (REQUEST_CUT if len(bodies.request) > limit else 0) | (RESPONSE_CUT if bodies.response_size > limit else 0)
+def pack(bodies: Bodies, keys: tuple[bytes, ...]) -> Packed:
+    """Redacted and compressed (in the writer thread); what the capture could not keep is marked cut."""
+    request = bodies.request
+    response = b"".join(bodies.response)
+    cut = (REQUEST_CUT if len(request) < bodies.request_size else 0) | (
+        RESPONSE_CUT if len(response) < bodies.response_size else 0
+    )
     headers = {k: redact(v.encode("latin-1", "replace"), keys).decode("latin-1") for k, v in bodies.headers.items()}
     return Packed(
         request=zlib.compress(redact(request, keys), LEVEL),
         response=zlib.compress(redact(response, keys), LEVEL),
-        request_size=len(bodies.request),
+        request_size=bodies.request_size,
         response_size=bodies.response_size,
         cut=cut,
         headers=json.dumps(headers),

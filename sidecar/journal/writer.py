@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config.schema import JournalConfig
-from sidecar.observe.record import Bodies
+from sidecar.observe.record import Bodies, Desk
 
 from .bodies import Packed, pack
 from .schema import row_of
@@ -44,8 +44,11 @@ Record = tuple[dict[str, Any], Bodies | None]
 class Journal:
     """One journal file, written from one thread. `start`, then `put` from the event loop, then `close`."""
 
-    def __init__(self, path: Path, config: JournalConfig, sidecar: str, keys: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self, path: Path, config: JournalConfig, sidecar: str, keys: tuple[bytes, ...] = (), desk: Desk | None = None
+    ) -> None:
         self.path = path
+        self.desk = desk if desk is not None else Desk()  # the budget of bodies held (observe/record.py)
         self.config = config
         self.sidecar = sidecar  # written in every row: whose spend it is when read back at start
         self.keys = keys  # what bodies are redacted of: set again on reload (a tuple, swapped whole)
@@ -87,6 +90,8 @@ class Journal:
         if len(queue) < self.limit:
             queue.append((event, bodies))
             return
+        if bodies is not None:
+            self.desk.freed += bodies.held
         trouble = self.trouble
         reason = trouble.kind if trouble is not None else "queue_full"
         self.dropped_queue[reason] = self.dropped_queue.get(reason, 0) + 1
@@ -152,14 +157,14 @@ class Journal:
                 self.write_seconds += time.thread_time() - began
             self.pending = []
             self.written += len(batch)
+            self.desk.written += sum(kept.held for _, kept in batch if kept is not None)
             if self.trouble is not None:
                 self.recovered()
 
     def rows(self, batch: list[Record]) -> tuple[list[tuple[Any, ...]], list[tuple[int, Packed]]]:
-        sidecar = self.sidecar
+        sidecar, keys = self.sidecar, self.keys
         rows = [row_of(event, sidecar) for event, _ in batch]
-        limit, keys = self.config.max_body_bytes, self.keys
-        bodies = [(i, pack(kept, limit, keys)) for i, (_, kept) in enumerate(batch) if kept is not None]
+        bodies = [(i, pack(kept, keys)) for i, (_, kept) in enumerate(batch) if kept is not None]
         return rows, bodies
 
     def failed(self, exc: Trouble, batch: list[Record]) -> None:
@@ -176,6 +181,7 @@ class Journal:
         else:  # a batch that cannot be written as it is: not retried forever
             self.pending = []
             self.dropped_writer[exc.kind] = self.dropped_writer.get(exc.kind, 0) + len(batch)
+            self.desk.written += sum(kept.held for _, kept in batch if kept is not None)
         self.begin(exc)
 
     def begin(self, exc: Trouble) -> None:

@@ -284,7 +284,7 @@ class ProxyApp:
         self.inflight.add(interrupt)
         upstream = self.runtime.acquire()  # one generation for the whole request, kept open until it ends
         limit = self.runtime.desk.limit
-        capture = None if not limit else Capture(interrupt.send, limit, body, scope["headers"])
+        capture = None if not limit else Capture(interrupt.send, self.runtime.desk, body, scope["headers"])
         try:
             budgets = self.runtime.budgets
             if (budgets.sidecar is not None or budgets.nodes) and await refuse_over_budget(

@@ -62,7 +62,10 @@ class SpendRecorder:
     def restore(self) -> None:
         """This month's spend, read back from the journal (before the first request)."""
         journal = self.journal
-        if journal is None or journal.store.db is None:
+        if journal is None:
+            return
+        if journal.store.db is None:
+            log.warning("journal %s: spend not read back (it cannot be opened); budgets count from zero", journal.path)
             return
         now = self.clock()
         try:
@@ -184,7 +187,8 @@ def start(runtime: Runtime) -> SpendRecorder:
     config = runtime.config
     journal = None
     if config.journal.enabled:
-        journal = Journal(journal_path(config.journal), config.journal, config.server.listen, keys_of(config))
+        path = journal_path(config.journal)
+        journal = Journal(path, config.journal, config.server.listen, keys_of(config), runtime.desk)
         journal.open()
     recorder = SpendRecorder(runtime, journal)
     recorder.restore()
