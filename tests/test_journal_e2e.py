@@ -237,3 +237,21 @@ def test_log_says_when_there_is_no_journal(tmp_path: Path) -> None:
     config.write_text(f'[journal]\npath = "{tmp_path}/elsewhere.db"\n[[upstream.nodes]]\napi_key = "${{UNSET}}"\n')
     assert f"no journal at {tmp_path}/elsewhere.db" in cli("log", "stats", "-c", str(config)).stderr
     assert os.listdir(tmp_path) == ["c.toml"]  # reading never creates one
+
+
+async def test_a_reload_turns_bodies_on_and_off(fakes: Any, sidecar: Any, client: httpx.AsyncClient) -> None:
+    import tomli_w
+
+    config = two_node_config(await fakes("primary"), await fakes("backup"))
+    car = await sidecar(config)
+    server = {"listen": f"127.0.0.1:{car.port}", "control_socket": str(car.socket)}
+    ids = []
+    for bodies in (False, True, False):
+        car.config_path.write_text(tomli_w.dumps({**config, "journal": {"bodies": bodies}, "server": server}))
+        async with car.control() as control:
+            assert (await control.post("/v1/reload")).status_code == 200
+        answer = await client.post(f"{car.url}/v1/chat/completions", json=chat())
+        ids.append(answer.headers["x-request-id"])
+    assert await journaled(car.journal, 3)
+    kept = ["request body" in log_cli(car, "log", "show", rid).stdout for rid in ids]
+    assert kept == [False, True, False]

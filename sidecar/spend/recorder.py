@@ -56,7 +56,10 @@ class SpendRecorder:
         """Observe the runtime's events ahead of everyone else; show spend and drops to the control plane."""
         self.runtime.recorder = self
         self.runtime.events.observers.insert(0, self.observe)
-        journal = self.config.journal
+        self.keep_bodies(self.config)
+
+    def keep_bodies(self, config: Config) -> None:
+        journal = config.journal
         self.runtime.desk.limit = journal.max_body_bytes if self.journal is not None and journal.bodies else 0
 
     def restore(self) -> None:
@@ -164,8 +167,10 @@ class SpendRecorder:
         self.book = PriceBook(config)
         self.ledger.configure(config.budget, node_budgets(config))
         self.budgeted = self._budgeted(config)
-        if self.journal is not None:
+        if self.journal is not None:  # its file stays (enabled and path are read at start); the rest follows
             self.journal.keys = keys_of(config)
+            self.journal.config = config.journal
+        self.keep_bodies(config)
         self.check(self.clock())
 
     # ------------------------------------------------------------------ what the control plane reads
