@@ -27,8 +27,10 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Label, Sparkline
 
 from sidecar.observe.display import age, ms
-from sidecar.observe.shapes import NodeJSON, SpendJSON, StatusJSON, TrafficJSON
+from sidecar.observe.shapes import NodeJSON, StatusJSON, TrafficJSON
 from sidecar.observe.stats import WINDOW as STATS_WINDOW
+
+from .spend import spend_text
 
 # C0/C1 controls and DEL (terminal escapes), line and paragraph separators, bidi overrides (they reorder
 # what is shown), and lone surrogates (valid in JSON escapes, but they cannot be written to a terminal).
@@ -101,21 +103,6 @@ class HeaderBar(Widget):
         width = self.size.width or 80
         left = cut(left, max(width - right.cell_len - 1, 0))
         return Text.assemble(left, " " * max(width - left.cell_len - right.cell_len, 1), right, no_wrap=True, end="")
-
-
-def dollars(value: float) -> str:
-    return f"${value:,.2f}" if value >= 0.995 or value == 0 else f"${value:.4f}"
-
-
-def spend_text(spend: SpendJSON) -> Text:
-    """Spend today against the budget: `$1.24 of $20.00 today`, red once the budget is spent."""
-    today = dollars(spend["today_usd"])
-    if spend["over"] is not None:
-        return Text(f"{today} today: budget spent", style="bold red")
-    if spend["daily_usd"] is None:
-        return Text(f"{today} today", style="cyan")
-    share = spend["today_usd"] / spend["daily_usd"]
-    return Text(f"{today} of {dollars(spend['daily_usd'])} today", style="yellow" if share >= 0.8 else "cyan")
 
 
 GAP = 1  # blank cells after each column: the tables have no cell padding, so none is spent on both sides
