@@ -23,6 +23,7 @@ def schema() -> SimpleNamespace:
     from sidecar.config.schema import (
         ActiveCheck,
         Checks,
+        Hedge,
         Node,
         PassiveCheck,
         RetryPolicy,
@@ -34,6 +35,7 @@ def schema() -> SimpleNamespace:
     return SimpleNamespace(
         ActiveCheck=ActiveCheck,
         Checks=Checks,
+        Hedge=Hedge,
         Node=Node,
         PassiveCheck=PassiveCheck,
         RetryPolicy=RetryPolicy,
@@ -201,6 +203,7 @@ SECTIONS = {
     "[upstream]": "UpstreamConfig",
     "[upstream.timeout]": "Timeouts",
     "[upstream.retry]": "RetryPolicy",
+    "[upstream.hedge]": "Hedge",
     "[upstream.checks.active]": "ActiveCheck",
     "[upstream.checks.passive]": "PassiveCheck",
     "[[upstream.nodes]]": "Node",
@@ -210,13 +213,14 @@ OWN_SECTION = {
     ("UpstreamConfig", "nodes"): "[[upstream.nodes]]",
     ("UpstreamConfig", "timeout"): "[upstream.timeout]",
     ("UpstreamConfig", "retry"): "[upstream.retry]",
+    ("UpstreamConfig", "hedge"): "[upstream.hedge]",
     ("Checks", "active"): "[upstream.checks.active]",
     ("Checks", "passive"): "[upstream.checks.passive]",
 }
 # Fields the file does not set: derived from another key (which env variable a key came from, a dropped /v1).
-DERIVED = {("ServerConfig", "api_key_env"), ("Node", "api_key_env"), ("Node", "url_had_v1")}
+DERIVED = {("ServerConfig", "api_key_env"), ("Node", "api_key_env"), ("Node", "url_had_v1"), ("Hedge", "learned")}
 # A node's checks and timeouts are the upstream's unless it has its own.
-INHERITED = {("Node", "checks"), ("Node", "timeout")}
+INHERITED = {("Node", "checks"), ("Node", "timeout"), ("Node", "recovery")}
 TYPES = {
     "str": "string",
     "str | None": "string",

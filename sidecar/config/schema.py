@@ -21,6 +21,10 @@ DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504, 529)
 # message; "prefix" / "partial", the same marked `"prefix": true` / `"partial": true`;
 # "continue_final_message", the same with vLLM's `continue_final_message` request fields.
 CONTINUATIONS = ("none", "prefill", "prefix", "partial", "continue_final_message")
+# How a node out for a failure of real traffic comes back: "probe", the smallest real request of the kind
+# that failed, sent by the sidecar every few seconds (a one-token answer: it costs tokens); "trial", the
+# next user request after the ejection time (costs no tokens, but that request pays if the node still fails).
+RECOVERIES = ("probe", "trial")
 # Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the
 # arithmetic on them sane; they are far past any useful setting.
 SECONDS_MAX = 1_000_000.0
@@ -39,6 +43,9 @@ class Timeouts:
     # not count): a silent node costs this, not `read`. 60 s covers a long prompt's prefill and
     # models that stream their reasoning; raise it (and read) for models that think in silence.
     first_token: float = 60.0
+    # The first-token limit learns from each (node, model)'s own recent first tokens (nodes/ttft.py) and
+    # never goes below this; set it to first_token to pin the limit.
+    first_token_min: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,17 @@ class PassiveCheck:
 
 
 @dataclass(frozen=True)
+class Hedge:
+    """[upstream.hedge]: a stream with no first token after `after` seconds (or, `learned`, after its
+    (node, model)'s own p95) is also sent to the next usable node; the first real token wins. At most
+    `budget` of the requests of the last minute are hedged."""
+
+    after: float = 1.0
+    learned: bool = False  # after = "p95"
+    budget: float = 0.05
+
+
+@dataclass(frozen=True)
 class Checks:
     active: ActiveCheck | None = None
     passive: PassiveCheck | None = None
@@ -102,6 +120,7 @@ class Node:
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
     api: Api = "openai"  # the request format it speaks (formats/dialect.py): a request goes only to nodes of its own
+    recovery: str = "probe"  # RECOVERIES: how it comes back after real traffic ejected it
 
     def serves(self, model: str) -> bool:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves
@@ -156,6 +175,8 @@ class UpstreamConfig:
     # needs itself it stays inside the README's Kubernetes limit (256Mi). In a file, at least
     # max_response_bytes (its default follows a larger one).
     max_held_bytes: int = 128 * 1024 * 1024
+    recovery: str = "probe"  # RECOVERIES: the nodes' default
+    hedge: Hedge | None = None  # off unless [upstream.hedge] is given
 
 
 @dataclass(frozen=True)

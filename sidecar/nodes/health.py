@@ -66,6 +66,9 @@ class Counters:
     tcp_failures: int = 0
     timeouts: int = 0
 
+    def clear(self) -> None:
+        self.successes = self.http_failures = self.tcp_failures = self.timeouts = 0
+
     def success(self) -> None:
         self.successes += 1
         self.http_failures = self.tcp_failures = self.timeouts = 0
@@ -163,8 +166,19 @@ class Health:
         self.blocked_until = max(self.blocked_until, until)
 
     def set_manual(self, down: bool, now: float) -> Transition | None:
+        """`down`: drained by hand. Back to automatic (`node auto`) is "trust it now": every verdict
+        against the node is cleared (ejection, Retry-After hold, failure counts, a failed probe), and
+        the checks then judge it afresh, as at start."""
         before = self.state
         self.manual_down = down
+        if not down:
+            self.active_healthy = True
+            self.ejected_until = None
+            self.blocked_until = 0.0
+            self.trial_in_flight = False
+            self.restored_at = now
+            for counters in self.counters.values():
+                counters.clear()
         return self._changed(before, "manual down" if down else "manual auto", now)
 
     def record_success(self, source: Source, now: float, reason: str = "ok", trial: bool = False) -> Transition | None:
@@ -309,6 +323,10 @@ class ModelStates:
     def available(self, model: str, now: float) -> bool:
         state = self.health.get(model)
         return state is None or state.available(now)
+
+    def clear(self) -> None:
+        """Forget every per-model verdict (the node is trusted again by hand)."""
+        self.health.clear()
 
     def out(self, now: float) -> list[tuple[str, ModelHealth]]:
         return [(m, s) for m, s in self.health.items() if not s.available(now)]

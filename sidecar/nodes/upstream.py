@@ -209,15 +209,15 @@ class Upstream:
     def set_manual(self, node: NodeState, down: bool) -> bool:
         """A change by hand: routine, so logged at INFO in plain words; published as any health change."""
         transition = node.health.set_manual(down, self.clock())
+        if not down:
+            node.models.clear()  # its per-model holds too: trusted means trusted
         self.events.publish("manual", node=node.name, manual="down" if down else "auto")
         if transition is None:
             return False
         if down:
             log.info("node %s: taken out of rotation by hand (was %s)", node.name, transition.before)
         else:
-            log.info(
-                "node %s: back to automatic health checks (was manually down), now %s", node.name, transition.after
-            )
+            log.info("node %s: trusted again by hand and back to automatic checks (was %s)", node.name, transition.before)
         self._publish(node, transition)
         return True
 
