@@ -246,7 +246,10 @@ def test_node_auto_trusts_the_node_now_whatever_held_it_out() -> None:
     t = h.set_manual(False, now=4)
     assert t is not None and t.after == "healthy"
     assert h.available(4) and h.blocked_until == 0.0 and h.ejected_until is None
-    assert all(c.as_dict() == {"successes": 0, "http_failures": 0, "tcp_failures": 0, "timeouts": 0} for c in h.counters.values())
+    assert all(
+        c.as_dict() == {"successes": 0, "http_failures": 0, "tcp_failures": 0, "timeouts": 0}
+        for c in h.counters.values()
+    )
     # The checks then judge it afresh: one more failure does not eject it again at once.
     h.record_failure(Source.PASSIVE, Failure.HTTP, now=5, reason="http 503")
     assert h.available(5)

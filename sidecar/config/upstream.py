@@ -182,9 +182,7 @@ def _hedge(t: Table | None) -> Hedge | None:
     return hedge
 
 
-def _node(
-    t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], names: set[str], recovery: str
-) -> Node:
+def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], names: set[str], recovery: str) -> Node:
     name = _node_name(t, names)
     url = t.get("url", str, None)
     if url is None and "url" not in t.bad:

@@ -60,6 +60,7 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
             }
             for model, state in node.models.out(now)
         ],
+        "first_token_limits": node.first_tokens.limits(now, cfg.timeout.first_token, cfg.timeout.first_token_min),
     }
 
 

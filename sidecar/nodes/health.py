@@ -174,8 +174,7 @@ class Health:
         if not down:
             self.active_healthy = True
             self.ejected_until = None
-            self.blocked_until = 0.0
-            self.trial_in_flight = False
+            self.blocked_until = 0.0  # a trial under way keeps its lease: its attempt gives it back
             self.restored_at = now
             for counters in self.counters.values():
                 counters.clear()

@@ -14,6 +14,8 @@ from sidecar.observe.shapes import ProbeJSON
 from sidecar.observe.stats import NodeStats
 
 from .health import Health, ModelStates
+from .ttft import FirstTokenHistory
+from .waiting import Waiting
 
 MODEL_STATES = 64  # per node: configured models and recent others; model names come from clients
 
@@ -32,6 +34,10 @@ class NodeState:
 
     # Per-model health, where a failure is one model's (see health.ModelHealth).
     models: ModelStates = field(default_factory=lambda: ModelStates(MODEL_STATES))
+    # Attempts that have sent nothing to their client yet: moved on when the node is judged out (waiting.py).
+    waiting: Waiting = field(default_factory=Waiting)
+    # Recent first tokens per model: the learned first-token limit (ttft.py).
+    first_tokens: FirstTokenHistory = field(default_factory=FirstTokenHistory)
 
     @property
     def name(self) -> str:

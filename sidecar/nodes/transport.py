@@ -49,6 +49,7 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         code: str | None = None,
         local: bool = False,
+        moved: bool = False,
     ) -> None:
         super().__init__(reason)
         # None: no health verdict: the sidecar's own trouble (`local`, out of file descriptors), or a
@@ -61,6 +62,7 @@ class UpstreamError(Exception):
         self.body = body
         self.retry_after = retry_after
         self.code = code  # the client's error code when this is the last failure (default upstream_unavailable)
+        self.moved = moved  # no failure: the node was judged out while this attempt waited (nodes/waiting.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from sidecar.config.schema import Config, PassiveCheck
 from sidecar.formats.dialect import APIS_SPOKEN, Api
@@ -67,6 +67,8 @@ class Upstream:
                 state.stats = old.stats
                 state.upstream_models, state.upstream_models_at = old.upstream_models, old.upstream_models_at
                 state.last_probe = old.last_probe
+                state.waiting = old.waiting  # attempts of the old generation still wait on this node
+                state.first_tokens = old.first_tokens
             state.auth = auth_headers(node)
             self.nodes.append(state)
         self.by_name = {n.name: n for n in self.nodes}
@@ -188,6 +190,26 @@ class Upstream:
     def _model_event(self, node: NodeState, model: str, after: str, reason: str) -> None:
         log.warning("node %s, model %s: %s (%s)", node.name, model, after, reason)
         self.events.publish("health", node=node.name, model=model, before="healthy", after=after, reason=reason)
+        if after == "ejected":
+            self.move_waiting(node, f"{node.name} {after} for {model} ({reason})", model)
+
+    def move_waiting(self, node: NodeState, why: str, model: str | None = None) -> None:
+        """The node (or `model` on it) is out: its waiting attempts go on to the next node now."""
+        moved = node.waiting.move(why, model)
+        if moved:
+            log.info("node %s: %d waiting request(s) moved on to other nodes (%s)", node.name, moved, why)
+
+    def usable_beyond(self, excluded: Collection[int], model: str | None) -> bool:
+        """Whether a node not in `excluded` could take the request now (not in panic): a waiting attempt
+        moves on only when it has somewhere to go. Reads health only: the balancer's wheel does not turn."""
+        now = self.clock()
+        out = self.models_out(model, now) if model is not None else None
+        return any(
+            i not in excluded
+            and (out is None or i not in out)
+            and (n.health.available(now) or n.health.trial_ready(now))
+            for i, n in enumerate(self.nodes)
+        )
 
     def models_out(self, model: str, now: float) -> set[int] | None:
         """Nodes where `model` itself is out (rate-limited or ejected) while the node may be fine; None
@@ -217,7 +239,8 @@ class Upstream:
         if down:
             log.info("node %s: taken out of rotation by hand (was %s)", node.name, transition.before)
         else:
-            log.info("node %s: trusted again by hand and back to automatic checks (was %s)", node.name, transition.before)
+            was = "manually down" if transition.before == State.DOWN else transition.before
+            log.info("node %s: back to automatic health checks (was %s), now %s", node.name, was, transition.after)
         self._publish(node, transition)
         return True
 
@@ -236,3 +259,5 @@ class Upstream:
             after=str(transition.after),
             reason=transition.reason,
         )
+        if transition.after != State.HEALTHY:
+            self.move_waiting(node, f"{node.name} {transition.after} ({transition.reason})")

@@ -84,6 +84,9 @@ class NodeJSON(TypedDict):
     passive: PassiveJSON
     traffic: TrafficJSON
     models: list[ModelStateJSON]
+    # The first-token limit in force per model seen ("" for requests naming none), in seconds: learned from
+    # the model's own recent first tokens on this node, between timeout.first_token_min and first_token.
+    first_token_limits: dict[str, float]
 
 
 class SidecarJSON(TypedDict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -76,6 +77,10 @@ def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, 
 NO_ROUTE = Route()
 
 
+def never() -> bool:
+    return False
+
+
 @dataclass(slots=True)
 class Trip:
     """What every attempt of one request shares."""
@@ -94,11 +99,15 @@ class Trip:
         headers = [*self.headers, *node.auth] if node.auth else self.headers
         return Request(self.ex.method, self.url(node.config.url, self.suffix), headers, body, self.task)
 
-    async def first(self, attempt: Attempt, request: Request) -> Ready:
-        """Send, and wait for what may go to the client: a stream's first token within `first_token`.
+    async def first(self, attempt: Attempt, request: Request, can_move: Callable[[], bool] = never) -> Ready:
+        """Send, and wait for what may go to the client: a stream's first token within its (node, model)'s
+        first-token limit (learned: nodes/ttft.py), a non-stream answer whole.
 
-        A node's error answer may quote the key it was sent ("invalid x-api-key sk-..."): it is taken out
-        before a failure can reach the client, the log or the monitor (the relay redacts the answers it sends)."""
+        Until then the attempt waits on the node (nodes/waiting.py): if the node is judged out meanwhile
+        and `can_move` says the request has somewhere else to go, the wait ends at once with a `moved`
+        error (no verdict on the node). A node's error answer may quote the key it was sent ("invalid
+        x-api-key sk-..."): it is taken out before a failure can reach the client, the log or the monitor
+        (the relay redacts the answers it sends)."""
         node = attempt.node
         config = self.upstream.config.upstream
         statuses = node.config.checks.retry_statuses
@@ -106,22 +115,38 @@ class Trip:
         json_api = is_json_api(self.ex.path)
         timeouts = node.config.timeout
         key = node.config.api_key
+        stream = self.ex.stream
+        history = node.first_tokens.get(self.route.model) if stream else None
+        within = (
+            history.limit(self.upstream.clock(), timeouts.first_token, timeouts.first_token_min) if history else None
+        )
+        sent = time.monotonic()
         try:
-            if not self.ex.stream:
-                # A GET may ask for a stream in its query (/v1/responses/{id}?stream=true); a POST asks in its body.
-                may_stream = self.ex.method != "POST"
-                response = await attempt.send(request)
-                ready = await first_bytes(response, statuses, limit, attempt.held, json_api, timeouts.read, may_stream)
-            else:
-                try:
-                    async with asyncio.timeout(timeouts.first_token):
-                        ready = await first_bytes(await attempt.send(request), statuses, limit, attempt.held, json_api)
-                except TimeoutError:
-                    raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
+            try:
+                async with asyncio.timeout(within) as scope:
+                    with node.waiting.waiter(scope, self.route.model, can_move) as waiter:
+                        response = await attempt.send(request)
+                        if stream:
+                            ready = await first_bytes(response, statuses, limit, attempt.held, json_api)
+                        else:
+                            # A GET may ask for a stream in its query (/v1/responses/{id}?stream=true); a POST in its body.
+                            may_stream = self.ex.method != "POST"
+                            ready = await first_bytes(
+                                response, statuses, limit, attempt.held, json_api, timeouts.read, may_stream
+                            )
+            except TimeoutError:
+                if waiter.reason is not None:
+                    raise UpstreamError(None, f"moved on: {waiter.reason}", moved=True) from None
+                assert history is not None and within is not None  # only a stream's wait has a limit
+                history.timed_out(within, timeouts.first_token)
+                learned = " (learned)" if within < timeouts.first_token else ""
+                raise UpstreamError(Failure.TIMEOUT, f"no first token in {within:g}s{learned}") from None
         except UpstreamError as exc:
             exc.body, exc.reason = redact(exc.body, key), redact_text(exc.reason, key)
             exc.headers = redact_headers(exc.headers, key)
             raise
+        if history is not None and ready.first_token is not None:
+            history.observe(self.upstream.clock(), ready.first_token - sent)
         return ready
 
 
@@ -188,9 +213,14 @@ async def forward(
             await bad_body(send, ex, exc)
             return
         plan.start(choice.index, upstream.clock())
+
+        def elsewhere(tried: int = choice.index) -> bool:
+            """Whether the request could go on to another node now (so its wait here may be ended)."""
+            return upstream.usable_beyond(plan.excluded(upstream.clock()) | route.skip | {tried}, route.model)
+
         try:
             with upstream.attempt(choice, route.model) as attempt:
-                ready = await trip.first(attempt, request)
+                ready = await trip.first(attempt, request, elsewhere)
                 broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
             if broken is not None and transcript is not None:
                 await carry_on(trip, choice.index, broken, transcript)
