@@ -32,7 +32,11 @@ from sidecar.listener.bind import bind_tcp
 SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
     (0.0, "both providers up: the primary (openai-fake) serves everything", {"fail_rate": 0.0}),
     (8.0, "OUTAGE: the primary answers 503 to everything", {"fail_rate": 1.0, "fault": "error", "status": 503}),
-    (24.0, "the primary is back: probes pass, then one trial request restores it", {"fail_rate": 0.0}),
+    (
+        24.0,
+        "the primary is back: a recovery probe and the liveness probes see it, and it serves again",
+        {"fail_rate": 0.0},
+    ),
 ]
 
 
@@ -40,8 +44,8 @@ CYCLE = 40.0  # seconds per replay of the script when the demo runs until the mo
 PRIMARY = "openai-fake"
 OUTAGE_AT = min(at for at, _, behaviour in SCRIPT if behaviour["fail_rate"] > 0)  # the primary fails
 BACK_AT = max(at for at, _, behaviour in SCRIPT if behaviour["fail_rate"] == 0.0)  # the primary returns
-# Probes every 2 s need 2 passes, then the ejection (3 s) ends and a trial request brings the primary
-# back: a run this long shows the whole story (the default --duration is longer).
+# A recovery probe (a one-token chat, every few seconds) ends the ejection and the liveness probes (every
+# 2 s, 2 passes) the unhealthy state: a run this long shows the whole story (the default --duration is longer).
 WHOLE_STORY = BACK_AT + 12.0
 
 

@@ -22,6 +22,7 @@ from sidecar.listener.bind import StartupError, bind_tcp
 from sidecar.listener.connection import Limits
 from sidecar.listener.server import HTTPServer
 from sidecar.nodes.checker import ActiveChecker
+from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.runtime import Runtime
 from sidecar.proxy.app import ProxyApp
 
@@ -211,6 +212,8 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         raise
     checker = ActiveChecker(runtime)
     checker.sync()
+    prober = RecoveryProber(runtime)
+    prober.start()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
     file = watched_file(config)  # None for a config built in memory (the demo's): no file to watch
     watcher = ConfigWatcher(runtime, file) if file is not None else None
@@ -241,6 +244,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         if watcher is not None:
             await watcher.close()
         await checker.close()
+        await prober.close()
         if control is not None:
             await control.stop()
         await runtime.close()

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from .held import Budget
 from .node import NodeState
+from .recovery import ProbeSpec
 from .transport import Request, Response, Transport, UpstreamError
 
 
@@ -49,6 +50,7 @@ class Owner(Protocol):
         trial: bool,
         started: float,
         model: str | None = None,
+        spec: ProbeSpec | None = None,
     ) -> None: ...
 
 
@@ -59,9 +61,12 @@ class Attempt:
     nothing can run between the balancer's offer of a trial and its taking.
     """
 
-    __slots__ = ("failure", "held", "model", "node", "response", "started", "trial", "upstream")
+    __slots__ = ("failure", "held", "model", "node", "response", "spec", "started", "trial", "upstream")
 
-    def __init__(self, upstream: Owner, node: NodeState, trial: bool, model: str | None = None) -> None:
+    def __init__(
+        self, upstream: Owner, node: NodeState, trial: bool, model: str | None = None, spec: ProbeSpec | None = None
+    ) -> None:
+        self.spec = spec  # what a recovery probe would repeat if this attempt's failure ejects the node
         self.upstream = upstream
         self.node = node
         self.trial = trial
@@ -101,4 +106,4 @@ class Attempt:
                 response.close()  # the node stops generating what nobody will read
         self.held.give_back()
         self.node.stats.in_flight -= 1
-        self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model)
+        self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model, self.spec)

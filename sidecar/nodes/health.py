@@ -27,6 +27,8 @@ from enum import StrEnum
 from sidecar.config.schema import ActiveCheck, PassiveCheck
 from sidecar.observe.shapes import CountersJSON
 
+from .recovery import Recovery
+
 # A 429's Retry-After at least this long is the whole verdict: the node (or the model on it) is held that
 # long and nothing is counted, since many requests hitting one short limit at once must not eject it. A
 # shorter one ("Retry-After: 0", a few retry-after-ms) holds nothing (the next request comes after it), so
@@ -117,6 +119,8 @@ class Health:
         self.ejections = 0
         self.restored_at = now
         self.trial_in_flight = False
+        # Ejected with recovery probes on (recovery.py): no user request is a trial; a probe ends it.
+        self.probing = False
         self.reason = "start"
         self.changed_at = now
         self.counters = {Source.ACTIVE: Counters(), Source.PASSIVE: Counters()}
@@ -144,6 +148,7 @@ class Health:
         """An ejected node whose ejection time has passed may take one trial request."""
         return (
             self.ejected_until is not None
+            and not self.probing
             and now >= self.ejected_until
             and not self.trial_in_flight
             and self.active_healthy
@@ -174,6 +179,7 @@ class Health:
         if not down:
             self.active_healthy = True
             self.ejected_until = None
+            self.probing = False
             self.blocked_until = 0.0  # a trial under way keeps its lease: its attempt gives it back
             self.restored_at = now
             for counters in self.counters.values():
@@ -195,6 +201,7 @@ class Health:
         if self.ejected_until is not None and self.passive is not None:
             if counters.successes >= self.passive.healthy_successes:
                 self.ejected_until = None
+                self.probing = False
                 self.restored_at = now
             else:
                 self.ejected_until = now  # more successes needed: the next trial may go now
@@ -226,6 +233,16 @@ class Health:
             self._eject(now)
         return self._changed(before, reason, now)
 
+    def recovered(self, now: float, reason: str) -> Transition | None:
+        """A recovery probe succeeded: the ejection ends at once (the node is judged afresh from here)."""
+        before = self.state
+        self.probing = False
+        if self.ejected_until is not None:
+            self.ejected_until = None
+            self.restored_at = now
+            self.counters[Source.PASSIVE].clear()
+        return self._changed(before, reason, now)
+
     def ejection_time(self) -> float:
         """How long the next ejection lasts."""
         assert self.passive is not None
@@ -254,16 +271,22 @@ class ModelHealth:
     model): out for a Retry-After, or ejected after failures of that model alone, back by its timer.
     The node's own health is untouched, so its other models keep flowing."""
 
-    __slots__ = ("ejections", "failures", "out_until", "reason")
+    __slots__ = ("ejections", "failures", "out_until", "reason", "recovery")
 
     def __init__(self) -> None:
         self.out_until = 0.0
         self.failures = 0
         self.ejections = 0
         self.reason = ""
+        self.recovery: Recovery | None = None  # out until a recovery probe succeeds (recovery.py)
 
     def available(self, now: float) -> bool:
-        return now >= self.out_until
+        return self.recovery is None and now >= self.out_until
+
+    def recovered(self) -> None:
+        self.recovery = None
+        self.out_until = 0.0
+        self.failures = 0
 
     def rate_limited(self, until: float, now: float, cap: float) -> None:
         self.out_until = max(self.out_until, min(until, now + cap))
@@ -283,6 +306,7 @@ class ModelHealth:
     def succeeded(self) -> None:
         self.failures = 0
         self.ejections = 0
+        self.recovery = None  # a real answer of the model here: no probe needed any more
 
 
 class ModelStates:
@@ -329,3 +353,6 @@ class ModelStates:
 
     def out(self, now: float) -> list[tuple[str, ModelHealth]]:
         return [(m, s) for m, s in self.health.items() if not s.available(now)]
+
+    def probing(self) -> list[tuple[str, Recovery]]:
+        return [(m, s.recovery) for m, s in self.health.items() if s.recovery is not None]

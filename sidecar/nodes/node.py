@@ -14,6 +14,7 @@ from sidecar.observe.shapes import ProbeJSON
 from sidecar.observe.stats import NodeStats
 
 from .health import Health, ModelStates
+from .recovery import Recovery
 from .ttft import FirstTokenHistory
 from .waiting import Waiting
 
@@ -38,6 +39,8 @@ class NodeState:
     waiting: Waiting = field(default_factory=Waiting)
     # Recent first tokens per model: the learned first-token limit (ttft.py).
     first_tokens: FirstTokenHistory = field(default_factory=FirstTokenHistory)
+    # Out for failing real traffic and probed back (recovery.py); None when not.
+    recovery: Recovery | None = None
 
     @property
     def name(self) -> str:

@@ -18,9 +18,10 @@ from sidecar.observe.events import EventHub
 from .affinity import Pins
 from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
-from .health import MIN_RETRY_AFTER, Failure, Health, Source, State, Transition
+from .health import MIN_RETRY_AFTER, Failure, Health, ModelHealth, Source, State, Transition
 from .held import Budget
 from .node import NodeState, auth_headers
+from .recovery import ProbeSpec, Recovery
 from .transport import Transport, UpstreamError
 
 log = logging.getLogger("llm_sidecar")
@@ -69,6 +70,7 @@ class Upstream:
                 state.last_probe = old.last_probe
                 state.waiting = old.waiting  # attempts of the old generation still wait on this node
                 state.first_tokens = old.first_tokens
+                state.recovery = old.recovery
             state.auth = auth_headers(node)
             self.nodes.append(state)
         self.by_name = {n.name: n for n in self.nodes}
@@ -115,8 +117,9 @@ class Upstream:
         health = self.nodes[index].health
         return self.balancer.plain[index] if health.healthy and not health.manual_down else None
 
-    def attempt(self, choice: Choice, model: str | None = None) -> Attempt:
-        return Attempt(self, self.nodes[choice.index], choice.trial, model)
+    def attempt(self, choice: Choice, model: str | None = None, spec: ProbeSpec | None = None) -> Attempt:
+        """`spec`: what a recovery probe would repeat, should this attempt's failure eject the node."""
+        return Attempt(self, self.nodes[choice.index], choice.trial, model, spec)
 
     def serving(self, api: Api | None = None) -> NodeState | None:
         """The node new requests go to now: of any format, or of `api`'s (a mixed config serves one of each)."""
@@ -131,6 +134,7 @@ class Upstream:
         trial: bool,
         started: float,
         model: str | None = None,
+        spec: ProbeSpec | None = None,
     ) -> None:
         """The one place an attempt's outcome reaches health and figures."""
         now = self.clock()
@@ -139,6 +143,8 @@ class Upstream:
         if outcome is Outcome.SUCCESS:
             reason = "trial request ok" if trial else "ok"
             self._transition(node, node.health.record_success(Source.PASSIVE, now, reason, trial=trial))
+            if node.recovery is not None and node.health.ejected_until is None:
+                node.recovery = None  # a real success ended the ejection (panic mode, or a request sent before it)
             if model is not None:
                 node.models.ok(model, now)
             return
@@ -146,7 +152,7 @@ class Upstream:
             if trial:
                 node.health.end_trial()
             return
-        if model is not None and self._model_failure(node, model, failure, now):
+        if model is not None and self._model_failure(node, model, failure, now, spec):
             if trial:
                 node.health.end_trial()
             return
@@ -158,9 +164,16 @@ class Upstream:
                 node.health.end_trial()
             node.health.block(now + failure.retry_after, now)
             return
-        self._transition(node, node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial))
+        transition = node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial)
+        ejected = transition is not None and transition.after == State.EJECTED
+        if ejected and spec is not None and node.config.recovery == "probe":
+            node.recovery = Recovery.start(spec, now, node.health.blocked_until)
+            node.health.probing = True
+        self._transition(node, transition)
 
-    def _model_failure(self, node: NodeState, model: str, failure: UpstreamError, now: float) -> bool:
+    def _model_failure(
+        self, node: NodeState, model: str, failure: UpstreamError, now: float, spec: ProbeSpec | None = None
+    ) -> bool:
         """Count a failure against (node, model) when it is the model's: a 429 always (providers limit
         per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
         auth failures are the node's."""
@@ -172,7 +185,7 @@ class Upstream:
                 state = node.models.get(model)
                 base, cap = passive.base_ejection_time, passive.max_ejection_time
                 if state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason):
-                    self._model_event(node, model, "ejected", failure.reason)
+                    self._model_ejected(node, model, state, failure.reason, spec, now)
                 return True
             until = now + (wait if wait is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
@@ -184,8 +197,42 @@ class Upstream:
         threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
         state = node.models.get(model)
         if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
-            self._model_event(node, model, "ejected", failure.reason)
+            self._model_ejected(node, model, state, failure.reason, spec, now)
         return True
+
+    def _model_ejected(
+        self, node: NodeState, model: str, state: ModelHealth, reason: str, spec: ProbeSpec | None, now: float
+    ) -> None:
+        if spec is not None and spec.model == model and node.config.recovery == "probe":
+            state.recovery = Recovery.start(spec, now)
+        self._model_event(node, model, "ejected", reason)
+
+    def probe_result(self, node: NodeState, model: str | None, ok: bool, reason: str) -> None:
+        """A recovery probe's result (prober.py): success ends the ejection of the node (`model` None) or
+        of the model on it at once; a failure schedules the next probe, later."""
+        now = self.clock()
+        node.stats.probed(ok)
+        if model is None:
+            recovery = node.recovery
+            if recovery is None:
+                return
+            if ok:
+                node.recovery = None
+                self._transition(node, node.health.recovered(now, f"recovered ({reason})"))
+            else:
+                recovery.failed(now, reason, node.health.blocked_until)
+            return
+        state = node.models.health.get(model)
+        if state is None or state.recovery is None:
+            return
+        if ok:
+            state.recovered()
+            log.info("node %s, model %s: recovered (%s)", node.name, model, reason)
+            self.events.publish(
+                "health", node=node.name, model=model, before="ejected", after="healthy", reason=f"recovered ({reason})"
+            )
+        else:
+            state.recovery.failed(now, reason)
 
     def _model_event(self, node: NodeState, model: str, after: str, reason: str) -> None:
         log.warning("node %s, model %s: %s (%s)", node.name, model, after, reason)
@@ -232,7 +279,8 @@ class Upstream:
         """A change by hand: routine, so logged at INFO in plain words; published as any health change."""
         transition = node.health.set_manual(down, self.clock())
         if not down:
-            node.models.clear()  # its per-model holds too: trusted means trusted
+            node.models.clear()  # its per-model holds and probes too: trusted means trusted
+            node.recovery = None
         self.events.publish("manual", node=node.name, manual="down" if down else "auto")
         if transition is None:
             return False

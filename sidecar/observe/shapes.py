@@ -57,6 +57,8 @@ class TrafficJSON(TypedDict):
     tokens_cached: int
     retries: int
     continuations: int
+    probes: int  # recovery probes sent to the node (each a tiny real request: it costs tokens)
+    probes_failed: int
 
 
 class ModelStateJSON(TypedDict):

@@ -25,6 +25,7 @@ from sidecar.nodes.attempt import Attempt
 from sidecar.nodes.balancer import Choice
 from sidecar.nodes.health import Failure
 from sidecar.nodes.node import NodeState
+from sidecar.nodes.recovery import ProbeSpec
 from sidecar.nodes.transport import Request, UpstreamError
 from sidecar.nodes.upstream import Upstream
 
@@ -184,6 +185,7 @@ async def forward(
             await not_served(send, ex, route.model, upstream.served)
         return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
+    spec = ProbeSpec.of(ex.path, route.model, ex.stream)  # what a recovery probe would repeat
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
     same: int | None = None
@@ -219,7 +221,7 @@ async def forward(
             return upstream.usable_beyond(plan.excluded(upstream.clock()) | route.skip | {tried}, route.model)
 
         try:
-            with upstream.attempt(choice, route.model) as attempt:
+            with upstream.attempt(choice, route.model, spec) as attempt:
                 ready = await trip.first(attempt, request, elsewhere)
                 broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
             if broken is not None and transcript is not None:
