@@ -62,7 +62,7 @@ CONTINUATION = "continuation: "  # the prefix of a failed continuation's reason 
 REASONS = frozenset(
     {
         "timeout", "connect", "reset", "http_5xx", "http_4xx", "rate_limited", "auth", "context_window",
-        "error_event", "bad_response", "other",
+        "error_event", "bad_response", "moved", "request_caused", "other",
     }
 )  # fmt: skip
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
@@ -74,6 +74,8 @@ def reason_category(reason: str) -> str:
     """The bounded category of a failure reason (see proxy/answer.py, nodes/transport.py, proxy/relay.py, proxy/forward.py)."""
     if reason.startswith(CONTINUATION):
         reason = reason[len(CONTINUATION) :]
+    if reason.startswith("moved on:"):  # the node was judged out while the attempt waited: no failure
+        return "moved"
     if reason.startswith("rate limited"):
         return "rate_limited"
     if reason.startswith("auth ("):
@@ -258,7 +260,7 @@ class Metrics:
         for attempt in failed:
             node: str = attempt["node"]
             reason: str = attempt["reason"]
-            category = reason_category(reason)
+            category = "request_caused" if attempt.get("request_caused") else reason_category(reason)
             _add(self.attempts, node)
             _add(self.failures, (node, category))
             wait = attempt.get("wait_ms")

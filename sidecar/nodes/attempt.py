@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Protocol
 
 from .held import Budget
-from .node import NodeState
+from .node import Blame, NodeState
 from .recovery import ProbeSpec
 from .transport import Request, Response, Transport, UpstreamError
 
@@ -51,7 +51,7 @@ class Owner(Protocol):
         started: float,
         model: str | None = None,
         spec: ProbeSpec | None = None,
-    ) -> None: ...
+    ) -> Blame | None: ...
 
 
 class Attempt:
@@ -61,12 +61,13 @@ class Attempt:
     nothing can run between the balancer's offer of a trial and its taking.
     """
 
-    __slots__ = ("failure", "held", "model", "node", "response", "spec", "started", "trial", "upstream")
+    __slots__ = ("blame", "failure", "held", "model", "node", "response", "spec", "started", "trial", "upstream")
 
     def __init__(
         self, upstream: Owner, node: NodeState, trial: bool, model: str | None = None, spec: ProbeSpec | None = None
     ) -> None:
         self.spec = spec  # what a recovery probe would repeat if this attempt's failure ejects the node
+        self.blame: Blame | None = None  # what its failure did to the node's health (set on exit)
         self.upstream = upstream
         self.node = node
         self.trial = trial
@@ -106,4 +107,4 @@ class Attempt:
                 response.close()  # the node stops generating what nobody will read
         self.held.give_back()
         self.node.stats.in_flight -= 1
-        self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model, self.spec)
+        self.blame = self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model, self.spec)

@@ -71,6 +71,15 @@ class Counters:
     def clear(self) -> None:
         self.successes = self.http_failures = self.tcp_failures = self.timeouts = 0
 
+    def undo(self, kind: Failure) -> None:
+        """Take back one failure of `kind` (it was the request's, not the node's)."""
+        if kind is Failure.HTTP:
+            self.http_failures = max(0, self.http_failures - 1)
+        elif kind is Failure.TCP:
+            self.tcp_failures = max(0, self.tcp_failures - 1)
+        else:
+            self.timeouts = max(0, self.timeouts - 1)
+
     def success(self) -> None:
         self.successes += 1
         self.http_failures = self.tcp_failures = self.timeouts = 0
@@ -243,6 +252,19 @@ class Health:
             self.counters[Source.PASSIVE].clear()
         return self._changed(before, reason, now)
 
+    def take_back(self, kind: Failure, ejected_until: float | None, now: float, reason: str) -> Transition | None:
+        """Undo one passive failure: the request caused it (proxy/poison.py). If it began the ejection that
+        still stands (`ejected_until`), the ejection ends; else its count goes back."""
+        before = self.state
+        if ejected_until is not None and self.ejected_until == ejected_until:
+            self.ejected_until = None
+            self.probing = False
+            self.ejections = max(0, self.ejections - 1)
+            self.counters[Source.PASSIVE].clear()
+        else:
+            self.counters[Source.PASSIVE].undo(kind)
+        return self._changed(before, reason, now)
+
     def ejection_time(self) -> float:
         """How long the next ejection lasts."""
         assert self.passive is not None
@@ -287,6 +309,15 @@ class ModelHealth:
         self.recovery = None
         self.out_until = 0.0
         self.failures = 0
+
+    def take_back(self, ejected_until: float | None) -> bool:
+        """Undo one failure the request caused; True when that ends the ejection it began."""
+        if ejected_until is not None and self.out_until == ejected_until:
+            self.recovered()
+            self.ejections = max(0, self.ejections - 1)
+            return True
+        self.failures = max(0, self.failures - 1)
+        return False
 
     def rate_limited(self, until: float, now: float, cap: float) -> None:
         self.out_until = max(self.out_until, min(until, now + cap))

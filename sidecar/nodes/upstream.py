@@ -20,7 +20,7 @@ from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
 from .health import MIN_RETRY_AFTER, Failure, Health, ModelHealth, Source, State, Transition
 from .held import Budget
-from .node import NodeState, auth_headers
+from .node import Blame, NodeState, auth_headers
 from .recovery import ProbeSpec, Recovery
 from .transport import Transport, UpstreamError
 
@@ -135,8 +135,9 @@ class Upstream:
         started: float,
         model: str | None = None,
         spec: ProbeSpec | None = None,
-    ) -> None:
-        """The one place an attempt's outcome reaches health and figures."""
+    ) -> Blame | None:
+        """The one place an attempt's outcome reaches health and figures; what a failure was blamed for,
+        so that it can be taken back if the request turns out to have caused it."""
         now = self.clock()
         if outcome is not Outcome.NEUTRAL:  # an abandoned attempt says nothing of the node's speed
             node.stats.finished(now, now - started, outcome is Outcome.SUCCESS)
@@ -147,15 +148,17 @@ class Upstream:
                 node.recovery = None  # a real success ended the ejection (panic mode, or a request sent before it)
             if model is not None:
                 node.models.ok(model, now)
-            return
+            node.last_ok = now
+            return None
         if outcome is Outcome.NEUTRAL or failure is None or failure.kind is None:
             if trial:
                 node.health.end_trial()
-            return
-        if model is not None and self._model_failure(node, model, failure, now, spec):
+            return None
+        by_model = self._model_failure(node, model, failure, now, spec) if model is not None else False
+        if by_model is not False:
             if trial:
                 node.health.end_trial()
-            return
+            return by_model if isinstance(by_model, Blame) else None
         if failure.status == 429 and failure.retry_after is not None and failure.retry_after >= MIN_RETRY_AFTER:
             # The provider said when to come back: that wait is the whole verdict. Counting it as a
             # failure too would eject a node for a one-second limit that many requests hit at once.
@@ -163,20 +166,39 @@ class Upstream:
             if trial:
                 node.health.end_trial()
             node.health.block(now + failure.retry_after, now)
-            return
+            return None
         transition = node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial)
         ejected = transition is not None and transition.after == State.EJECTED
         if ejected and spec is not None and node.config.recovery == "probe":
             node.recovery = Recovery.start(spec, now, node.health.blocked_until)
             node.health.probing = True
         self._transition(node, transition)
+        if node.config.checks.passive is None:
+            return None  # nothing was counted
+        return Blame(node, failure.kind, None, node.health.ejected_until if ejected else None)
+
+    def take_back(self, blame: Blame, why: str) -> None:
+        """Undo what `blame` did: the request caused that failure, not the node (proxy/poison.py)."""
+        node = blame.node
+        if blame.model is not None:
+            state = node.models.health.get(blame.model)
+            if state is not None and state.take_back(blame.ejected_until):
+                log.info("node %s, model %s: back (%s)", node.name, blame.model, why)
+                self.events.publish(
+                    "health", node=node.name, model=blame.model, before="ejected", after="healthy", reason=why
+                )
+            return
+        self._transition(node, node.health.take_back(blame.kind, blame.ejected_until, self.clock(), why))
+        if node.recovery is not None and node.health.ejected_until is None:
+            node.recovery = None
 
     def _model_failure(
         self, node: NodeState, model: str, failure: UpstreamError, now: float, spec: ProbeSpec | None = None
-    ) -> bool:
+    ) -> Blame | bool:
         """Count a failure against (node, model) when it is the model's: a 429 always (providers limit
         per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
-        auth failures are the node's."""
+        auth failures are the node's. False: not the model's; a Blame when it was counted; True when
+        it only holds the model out (a rate limit's wait)."""
         passive = node.config.checks.passive
         if failure.status == 429:  # with passive checks off too: a rate limit is never a verdict on the node
             passive = passive or PassiveCheck()
@@ -184,9 +206,10 @@ class Upstream:
             if wait is not None and wait < MIN_RETRY_AFTER:  # holds nothing: counted, as a 5xx of the model is
                 state = node.models.get(model)
                 base, cap = passive.base_ejection_time, passive.max_ejection_time
-                if state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason):
+                ejected = state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason)
+                if ejected:
                     self._model_ejected(node, model, state, failure.reason, spec, now)
-                return True
+                return Blame(node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None)
             until = now + (wait if wait is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
             self._model_event(node, model, "rate limited", failure.reason)
@@ -196,9 +219,10 @@ class Upstream:
             return False
         threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
         state = node.models.get(model)
-        if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
+        ejected = state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason)
+        if ejected:
             self._model_ejected(node, model, state, failure.reason, spec, now)
-        return True
+        return Blame(node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None)
 
     def _model_ejected(
         self, node: NodeState, model: str, state: ModelHealth, reason: str, spec: ProbeSpec | None, now: float

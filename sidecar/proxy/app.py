@@ -30,6 +30,7 @@ from . import models as catalog
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
 from .interrupt import Interrupt, Reason
+from .poison import Suspects
 
 access_log = logging.getLogger("llm_sidecar.access")
 log = logging.getLogger("llm_sidecar")
@@ -141,6 +142,7 @@ class ProxyApp:
         self.id_counter = itertools.count(1)
         self.urls: dict[tuple[str, str], URL] = {}
         self.inflight: set[Interrupt] = set()
+        self.suspects = Suspects()  # request fingerprints found to cause their own failures (poison.py)
         self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (sidecar/metrics.py)
 
     def next_id(self) -> str:
@@ -283,7 +285,7 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
+            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task, self.suspects)
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle

@@ -47,6 +47,7 @@ class Exchange:
     tokens_cached: int | None = None  # prompt tokens the provider served from its cache
     error: str | None = None
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
+    request_caused: str | None = None  # how the request failed on every node it caused to fail (proxy/poison.py)
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
@@ -74,6 +75,7 @@ class Exchange:
             "tokens_out": self.tokens_out,
             "tokens_cached": self.tokens_cached,
             "error": self.error,
+            "request_caused": self.request_caused,
         }
 
 
@@ -83,6 +85,8 @@ def trail(ex: Exchange) -> bytes:
     for a in ex.attempts:
         wait = a.get("wait_ms")
         steps.append(f"{a['node']}: {a['reason']}" + (f", waited {wait} ms" if wait is not None else ""))
+    if ex.request_caused is not None:
+        steps.append("request-caused: the same failure on nodes that serve other requests; no node blamed")
     return "; ".join(steps).encode("ascii", "replace")
 
 

@@ -32,6 +32,7 @@ from sidecar.nodes.upstream import Upstream
 from .answer import Body, Ready, first_bytes, is_json_api
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
 from .exchange import BadBody, BodyRewriter, Exchange, dump
+from .poison import SERVING_WITHIN, Culprit, Suspects, fingerprint
 from .redact import redact, redact_headers, redact_text
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
@@ -95,6 +96,17 @@ class Trip:
     url: Callable[[str, str], URL]
     task: asyncio.Task[Any] | None
     route: Route = NO_ROUTE
+
+    def serving(self, index: int) -> bool:
+        """Whether node `index` answered another request lately (so a failure here may be the request's)."""
+        return self.upstream.clock() - self.upstream.nodes[index].last_ok <= SERVING_WITHIN
+
+    def fingerprint(self) -> str:
+        try:
+            parsed = self.rewriter.parse()
+        except BadBody:
+            parsed = None
+        return fingerprint(self.ex.path, self.rewriter.body, parsed)
 
     def request(self, node: NodeState, body: bytes) -> Request:
         headers = [*self.headers, *node.auth] if node.auth else self.headers
@@ -160,8 +172,10 @@ async def forward(
     headers: list[tuple[str, str]],
     url: Callable[[str, str], URL],
     task: asyncio.Task[Any] | None = None,
+    suspects: Suspects | None = None,
 ) -> None:
-    """Try nodes until one answers, the retry plan gives up, or the client leaves."""
+    """Try nodes until one answers, the retry plan gives up, the request turns out to cause its own
+    failures (`suspects`: fingerprints found so lately, see poison.py), or the client leaves."""
     config = upstream.config.upstream
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query: bytes = scope["query_string"]
@@ -186,6 +200,7 @@ async def forward(
         return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
     spec = ProbeSpec.of(ex.path, route.model, ex.stream)  # what a recovery probe would repeat
+    culprit = Culprit(suspects if suspects is not None else Suspects())
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
     same: int | None = None
@@ -245,6 +260,12 @@ async def forward(
             if exc.kind is None and exc.status and refusal is None:
                 refusal = exc
             last = exc
+            caused = culprit.failed(
+                choice.index, exc, attempt.blame, ex.attempts[-1], trip.serving, trip.fingerprint, upstream.clock()
+            )
+            if caused is not None:
+                await request_caused(trip, culprit, caused, plan.attempts)
+                return
             decision = plan.failed(choice.index, fault_of(exc), exc.retry_after, upstream.clock())
             if decision.same and upstream.again(choice.index) is not None:  # not ejected by this failure
                 ex.attempts[-1]["wait_ms"] = round(decision.wait * 1000)
@@ -254,6 +275,21 @@ async def forward(
     answer = refusal or last
     timed_out = answer is not None and answer.kind is Failure.TIMEOUT
     await give_up(send, ex, answer, plan.attempts, timed_out)
+
+
+async def request_caused(trip: Trip, culprit: Culprit, how: str, attempts: int) -> None:
+    """The request failed the same way on nodes that serve others: its own doing. No node is blamed (the
+    counts its failures added are taken back), no other node is tried, and the client gets the original
+    error, marked (log, trail header, metrics, the monitor)."""
+    ex, upstream = trip.ex, trip.upstream
+    why = f"request-caused ({'timeout' if how == 'timeout' else 'http ' + how})"
+    answer, blames = culprit.acquit(how)
+    for blame in blames:
+        upstream.take_back(blame, f"{why}: taken back")
+    ex.request_caused = how
+    log.warning("request %s: %s on %d node(s) that serve other requests: answered as is, no node blamed",
+                ex.rid, why, len({f["node"] for f in ex.attempts if f.get("request_caused")}))  # fmt: skip
+    await give_up(trip.send, ex, answer, attempts, how == "timeout")
 
 
 async def bad_body(send: Send, ex: Exchange, exc: BadBody) -> None:
