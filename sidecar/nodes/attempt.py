@@ -61,13 +61,16 @@ class Attempt:
     nothing can run between the balancer's offer of a trial and its taking.
     """
 
-    __slots__ = ("blame", "failure", "held", "model", "node", "response", "spec", "started", "trial", "upstream")
+    __slots__ = (
+        "blame", "failure", "held", "lost", "model", "node", "response", "spec", "started", "trial", "upstream",
+    )  # fmt: skip
 
     def __init__(
         self, upstream: Owner, node: NodeState, trial: bool, model: str | None = None, spec: ProbeSpec | None = None
     ) -> None:
         self.spec = spec  # what a recovery probe would repeat if this attempt's failure ejects the node
         self.blame: Blame | None = None  # what its failure did to the node's health (set on exit)
+        self.lost = False  # a hedge's first token came first: no verdict, whatever else happened
         self.upstream = upstream
         self.node = node
         self.trial = trial
@@ -93,9 +96,15 @@ class Attempt:
         """Record a failure without raising (the relay already told the client)."""
         self.failure = error
 
+    def lose(self) -> None:
+        """Another attempt of the same request won the race to a first token (proxy/hedge.py)."""
+        self.lost = True
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         failure = exc if isinstance(exc, UpstreamError) else self.failure
-        if failure is not None:
+        if self.lost:
+            failure, outcome = None, Outcome.NEUTRAL
+        elif failure is not None:
             outcome = Outcome.FAILURE if failure.kind is not None else Outcome.NEUTRAL
         else:
             outcome = Outcome.SUCCESS if exc is None else Outcome.NEUTRAL

@@ -29,6 +29,7 @@ from sidecar.nodes.runtime import Runtime
 from . import models as catalog
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
+from .hedge import HedgeBudget
 from .interrupt import Interrupt, Reason
 from .poison import Suspects
 
@@ -143,6 +144,7 @@ class ProxyApp:
         self.urls: dict[tuple[str, str], URL] = {}
         self.inflight: set[Interrupt] = set()
         self.suspects = Suspects()  # request fingerprints found to cause their own failures (poison.py)
+        self.hedges = HedgeBudget()  # hedged first tokens over the last minute (hedge.py)
         self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (sidecar/metrics.py)
 
     def next_id(self) -> str:
@@ -285,7 +287,9 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task, self.suspects)
+            await forward(
+                upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task, self.suspects, self.hedges
+            )
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle

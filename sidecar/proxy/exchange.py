@@ -48,6 +48,7 @@ class Exchange:
     error: str | None = None
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
     request_caused: str | None = None  # how the request failed on every node it caused to fail (proxy/poison.py)
+    hedged: list[dict[str, Any]] = field(default_factory=list)  # hedges: node, over (the node hedged), after_ms, won
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
@@ -76,6 +77,7 @@ class Exchange:
             "tokens_cached": self.tokens_cached,
             "error": self.error,
             "request_caused": self.request_caused,
+            "hedged": self.hedged,
         }
 
 

@@ -14,17 +14,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 from yarl import URL
 
+from sidecar.config.schema import Hedge as HedgeConfig
 from sidecar.formats.dialect import ANTHROPIC, ANTHROPIC_VERSION, NAMES, VERSION_HEADER
 from sidecar.formats.errors import Send, send_error
 from sidecar.nodes.affinity import SESSION_HEADER, conversation_key
 from sidecar.nodes.attempt import Attempt
 from sidecar.nodes.balancer import Choice
 from sidecar.nodes.health import Failure
-from sidecar.nodes.node import NodeState
+from sidecar.nodes.node import Blame, NodeState
 from sidecar.nodes.recovery import ProbeSpec
 from sidecar.nodes.transport import Request, UpstreamError
 from sidecar.nodes.upstream import Upstream
@@ -32,6 +34,7 @@ from sidecar.nodes.upstream import Upstream
 from .answer import Body, Ready, first_bytes, is_json_api
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
 from .exchange import BadBody, BodyRewriter, Exchange, dump
+from .hedge import HEDGED_PATHS, Hedge, HedgeBudget, race
 from .poison import SERVING_WITHIN, Culprit, Suspects, fingerprint
 from .redact import redact, redact_headers, redact_text
 from .relay import end_stream, give_up, pump, relay
@@ -173,6 +176,7 @@ async def forward(
     url: Callable[[str, str], URL],
     task: asyncio.Task[Any] | None = None,
     suspects: Suspects | None = None,
+    hedges: HedgeBudget | None = None,
 ) -> None:
     """Try nodes until one answers, the retry plan gives up, the request turns out to cause its own
     failures (`suspects`: fingerprints found so lately, see poison.py), or the client leaves."""
@@ -203,78 +207,167 @@ async def forward(
     culprit = Culprit(suspects if suspects is not None else Suspects())
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
-    same: int | None = None
-    while not plan.exhausted:
-        choice = upstream.again(same) if same is not None else None
-        same = None
-        if choice is None:
-            now = upstream.clock()
-            excluded = plan.excluded(now) | route.skip
-            out = upstream.models_out(route.model, now) if route.model is not None else None
-            choice = upstream.choose(excluded | out if out else excluded, route.prefer)
-            if choice is None and out:  # the model is out on every node left: try anyway, as in panic
-                choice = upstream.choose(excluded, route.prefer)
-        if choice is None:
-            wait = plan.round_wait(upstream.clock())
-            if wait is None:
-                break
-            if ex.attempts:  # added up: a round may wait twice after one failure
-                ex.attempts[-1]["wait_ms"] = ex.attempts[-1].get("wait_ms", 0) + round(wait * 1000)
-            await asyncio.sleep(wait)
-            continue
-        node = upstream.nodes[choice.index]
-        try:
-            request = trip.request(node, trip.rewriter.for_node(node))
-            transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
-        except BadBody as exc:
-            await bad_body(send, ex, exc)
-            return
-        plan.start(choice.index, upstream.clock())
+    same: int | None = None  # the node a same-node retry goes to next, after `same_wait` seconds
+    same_wait = 0.0
+    racing: list[Hedge] = []  # a hedge still racing after the attempt it hedged failed
+    hedging = hedges is not None and config.hedge is not None and ex.stream and ex.path in HEDGED_PATHS
+    if hedging:
+        assert hedges is not None
+        hedges.counted(upstream.clock())
 
-        def elsewhere(tried: int = choice.index) -> bool:
-            """Whether the request could go on to another node now (so its wait here may be ended)."""
-            return upstream.usable_beyond(plan.excluded(upstream.clock()) | route.skip | {tried}, route.model)
-
-        try:
-            with upstream.attempt(choice, route.model, spec) as attempt:
-                ready = await trip.first(attempt, request, elsewhere)
-                broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
-            if broken is not None and transcript is not None:
-                await carry_on(trip, choice.index, broken, transcript)
-            node.stats.tokens_in += ex.tokens_in or 0
-            node.stats.tokens_out += ex.tokens_out or 0
-            node.stats.tokens_cached += ex.tokens_cached or 0
-            if route.key is not None and upstream.pins is not None and ex.status < 500:
-                upstream.pins.pin(route.key, ex.node or node.name, upstream.clock())
-            return
-        except UpstreamError as exc:
-            if exc.local:  # the sidecar's own trouble: another node would fare no better
-                ex.status, ex.error = 503, exc.reason
-                log.error("request %s: %s", ex.rid, exc.reason)
-                await send_error(
-                    send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
-                    "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
-                )  # fmt: skip
-                return
-            ex.attempts.append({"node": node.name, "reason": exc.reason})
-            if exc.kind is None and exc.status and refusal is None:
-                refusal = exc
-            last = exc
-            caused = culprit.failed(
-                choice.index, exc, attempt.blame, ex.attempts[-1], trip.serving, trip.fingerprint, upstream.clock()
-            )
-            if caused is not None:
-                await request_caused(trip, culprit, caused, plan.attempts)
-                return
-            decision = plan.failed(choice.index, fault_of(exc), exc.retry_after, upstream.clock())
-            if decision.same and upstream.again(choice.index) is not None:  # not ejected by this failure
+    def failed(exc: UpstreamError, index: int, blame: Blame | None) -> str | None:
+        """Account one failed attempt; the way the request caused it, when it did (then stop)."""
+        nonlocal last, refusal, same, same_wait
+        ex.attempts.append({"node": upstream.nodes[index].name, "reason": exc.reason})
+        if exc.kind is None and exc.status and refusal is None:
+            refusal = exc
+        last = exc
+        now = upstream.clock()
+        caused = culprit.failed(index, exc, blame, ex.attempts[-1], trip.serving, trip.fingerprint, now)
+        if caused is None:
+            decision = plan.failed(index, fault_of(exc), exc.retry_after, now)
+            if decision.same and not racing and upstream.again(index) is not None:  # not ejected by this failure
                 ex.attempts[-1]["wait_ms"] = round(decision.wait * 1000)
-                await asyncio.sleep(decision.wait)
-                node.stats.retries += 1
-                same = choice.index
+                same, same_wait = index, decision.wait
+        return caused
+
+    def elsewhere(tried: int) -> Callable[[], bool]:
+        """Whether the request could go on to another node now (so its wait on `tried` may be ended)."""
+        return lambda: upstream.usable_beyond(plan.excluded(upstream.clock()) | route.skip | {tried}, route.model)
+
+    def hedge_for(index: int) -> Hedge | None:
+        """A second attempt on the next usable node serving the model, within the budget; None if none."""
+        assert hedges is not None and config.hedge is not None
+        now = upstream.clock()
+        excluded = plan.excluded(now) | route.skip | {index}
+        out = upstream.models_out(route.model, now) if route.model is not None else None
+        choice = upstream.choose(excluded | out if out else excluded)
+        if choice is None or choice.panic or not hedges.allows(config.hedge.budget, now):
+            return None
+        hedges.spent(now)
+        plan.start(choice.index, now)
+        node = upstream.nodes[choice.index]
+        request = trip.request(node, trip.rewriter.for_node(node))
+        first = elsewhere(choice.index)
+        ex.hedged.append({"node": node.name, "over": upstream.nodes[index].name, "won": False})
+        return Hedge(
+            choice,
+            lambda attempt: trip.first(attempt, request, first),
+            upstream.attempt(choice, route.model, spec),
+            ex.hedged[-1],
+        )
+
+    async def serve(attempt: Attempt, ready: Ready, index: int, transcript: Transcript | None) -> None:
+        """Relay the winner's answer, continue it if it breaks, and note what it served."""
+        node = attempt.node
+        broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
+        if broken is not None and transcript is not None:
+            await carry_on(trip, index, broken, transcript)
+        node.stats.tokens_in += ex.tokens_in or 0
+        node.stats.tokens_out += ex.tokens_out or 0
+        node.stats.tokens_cached += ex.tokens_cached or 0
+        if route.key is not None and upstream.pins is not None and ex.status < 500:
+            upstream.pins.pin(route.key, ex.node or node.name, upstream.clock())
+
+    try:
+        while not plan.exhausted or racing:
+            if racing:  # the attempt a hedge raced failed: the hedge goes on alone
+                alone = racing.pop()
+                await alone.settled.wait()
+                if alone.ready is not None:
+                    alone.entry["won"] = True
+                    transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+                    try:
+                        await serve(alone.attempt, alone.ready, alone.choice.index, transcript)
+                    finally:
+                        alone.finish(None)
+                        await alone.close()
+                    return
+                await alone.close()
+                assert alone.error is not None
+                if (caused := failed(alone.error, alone.choice.index, alone.attempt.blame)) is not None:
+                    await request_caused(trip, culprit, caused, plan.attempts)
+                    return
+                continue
+            choice = None
+            if same is not None:  # a same-node retry the plan decided on, unless the node is out by now
+                await asyncio.sleep(same_wait)
+                upstream.nodes[same].stats.retries += 1
+                choice = upstream.again(same)
+            same = None
+            if choice is None:
+                now = upstream.clock()
+                excluded = plan.excluded(now) | route.skip
+                out = upstream.models_out(route.model, now) if route.model is not None else None
+                choice = upstream.choose(excluded | out if out else excluded, route.prefer)
+                if choice is None and out:  # the model is out on every node left: try anyway, as in panic
+                    choice = upstream.choose(excluded, route.prefer)
+            if choice is None:
+                wait = plan.round_wait(upstream.clock())
+                if wait is None:
+                    break
+                if ex.attempts:  # added up: a round may wait twice after one failure
+                    ex.attempts[-1]["wait_ms"] = ex.attempts[-1].get("wait_ms", 0) + round(wait * 1000)
+                await asyncio.sleep(wait)
+                continue
+            node = upstream.nodes[choice.index]
+            try:
+                request = trip.request(node, trip.rewriter.for_node(node))
+                transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+            except BadBody as exc:
+                await bad_body(send, ex, exc)
+                return
+            plan.start(choice.index, upstream.clock())
+            hedge: Hedge | None = None
+            try:
+                with upstream.attempt(choice, route.model, spec) as attempt:
+                    if not hedging or choice.panic:
+                        ready = await trip.first(attempt, request, elsewhere(choice.index))
+                    else:
+                        assert config.hedge is not None
+                        after = hedge_after(config.hedge, node, route.model, upstream.clock())
+                        main = asyncio.ensure_future(trip.first(attempt, request, elsewhere(choice.index)))
+                        ready, hedge, beaten = await race(main, after, partial(hedge_for, choice.index), racing)
+                        if hedge is not None:
+                            attempt.lose()  # the hedge's first token came first: no verdict on this node
+                            hedge.entry["won"] = True
+                        if beaten is not None and beaten.error is not None:
+                            failed(beaten.error, beaten.choice.index, beaten.attempt.blame)
+                    if hedge is None:
+                        await serve(attempt, ready, choice.index, transcript)
+                if hedge is not None:
+                    try:
+                        await serve(hedge.attempt, ready, hedge.choice.index, transcript)
+                    finally:
+                        hedge.finish(None)
+                        await hedge.close()
+                return
+            except UpstreamError as exc:
+                if exc.local:  # the sidecar's own trouble: another node would fare no better
+                    ex.status, ex.error = 503, exc.reason
+                    log.error("request %s: %s", ex.rid, exc.reason)
+                    await send_error(
+                        send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
+                        "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
+                    )  # fmt: skip
+                    return
+                if (caused := failed(exc, choice.index, attempt.blame)) is not None:
+                    await request_caused(trip, culprit, caused, plan.attempts)
+                    return
+    finally:
+        for left in racing:
+            await left.close()
     answer = refusal or last
     timed_out = answer is not None and answer.kind is Failure.TIMEOUT
     await give_up(send, ex, answer, plan.attempts, timed_out)
+
+
+def hedge_after(hedge: HedgeConfig, node: NodeState, model: str | None, now: float) -> float | None:
+    """Seconds without a first token before a hedge: the configured `after`, or the (node, model)'s own
+    p95 (None, no hedge, until enough first tokens are known)."""
+    if not hedge.learned:
+        return hedge.after
+    return node.first_tokens.get(model).percentile(now, 0.95)
 
 
 async def request_caused(trip: Trip, culprit: Culprit, how: str, attempts: int) -> None:
