@@ -283,7 +283,7 @@ class FakeBase:
         if b.fault == "close":
             cut(request)
             return web.Response()
-        plan = Plan(text=tuple(self.plain_pieces()), text_tokens=b.chunks)
+        plan = decide(sp.ask(), self.plain_pieces(), b.chunks)
         if b.fault == "keepalive":
             return await sp.answer(plan, keepalive=b.keepalive_for, plain=True, model="keepalive")
         if sp.stream:  # drop: cut the connection mid-answer

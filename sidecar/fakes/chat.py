@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .base import CONTEXT, FAILURE, POLICY, PREFILL, RATE_LIMIT, SERVER, UNKNOWN_MODEL, FakeBase
 from .core import CONTEXT_ERROR, POLICY_ERROR, PREFILL_ERROR, RATE_LIMIT_ERROR, linger, listed, text_of
-from .plan import Ask, Plan, Result, Tool, is_reasoning_model, output_text
+from .plan import Ask, Plan, Result, Tool, is_reasoning_model, label, output_text
 from .stream import Wire, broken_body, event_stream, send
 
 BROKEN = b'data: {"choices": [{"delta": {"content"\n\n'
@@ -88,7 +88,7 @@ def chat_ask(body: dict[str, Any], model: str) -> Ask:
         if message.get("role") != "tool":
             break
         call = message.get("tool_call_id")
-        results.insert(0, Result(str(names.get(call) or call), output_text(message.get("content"))))
+        results.insert(0, Result(label(names.get(call), call), output_text(message.get("content"))))
     prompt = next((text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
     effort = body.get("reasoning_effort")
     return Ask(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core import listed
-from .plan import Ask, Plan, Result, Tool, output_text
+from .plan import Ask, Plan, Result, Tool, label, output_text
 from .stream import Wire
 
 BROKEN = b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type"\n\n'
@@ -58,7 +58,7 @@ def messages_ask(body: dict[str, Any]) -> Ask:
     last = messages[-1] if messages and messages[-1].get("role") == "user" else {}
     results = tuple(
         Result(
-            str(names.get(b.get("tool_use_id")) or b.get("tool_use_id")),
+            label(names.get(b.get("tool_use_id")), b.get("tool_use_id")),
             output_text(b.get("content")),
             bool(b.get("is_error")),
         )

@@ -92,8 +92,16 @@ def is_reasoning_model(model: str) -> bool:
 
 
 def words(text: str) -> list[str]:
-    """`text` in streamed pieces: a word each, with the spaces before it."""
-    return re.findall(r"\s*\S+", text)
+    """`text` in streamed pieces: a word each, with the spaces before it (and the last with those after it)."""
+    return re.findall(r"\s*\S+(?:\s+$)?|\s+$", text)
+
+
+def label(name: Any, call: Any) -> str:
+    """What a quote calls a tool result: its tool's name, else its call's id."""
+    for value in (name, call):
+        if isinstance(value, str) and value:
+            return value
+    return "a tool"
 
 
 def mentions(prompt: str, name: str) -> bool:

@@ -21,7 +21,7 @@ from aiohttp import web
 from .base import FakeBase
 from .chat import choice_of, error_response, function_tools, openai_error
 from .core import linger, listed
-from .plan import Ask, Plan, Result, is_reasoning_model, output_text
+from .plan import Ask, Plan, Result, is_reasoning_model, label, output_text
 from .responses_wire import Ids, events_of, output_items, response_object, usage_of
 from .stream import broken_body, event_stream, send
 
@@ -70,7 +70,7 @@ def responses_ask(body: dict[str, Any], conversation: list[dict[str, Any]], mode
         if item.get("type") != "function_call_output":
             break
         call = item.get("call_id")
-        results.insert(0, Result(str(names.get(call) or call), output_text(item.get("output"))))
+        results.insert(0, Result(label(names.get(call), call), output_text(item.get("output"))))
     users = [i for i in conversation if i.get("role") == "user" and i.get("type", "message") == "message"]
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
