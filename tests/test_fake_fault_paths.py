@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.fakes.anthropic import ANTHROPIC_FAULT_MODELS
-from sidecar.fakes.core import FAULT_MODELS, FAULTS, Behaviour
+from sidecar.fakes.core import CANONICAL, FAULT_MODELS, FAULTS, Behaviour
 from sidecar.fakes.serve import provider_class
 
 CUT_AFTER = 3
@@ -346,3 +346,36 @@ async def test_provider_wide_faults(fake: Any, path: Path, fault: str) -> None:
             assert got.comments[0] == 0 and got.terminal()  # comments before any event, then the whole answer
         else:
             assert got.status == 200 and got.body  # a late answer
+
+
+def text_of(api: str, data: Any) -> str:
+    """The answer text a streamed event carries."""
+    if not isinstance(data, dict):
+        return ""
+    if api == "anthropic":
+        return str(data["delta"].get("text", "")) if data.get("type") == "content_block_delta" else ""
+    if "type" in data:
+        return str(data["delta"]) if data["type"] == "response.output_text.delta" else ""
+    return str((data.get("choices") or [{}])[0].get("delta", {}).get("content") or "")
+
+
+def with_prefill(path: Path, text: str) -> Path:
+    """The path's request with a trailing assistant message to continue."""
+    extra = dict(path.extra)
+    if path.route == "/v1/responses":
+        extra["input"] = [{"role": "user", "content": extra["input"]}, {"role": "assistant", "content": text}]
+    else:
+        extra["messages"] = [*extra["messages"], {"role": "assistant", "content": text}]
+    return Path(path.name, path.api, path.route, extra, path.stream, path.whole)
+
+
+CONTINUED = [p for p in PATHS if p.stream]
+
+
+@pytest.mark.parametrize("path", CONTINUED, ids=[p.name for p in CONTINUED])
+@pytest.mark.parametrize("fault", ["cut", "stall", "error-event", "429"])
+async def test_a_continuation_skips_the_fault_and_answers_the_rest_as_text(fake: Any, path: Path, fault: str) -> None:
+    url = await fake(path.api)
+    got = await exchange(url, with_prefill(path, "alpha bravo"), f"fault-{fault}")
+    assert got.status == 200 and got.error is None and got.terminal()
+    assert "alpha bravo" + "".join(text_of(path.api, d) for _, d in got.events) == CANONICAL  # no tools, no thinking

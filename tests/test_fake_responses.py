@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from sidecar.fakes.core import CANONICAL
 from sidecar.fakes.plan import REASONING, REASONING_PIECES
 
 from .conftest import cli_env, free_port, wait_for_port
@@ -272,3 +273,25 @@ async def test_cli_serves_responses_unless_told_not_to(flag: list[str]) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+async def test_a_trailing_assistant_message_is_continued(sdk: Any) -> None:
+    fake, client = sdk
+    prefill: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "alpha bravo"}]
+    async with client.responses.stream(model="fault-cut-c", input=prefill) as stream:
+        final = await stream.get_final_response()
+    assert "alpha bravo" + final.output_text == CANONICAL and final.status == "completed"  # the fault is skipped
+    parts: Any = [
+        {"role": "user", "content": "hi"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello from p: wo"}]},
+    ]
+    plain = await client.responses.create(model="gpt-4o", input=parts)
+    assert plain.output_text == "rd0 word1 word2 word3 word4"
+    assert (fake.stats.continuations, fake.stats.last_prefill) == (2, "Hello from p: wo")
+    # A stored answer is context, not something to continue, even when the next input is empty.
+    follow = await client.responses.create(model="gpt-4o", input=[], previous_response_id=plain.id)
+    assert follow.output_text == PLAIN and fake.stats.continuations == 2
+    fake.set(continuation="none")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model="gpt-4o", input=prefill)
+    assert refused.value.code == "unsupported_prefill"

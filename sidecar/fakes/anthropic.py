@@ -35,6 +35,7 @@ from .core import (
     Stats,
     estimate_tokens,
     linger,
+    trailing_assistant,
 )
 from .messages import Shape, events_of, message, messages_ask, signature
 from .openai import FakeProvider
@@ -240,6 +241,9 @@ class MessagesSpeaker:
 
     def ask(self) -> Ask:
         return messages_ask(self.body)
+
+    def prefill(self) -> dict[str, Any] | None:
+        return trailing_assistant(self.body)
 
     def refuse(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
         messages = {

@@ -39,7 +39,6 @@ from .core import (
     linger,
     prompt_prefixes,
     text_of,
-    trailing_assistant,
 )
 from .plan import Ask, Plan, decide
 from .stream import cut, partial_body
@@ -60,6 +59,10 @@ class Speaker(Protocol):
     partial: bytes  # how a body of this format starts: what the drop fault sends of one before it cuts
 
     def ask(self) -> Ask: ...
+
+    def prefill(self) -> dict[str, Any] | None:
+        """The trailing assistant message the request asks to continue, as a chat message, or None."""
+        ...
 
     def refuse(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response: ...
 
@@ -167,15 +170,16 @@ class FakeBase:
         """What of a request's body is its prompt, for the token estimate and the prompt cache: its messages."""
         return body.get("messages")
 
-    def pick_fault(self, body: dict[str, Any], model: str) -> str | None:
+    def pick_fault(self, model: str, continuing: bool) -> str | None:
         """Count a request for fault model `model` and say what it gets: None for a model not in fault_models, else
-        the fault's name, or ANSWER, CONTINUE or REFUSE_PREFILL. The one place every dialect decides this."""
+        the fault's name, or ANSWER, CONTINUE or REFUSE_PREFILL. `continuing`: the request asks to continue a
+        trailing assistant message. The one place every dialect decides this."""
         self.seen[model] = self.seen.get(model, 0) + 1
         self.stats.fault_requests[model] = self.stats.fault_requests.get(model, 0) + 1
         name = fault_for_model(model, self.fault_models)
         if name is None or name in ("context", "policy"):
             return name  # these two fail continuations as well
-        if trailing_assistant(body) is not None:
+        if continuing:
             # Any other fault is skipped, so a test can continue on the node that just failed it.
             return REFUSE_PREFILL if name == "reject-prefill" else CONTINUE
         if name in ONCE_FAULTS and self.seen[model] > 1:
@@ -218,7 +222,7 @@ class FakeBase:
             return await self.fail(sp)
         await asyncio.sleep(self.behaviour.latency)
         pieces = self.plain_pieces()
-        prefill = trailing_assistant(sp.body)
+        prefill = sp.prefill()
         if prefill is not None:
             return await self.continuation(sp, pieces, prefill)
         return await sp.answer(decide(sp.ask(), pieces, self.behaviour.chunks), plain=True)
@@ -234,7 +238,8 @@ class FakeBase:
     async def fault_model(self, sp: Speaker) -> web.StreamResponse:
         """The one dispatch for the fault models (FAULT_MODELS, or a dialect's own table)."""
         b = self.behaviour
-        name = self.pick_fault(sp.body, sp.model)
+        prefill = sp.prefill()
+        name = self.pick_fault(sp.model, prefill is not None)
         if name is None:
             return sp.refuse(UNKNOWN_MODEL, 404)
         await asyncio.sleep(b.latency)
@@ -242,7 +247,6 @@ class FakeBase:
             return sp.refuse(name, 400)
         if name == REFUSE_PREFILL:
             return sp.refuse(PREFILL, 400)
-        prefill = trailing_assistant(sp.body)
         if name == CONTINUE and prefill is not None:
             return await self.continuation(sp, CANONICAL_PIECES, prefill)
         if name.startswith("429"):

@@ -16,7 +16,16 @@ from typing import Any
 from aiohttp import web
 
 from .base import CONTEXT, FAILURE, POLICY, PREFILL, RATE_LIMIT, SERVER, UNKNOWN_MODEL, FakeBase
-from .core import CONTEXT_ERROR, POLICY_ERROR, PREFILL_ERROR, RATE_LIMIT_ERROR, linger, listed, text_of
+from .core import (
+    CONTEXT_ERROR,
+    POLICY_ERROR,
+    PREFILL_ERROR,
+    RATE_LIMIT_ERROR,
+    linger,
+    listed,
+    text_of,
+    trailing_assistant,
+)
 from .plan import Ask, Plan, Result, Tool, is_reasoning_model, label, output_text
 from .stream import Wire, broken_body, event_stream, send
 
@@ -181,6 +190,9 @@ class ChatSpeaker:
 
     def ask(self) -> Ask:
         return chat_ask(self.body, self.model)
+
+    def prefill(self) -> dict[str, Any] | None:
+        return trailing_assistant(self.body)
 
     def refuse(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
         error = openai_error(kind, status, self.fake.name, self.model)

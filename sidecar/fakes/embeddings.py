@@ -99,6 +99,9 @@ class EmbeddingsSpeaker:
     def ask(self) -> Ask:
         return Ask()
 
+    def prefill(self) -> dict[str, Any] | None:
+        return None
+
     def refuse(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
         error = openai_error(kind, status, self.fake.name, self.model)
         return error_response(status, error, {"x-fake-provider": self.fake.name, **(headers or {})})

@@ -6,7 +6,9 @@ completed (not those with `store: false`), each with its conversation, and an un
 `previous_response_not_found`. `instructions` count as a system message for the prompt cache but, as in the API,
 are not carried over to the next turn. Function tools and tool_choice follow plan.py's rule; a reasoning request
 is one whose model name marks it (plan.is_reasoning_model) or whose `reasoning.effort` is set (not "none").
-Every fault applies (responses_wire.py says how a stream ends under each); there are no continuations.
+Every fault applies (responses_wire.py says how a stream ends under each). An input that ends with an assistant
+message asks to continue it, as in chat (Behaviour.continuation; the fake's own simulation, which a proxy's
+mid-stream continuation can be tried with: OpenAI documents no prefill for this API).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def responses_ask(body: dict[str, Any], conversation: list[dict[str, Any]], mode
 
 
 class ResponsesSpeaker:
-    """A request to POST /v1/responses (base.Speaker); `conversation` is its previous turns and its input."""
+    """A request to POST /v1/responses (base.Speaker): its input items `given` after the conversation of its
+    previous response, `earlier`."""
 
     partial = b'{"id": "resp_partial", "object": "response", "output": ['
 
@@ -95,16 +98,26 @@ class ResponsesSpeaker:
         fake: FakeBase,
         request: web.Request,
         body: dict[str, Any],
-        conversation: list[dict[str, Any]],
+        given: list[dict[str, Any]],
+        earlier: list[dict[str, Any]],
         store: Store,
     ) -> None:
         self.fake, self.request, self.body = fake, request, body
-        self.conversation, self.store = conversation, store
+        self.given, self.conversation, self.store = given, [*earlier, *given], store
         self.model = str(body["model"])
         self.stream = bool(body.get("stream"))
 
     def ask(self) -> Ask:
         return responses_ask(self.body, self.conversation, self.model)
+
+    def prefill(self) -> dict[str, Any] | None:
+        """A trailing assistant message item, continued as in chat (the fake's own simulation: OpenAI documents
+        no prefill for the Responses API), with its `prefix` mark for Behaviour.continuation "prefix"."""
+        last = self.given[-1] if self.given else {}  # of this request's input: a stored answer is no prefill
+        if last.get("role") != "assistant" or last.get("type", "message") != "message":
+            return None
+        mark = {"prefix": last["prefix"]} if "prefix" in last else {}
+        return {"role": "assistant", "content": message_text(last), **mark}
 
     def refuse(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
         error = openai_error(kind, status, self.fake.name, self.model)
@@ -163,17 +176,18 @@ async def create(fake: FakeBase, store: Store, request: web.Request) -> web.Stre
         body = None
     if not isinstance(body, dict) or "model" not in body:
         return invalid(400, "body must be JSON with a model", "model")
-    conversation = new_items(body.get("input"))
-    if conversation is None:
+    given = new_items(body.get("input"))
+    if given is None:
         return invalid(400, "input must be a string or a list of input items", "input")
+    earlier: list[dict[str, Any]] = []
     previous = body.get("previous_response_id")
     if previous is not None:
         found = store.get(previous)
         if found is None:
             message = f"Previous response with id '{previous}' not found."
             return invalid(404, message, "previous_response_id", "previous_response_not_found")
-        conversation = [*found[1], *conversation]
-    return await fake.serve(ResponsesSpeaker(fake, request, body, conversation, store))
+        earlier = found[1]
+    return await fake.serve(ResponsesSpeaker(fake, request, body, given, earlier, store))
 
 
 async def retrieve(store: Store, request: web.Request) -> web.Response:
