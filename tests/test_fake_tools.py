@@ -28,7 +28,7 @@ from sidecar.fakes.plan import (
     mentions,
     quote,
 )
-from sidecar.fakes.tools import MAX_DEPTH, MAX_ITEMS, arguments_for, example
+from sidecar.fakes.tools import MAX_DEPTH, MAX_ITEMS, MAX_VALUES, Example, arguments_for
 
 WEATHER = Tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 TIME = Tool("get_time", {"type": "object", "properties": {}})
@@ -133,7 +133,14 @@ def test_a_schema_that_refers_to_itself_or_asks_for_too_much_stays_bounded() -> 
     assert len(arguments_for(many)["a"]) == MAX_ITEMS
     long = {"type": "object", "properties": {"s": {"type": "string", "minLength": 10**9}}, "required": ["s"]}
     assert len(arguments_for(long)["s"]) == 4096
-    assert example({"type": "string"}, {}, "x", MAX_DEPTH + 1) is None
+    assert Example({}).of({"type": "string"}, "x", MAX_DEPTH + 1) is None
+    # Nested arrays multiply: 8 ** 11 integers asked for, at most MAX_VALUES values made (past it, nulls).
+    nested: dict[str, Any] = {"type": "integer"}
+    for _ in range(11):
+        nested = {"type": "array", "items": nested, "minItems": 8}
+    made = json.dumps(arguments_for({"type": "object", "properties": {"a": nested}, "required": ["a"]}))
+    assert made.count("[") + made.count("1") <= MAX_VALUES and made.count("null") <= MAX_VALUES * MAX_ITEMS
+    assert made.count("1") > 0 and len(made) < 20 * MAX_VALUES * MAX_ITEMS
 
 
 class Colour(enum.Enum):

@@ -47,8 +47,9 @@ CANONICAL_PIECES = [CANONICAL_WORDS[0], *(" " + w for w in CANONICAL_WORDS[1:])]
 
 FAULT_MODEL_PREFIX = "fault-"
 # Faults chosen per request by model `fault-<name><tag>`; "first" means the first request for the full model string
-# on this provider. The stream faults (cut, stall, malformed, error-event, no-done) send the role chunk and the first
-# `cut_after` words before failing; without "stream", cut sends part of the JSON body (short of its Content-Length)
+# on this provider. The stream faults (cut, stall, malformed, error-event, no-done) send the opening events and the
+# first `cut_after` deltas (words, reasoning pieces or argument fragments: stream.py) before failing; without
+# "stream", cut sends part of the JSON body (short of its Content-Length)
 # and aborts, stall sends the headers and goes silent, and malformed, error-event and no-done answer normally.
 # A continuation request (see Behaviour.continuation) ignores the fault, except for context and policy.
 FAULT_MODELS: dict[str, str] = {
@@ -140,7 +141,7 @@ def fault_for_model(model: str, table: dict[str, str] = FAULT_MODELS) -> str | N
     return max((name for name in table if rest.startswith(name)), key=len, default=None)
 
 
-# What FakeProvider.pick_fault says besides a fault model's name.
+# What FakeBase.pick_fault says besides a fault model's name.
 ANSWER = "answer"  # a "once" fault already spent: answer normally
 CONTINUE = "continue"  # a continuation, which skips the fault
 REFUSE_PREFILL = "refuse-prefill"  # a continuation asked of a reject-prefill model

@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# Past this depth (a schema that refers to itself, or a hostile one) a value is null: the answer stays bounded.
+# Past this depth (a schema that refers to itself, or a hostile one) a value is null, and so is every value past
+# the first MAX_VALUES (nested arrays multiply): the arguments stay small whatever the schema.
 MAX_DEPTH = 12
+MAX_VALUES = 256
 MAX_ITEMS = 8  # minItems beyond this still gives this many: arguments are an example, not a load test
 FORMATS = {
     "date": "2025-01-01",
@@ -33,7 +35,7 @@ FORMATS = {
 
 def arguments_for(schema: Any) -> dict[str, Any]:
     """A tool call's arguments for a tool whose parameters (input_schema) are `schema`: always an object."""
-    value = example(schema, schema if isinstance(schema, dict) else {}, "value", 0)
+    value = Example(schema if isinstance(schema, dict) else {}).of(schema, "value", 0)
     return value if isinstance(value, dict) else {}
 
 
@@ -82,46 +84,55 @@ def _type_of(schema: dict[str, Any]) -> str | None:
     return None
 
 
-def example(schema: Any, root: dict[str, Any], name: str, depth: int) -> Any:
-    """A value that `schema` accepts; `name` is the property it is for (a string's value), `root` the whole
-    schema (for $ref)."""
-    if depth > MAX_DEPTH or not isinstance(schema, dict):
-        return None
-    resolved = _resolve(schema, root)
-    if resolved is None:
-        return None
-    schema = resolved
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf"):
-        branches = schema.get(key)
-        if isinstance(branches, list) and branches:
-            chosen = next((b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")), branches[0])
-            return example(chosen, root, name, depth + 1)
-    if isinstance(schema.get("allOf"), list):
-        return example(_merged(schema["allOf"], root, depth), root, name, depth + 1)
-    kind = _type_of(schema)
-    if kind == "object":
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        required = schema.get("required") if isinstance(schema.get("required"), list) else []
-        names = [key for key in required if isinstance(key, str)]
-        return {key: example(properties.get(key, {}), root, key, depth + 1) for key in dict.fromkeys(names)}
-    if kind == "array":
-        low, high = _bound(schema.get("minItems")), _bound(schema.get("maxItems"))
-        count = 0 if high == 0 else min(max(1, int(low or 0)), MAX_ITEMS)
-        items = schema.get("items")
-        if isinstance(items, list):  # the old tuple form: one schema per position
-            return [example(item, root, name, depth + 1) for item in items[:MAX_ITEMS]]
-        return [example(items if isinstance(items, dict) else {}, root, name, depth + 1) for _ in range(count)]
-    if kind in ("integer", "number"):
-        return _number(schema, integer=kind == "integer")
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    return _string(schema, name)
+class Example:
+    """Values for the schemas of one tool: `root` is its whole schema (for $ref), `left` the values still to make."""
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self.left = MAX_VALUES
+
+    def of(self, schema: Any, name: str, depth: int) -> Any:
+        """A value that `schema` accepts; `name` is the property it is for (a string's value)."""
+        if depth > MAX_DEPTH or not isinstance(schema, dict) or self.left <= 0:
+            return None
+        self.left -= 1
+        resolved = _resolve(schema, self.root)
+        if resolved is None:
+            return None
+        schema = resolved
+        if "const" in schema:
+            return schema["const"]
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return schema["enum"][0]
+        for key in ("anyOf", "oneOf"):
+            branches = schema.get(key)
+            if isinstance(branches, list) and branches:
+                chosen = next(
+                    (b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")), branches[0]
+                )
+                return self.of(chosen, name, depth + 1)
+        if isinstance(schema.get("allOf"), list):
+            return self.of(_merged(schema["allOf"], self.root, depth), name, depth + 1)
+        kind = _type_of(schema)
+        if kind == "object":
+            properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+            required = schema.get("required") if isinstance(schema.get("required"), list) else []
+            names = [key for key in required if isinstance(key, str)]
+            return {key: self.of(properties.get(key, {}), key, depth + 1) for key in dict.fromkeys(names)}
+        if kind == "array":
+            low, high = _bound(schema.get("minItems")), _bound(schema.get("maxItems"))
+            count = 0 if high == 0 else min(max(1, int(low or 0)), MAX_ITEMS)
+            items = schema.get("items")
+            if isinstance(items, list):  # the old tuple form: one schema per position
+                return [self.of(item, name, depth + 1) for item in items[:MAX_ITEMS]]
+            return [self.of(items if isinstance(items, dict) else {}, name, depth + 1) for _ in range(count)]
+        if kind in ("integer", "number"):
+            return _number(schema, integer=kind == "integer")
+        if kind == "boolean":
+            return True
+        if kind == "null":
+            return None
+        return _string(schema, name)
 
 
 def _bound(value: Any) -> float | None:
