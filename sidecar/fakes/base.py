@@ -220,7 +220,9 @@ class FakeBase:
             return await self.fault_model(sp)  # fail_rate does not apply: the model decides
         if self._failing():
             return await self.fail(sp)
-        await asyncio.sleep(self.behaviour.latency)
+        b = self.behaviour
+        tail = b.tail_rate > 0 and self.random.random() < b.tail_rate
+        await asyncio.sleep(b.tail_latency if tail else b.latency)
         pieces = self.plain_pieces()
         prefill = sp.prefill()
         if prefill is not None:

@@ -154,6 +154,8 @@ class Behaviour:
     status: int = 500  # for fault "error"
     retry_after: float = 1.0  # for fault "rate_limit"
     latency: float = 0.0  # seconds before the first byte of every answer
+    tail_rate: float = 0.0  # share of chat answers that wait tail_latency instead (a first-token tail)
+    tail_latency: float = 0.0
     chunks: int = 5  # SSE chunks per streamed answer
     chunk_delay: float = 0.0  # seconds between chunks
     drop_after: int = 2  # for fault "drop": SSE chunks sent before the connection is cut
