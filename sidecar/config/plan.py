@@ -19,14 +19,17 @@ def _active(check: ActiveCheck | None) -> str:
     )
 
 
-def _passive(check: PassiveCheck | None) -> str:
+def _passive(check: PassiveCheck | None, recovery: str = "probe") -> str:
     if check is None:
-        return "passive checks off"
+        return "passive checks off: failing requests never take it out"
+    back = (
+        "back when a recovery probe (a one-token request of the kind that failed) succeeds: 1s after, then every 2..8s"
+        if recovery == "probe"
+        else f"back after one trial request, {check.base_ejection_time:g}s..{check.max_ejection_time:g}s after"
+    )
     return (
-        f"passive: unhealthy after {check.unhealthy_http_failures} x {sorted(check.unhealthy_http_statuses)} / "
-        f"{check.unhealthy_tcp_failures} tcp / {check.unhealthy_timeouts} timeout failures; "
-        f"healthy after {check.healthy_successes} success(es); "
-        f"an ejected node gets one trial request after {check.base_ejection_time:g}s..{check.max_ejection_time:g}s"
+        f"passive: ejected after {check.unhealthy_http_failures} x {sorted(check.unhealthy_http_statuses)} / "
+        f"{check.unhealthy_tcp_failures} tcp / {check.unhealthy_timeouts} timeout failures in a row; {back}"
     )
 
 
@@ -73,12 +76,16 @@ def render(config: Config) -> str:
         if s.watch
         else "reload   on SIGHUP and on `llm-sidecar reload` (watch = false)",
         f"upstream {u.type}, timeouts connect {t.connect:g}s send {t.send:g}s read {t.read:g}s "
-        f"first_token {t.first_token:g}s, max_response_bytes {_size(u.max_response_bytes)}, "
-        f"max_held_bytes {_size(u.max_held_bytes)}",
+        f"first_token {t.first_token:g}s (learned down to {t.first_token_min:g}s), "
+        f"max_response_bytes {_size(u.max_response_bytes)}, max_held_bytes {_size(u.max_held_bytes)}",
         f"retry    {_retry(config)}",
         f"affinity conversations stay on their node for {u.affinity_ttl:g}s where a level has several nodes"
         if u.affinity_ttl
         else "affinity off",
+        f"hedge    a stream with no first token after {'its p95' if u.hedge.learned else f'{u.hedge.after:g}s'} also "
+        f"goes to the next node; at most {u.hedge.budget:.0%} of requests"
+        if u.hedge is not None
+        else "hedge    off",
     ]
     nodes = sorted(u.nodes, key=lambda n: -n.priority)
     for priority, level in groupby(nodes, key=lambda n: n.priority):
@@ -99,9 +106,9 @@ def render(config: Config) -> str:
                 extra.append(f"continues broken streams ({node.continuation})")
             if extra:
                 lines.append(" " * 15 + "; ".join(extra))
-    distinct = {(n.checks.active, n.checks.passive) for n in u.nodes}
+    distinct = {(n.checks.active, n.checks.passive, n.recovery) for n in u.nodes}
     for node in u.nodes if len(distinct) > 1 else u.nodes[:1]:
         prefix = f"checks ({node.name})" if len(distinct) > 1 else "checks"
         lines.append(f"{prefix}: {_active(node.checks.active)}")
-        lines.append(" " * len(prefix) + f"  {_passive(node.checks.passive)}")
+        lines.append(" " * len(prefix) + f"  {_passive(node.checks.passive, node.recovery)}")
     return "\n".join(lines)

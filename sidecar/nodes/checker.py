@@ -98,8 +98,12 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
 
 def found(node: NodeState) -> str:
     """What start-up learnt of one node, for the log."""
-    if node.config.checks.active is None:
-        return f"{node.name}: no active checks, judged by its traffic"
+    checks = node.config.checks
+    if checks.active is None:
+        if checks.passive is None:
+            return f"{node.name}: no checks at all: nothing takes it out"
+        back = "recovery probes" if node.config.recovery == "probe" else "a trial request"
+        return f"{node.name}: no active checks, judged by its traffic (ejected after failures, back by {back})"
     probe = node.last_probe
     if probe is None:
         return f"{node.name}: no probe answer yet"

@@ -66,7 +66,9 @@ async def judge(response: Response, stream: bool, failover: frozenset[int]) -> t
     return True, "ok"
 
 
-async def send_probe(upstream: Upstream, node: NodeState, spec: ProbeSpec) -> tuple[bool | None, str, float | None]:
+async def send_probe(
+    upstream: Upstream, node: NodeState, spec: ProbeSpec, failures: int = 0
+) -> tuple[bool | None, str, float | None]:
     """Send one probe: (back, not, or None when the sidecar could not tell; what it found; seconds to a
     stream's first token when it came)."""
     body = probe_body(spec.path, node.config.rewrite_model(spec.model), spec.stream)
@@ -74,7 +76,13 @@ async def send_probe(upstream: Upstream, node: NodeState, spec: ProbeSpec) -> tu
     headers = [*node.own_headers(), ("content-type", "application/json")]
     request = Request("POST", URL(node.config.url + spec.path, encoded=True), headers, body)
     timeouts = node.config.timeout
-    limit = timeouts.first_token if spec.stream else timeouts.read
+    # One token is all it asks for: the whole answer is due within the node and model's learned first-token
+    # limit (a silent node costs a probe seconds, not the configured minute), doubled per failed probe
+    # before it (a node back but slower still gets through), never past the configured limit.
+    learned = node.first_tokens.get(spec.model).limit(
+        upstream.clock(), timeouts.first_token, timeouts.first_token_min, stretched=False
+    )
+    limit = min(timeouts.first_token, learned * 2 ** min(failures, 10))
     what = f"probe {spec.model}"
     started = time.monotonic()
     try:
@@ -130,7 +138,8 @@ class RecoveryProber:
         for node in upstream.nodes:
             for model, recovery in list(targets(node)):
                 if recovery.due(now):
-                    recovery.in_flight = True
+                    recovery.in_flight += 1
+                    recovery.next_at = now + recovery.interval  # a probe that hangs does not hold the next
                     task = asyncio.ensure_future(self._probe(node, model, recovery))
                     self.probes.add(task)
                     task.add_done_callback(self.probes.discard)
@@ -141,12 +150,12 @@ class RecoveryProber:
         upstream = self.runtime.acquire()  # a reload must not close the transport under a probe
         started = time.monotonic()
         try:
-            ok, found, first = await send_probe(upstream, node, recovery.spec)
+            ok, found, first = await send_probe(upstream, node, recovery.spec, recovery.failures)
         except Exception:
             log.exception("recovery probe of %s failed inside the sidecar", node.name)
             ok, found, first = None, "probe not sent (internal error)", None
         finally:
-            recovery.in_flight = False
+            recovery.in_flight -= 1
             self.runtime.release(upstream)
         now = upstream.clock()
         if ok is None:

@@ -16,6 +16,7 @@ from sidecar.formats.probe import probeable
 
 FIRST = 1.0  # seconds from the ejection to the first probe
 MAX_INTERVAL = 8.0  # the longest wait between probes of a target that keeps failing
+MAX_IN_FLIGHT = 2  # probes of one target at once: a node that comes back answers the next while one hangs
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class Recovery:
     next_at: float
     interval: float = FIRST
     failures: int = 0
-    in_flight: bool = False
+    in_flight: int = 0  # probes under way: a second may go while one hangs, never more
     last: str | None = None  # the last probe's result, for status
 
     @staticmethod
@@ -47,7 +48,7 @@ class Recovery:
         return Recovery(spec, max(now + FIRST, not_before))
 
     def due(self, now: float) -> bool:
-        return not self.in_flight and now >= self.next_at
+        return self.in_flight < MAX_IN_FLIGHT and now >= self.next_at
 
     def failed(self, now: float, reason: str, not_before: float = 0.0) -> None:
         self.failures += 1

@@ -44,11 +44,13 @@ class FirstTokens:
         recent = [s for t, s in self.samples if now - t <= MAX_AGE]
         return nearest_rank(recent, q) if len(recent) >= MIN_SAMPLES else None
 
-    def limit(self, now: float, configured: float, floor: float) -> float:
+    def limit(self, now: float, configured: float, floor: float, stretched: bool = True) -> float:
+        """The limit in force; `stretched` False: before any widening after timeouts (what a recovery
+        probe starts from: it widens its own way, see prober.py)."""
         p99 = self.percentile(now, 0.99)
         if p99 is None:
             return configured
-        return min(configured, max(floor, MULTIPLIER * p99) * self.stretch)
+        return min(configured, max(floor, MULTIPLIER * p99) * (self.stretch if stretched else 1.0))
 
     def timed_out(self, limit: float, configured: float) -> None:
         """A stream got no first token within `limit`: if that was a learned limit, widen it."""

@@ -42,8 +42,8 @@ class Waiter:
 
     def move(self, reason: str) -> bool:
         """Expire the attempt's scope now (its task gets a TimeoutError at its next await)."""
-        if self.reason is not None or not self.can_move():
-            return False
+        if self.reason is not None or self.scope.expired() or not self.can_move():
+            return False  # already moved, or its own limit ran out this very moment: it is on its way anyway
         self.reason = reason
         self.scope.reschedule(asyncio.get_running_loop().time())
         return True
