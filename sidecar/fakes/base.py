@@ -213,7 +213,14 @@ class FakeBase:
     # ------------------------------------------------------------------ the flow
 
     async def serve(self, sp: Speaker) -> web.StreamResponse:
-        """Answer the request `sp` speaks for: its fault, its continuation or its answer."""
+        """Answer the request `sp` speaks for; a client that left meanwhile (a proxy that cancelled a hedge, say)
+        is no error of the fake's: a real provider stops generating then, and so does this."""
+        try:
+            return await self._serve(sp)
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError too
+            return web.Response(status=499)
+
+    async def _serve(self, sp: Speaker) -> web.StreamResponse:
         self.stats.models_seen.append(sp.model)
         del self.stats.models_seen[:-100]
         if isinstance(sp.body.get("model"), str) and sp.model.startswith(FAULT_MODEL_PREFIX):
