@@ -159,6 +159,9 @@ class Metrics:
         self.reloads: dict[str, float] = {}  # ok|error
         self.probes: dict[tuple[str, str], float] = {}  # node, ok|fail
         self.probe_duration: dict[str, list[float]] = {}  # node
+        self.recovery_probes: dict[tuple[str, str], float] = {}  # node, ok|fail: one-token requests (they cost)
+        self.hedges: dict[tuple[str, str, str], float] = {}  # hedge node, node hedged, won|lost
+        self.request_caused: dict[str, float] = {}  # how: 500, timeout, ...
         self.registry: CollectorRegistry | None = None
         self.errors = 0  # events that could not be counted (a bug): logged once
 
@@ -176,6 +179,8 @@ class Metrics:
                 _add(self.manual, (event["node"], event["manual"]))
             elif kind == "probe":
                 self.probe(event["node"], event["ok"], event["seconds"])
+            elif kind == "recovery_probe":
+                _add(self.recovery_probes, (event["node"], "ok" if event["ok"] else "fail"))
             elif kind == "config":
                 _add(self.reloads, "ok" if event.get("ok") else "error")
         except Exception:
@@ -229,6 +234,11 @@ class Metrics:
         failed: list[dict[str, Any]] = e["failed"]
         if failed:
             self.failed(failed, served)
+        if hedged := e.get("hedged"):
+            for hedge in hedged:
+                _add(self.hedges, (hedge["node"], hedge["over"], "won" if hedge["won"] else "lost"))
+        if (caused := e.get("request_caused")) is not None:
+            _add(self.request_caused, caused)
         attempts = self.attempts
         if served is not None:
             attempts[served] = attempts.get(served, 0) + 1
@@ -378,6 +388,12 @@ class Metrics:
                       ["node", "manual"], self.manual)  # fmt: skip
         yield counter("config_reloads_total", "Config reloads, by result.", ["result"], self.reloads)
         yield counter("probes_total", "Active health probes, by result.", ["node", "result"], self.probes)
+        yield counter("recovery_probes_total", "Recovery probes (one-token requests of the kind that failed) sent to "
+                      "an ejected node or model, by result.", ["node", "result"], self.recovery_probes)  # fmt: skip
+        yield counter("hedges_total", "Hedged first tokens: a second attempt on `node` for a stream slow on `over`, "
+                      "by whether it won.", ["node", "over", "result"], self.hedges)  # fmt: skip
+        yield counter("request_caused_total", "Requests that failed the same way on nodes serving others: answered "
+                      "as is, no node blamed.", ["how"], self.request_caused)  # fmt: skip
         yield histogram("probe_duration_seconds", "Seconds an active health probe took.", ["node"],
                         self.probe_duration, PROBE_BUCKETS)  # fmt: skip
         runtime = self.runtime()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sidecar.formats.probe import RESPONSES_MIN_OUTPUT, probe_body
+from sidecar.metrics import attach
 from sidecar.nodes.mock import Script
 from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.recovery import FIRST, MAX_INTERVAL, ProbeSpec, Recovery
@@ -94,6 +95,7 @@ async def test_an_ejected_node_is_probed_not_tried_and_the_first_success_restore
     clock = Clock()
     state: dict[str, Any] = {"down": True, "bodies": []}
     h = Harness(failing_primary(state), cfg(retry={"same_node": 0}), clock=clock)
+    metrics = attach(h.runtime)
     body = {**ASK, "stream": True} if streamed else ASK
     await eject(h, body)
     primary = h.node("primary")
@@ -115,6 +117,9 @@ async def test_an_ejected_node_is_probed_not_tried_and_the_first_success_restore
     await task
     assert primary.health.state == "healthy" and primary.health.reason == "recovered (probe gpt-4o ok)"
     assert primary.recovery is None and primary.stats.probes == 3
+    text = metrics.exposition()[0].decode()
+    assert 'llm_sidecar_recovery_probes_total{node="primary",result="fail"} 2.0' in text
+    assert 'llm_sidecar_recovery_probes_total{node="primary",result="ok"} 1.0' in text
     probe = state["bodies"][-1]
     assert probe["max_tokens"] == 1 and probe["model"] == "gpt-4o" and probe.get("stream", False) is streamed
     assert probe["messages"] != ASK["messages"]  # the probe's own words, never the user's

@@ -56,7 +56,7 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
                 "model": model,
                 "state": "rate limited" if state.reason == "rate limited" else "ejected",
                 "reason": state.reason,
-                "until": _wall(state.out_until),
+                "until": None if state.recovery is not None else _wall(state.out_until),
             }
             for model, state in node.models.out(now)
         ],
