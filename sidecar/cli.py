@@ -229,6 +229,7 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     Exits 1 if the sidecar does not answer on its control socket, or if its proxy port does not answer
     /healthz within 2 s (any status counts: a 503 only says no node is usable): a liveness check."""
     import json
+    import shutil
 
     from sidecar.control.client import LISTENER_TIMEOUT, probe_listener
     from sidecar.control.table import render_status
@@ -237,7 +238,8 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     data = call(control_socket, config_path, "status")
     listener = probe_listener(data["sidecar"]["listen"])
     report = cast(StatusReportJSON, {**data, "listener": listener})  # all GET /v1/status said, and one field
-    click.echo(json.dumps(report, indent=2) if as_json else render_status(data))
+    # Fitted to the terminal (or $COLUMNS; 80 when piped), as the monitor's tables are.
+    click.echo(json.dumps(report, indent=2) if as_json else render_status(data, shutil.get_terminal_size().columns))
     if not listener["answering"]:
         fail(f"proxy listener on {listener['address']} not answering /healthz within {LISTENER_TIMEOUT:g}s")
 
