@@ -11,6 +11,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from sidecar.observe.display import why_changed
+
 from .text import STATE_STYLE, clean, cut
 
 
@@ -48,10 +50,14 @@ class HealthLog(ScrollView):
 
 
 def event_line(event: dict[str, Any]) -> Text | None:
-    """A health, manual, config or gap event as one line of text; None for a type this monitor does not know."""
+    """A health, config or gap event as one line of text; None for a type this monitor does not show.
+
+    A `manual` event is not shown: a drain or a give-back that changed the node's state is followed by its
+    `health` event, which says what changed (`openai down (drained by hand)`), and one that changed nothing
+    has nothing to say; shown both, one keypress read as two events."""
     kind = event.get("type")
-    if kind not in ("health", "manual", "config", "missed"):
-        return None  # a newer sidecar's event type: nothing to say about it
+    if kind not in ("health", "config", "missed"):
+        return None  # `manual`, or a newer sidecar's event type: nothing to say about it
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     line = Text(f"{stamp} ", no_wrap=True, end="")
     if kind == "health":
@@ -59,9 +65,8 @@ def event_line(event: dict[str, Any]) -> Text | None:
         if event.get("model"):
             line.append(f"{clean(event['model'], 60)}: ")
         line.append(clean(event["after"]), style=STATE_STYLE.get(event["after"], ""))
-        line.append(f" ({clean(event['reason'], 500)})")
-    elif kind == "manual":
-        line.append(f"{clean(event['node'])}: manual {clean(event['manual'])}", style="yellow")
+        reason = why_changed(str(event["after"]), str(event["reason"]), event.get("before"))
+        line.append(f" ({clean(reason, 500)})")
     elif kind == "config":
         if event["ok"]:
             line.append(f"config reloaded: {clean(', '.join(map(str, event['nodes'])), 500)}", style="green")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
 
@@ -37,13 +38,20 @@ class NodesTable(FittedTable):
         Col("wt", "wt", drop=11, most=6),
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stand_ins: set[str] = set()  # nodes marked ▷: serving a model that is out on the ▶ node
+
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
 
     def show(self, nodes: Iterable[NodeJSON], now: float) -> None:
         rows = sorted(nodes, key=lambda n: (-n["priority"], n["name"]))
-        self.fill([(n["name"], node_cells(n, now)) for n in rows])
+        # ▶ alone would claim the serving node takes every request, while a model out on it goes elsewhere.
+        self.stand_ins = {w for n in rows if n["serving"] for m in n.get("models", ()) if (w := m.get("instead"))}
+        self.stand_ins -= {n["name"] for n in rows if n["serving"]}
+        self.fill([(n["name"], node_cells(n, now, n["name"] in self.stand_ins)) for n in rows])
 
 
 def error_share(traffic: TrafficJSON) -> str:
@@ -56,13 +64,16 @@ def error_share(traffic: TrafficJSON) -> str:
     return "<1%" if 0 < share < 0.5 else f"{share:.0f}%"
 
 
-def node_cells(n: NodeJSON, now: float) -> dict[str, Text]:
+def node_cells(n: NodeJSON, now: float, stand_in: bool = False) -> dict[str, Text]:
+    """`stand_in`: the node serves a model that is out on the serving node of its format (marked ▷)."""
     t = n["traffic"]
     probe = n["active"]["last_probe"]
     probe_text = "-" if probe is None else f"{probe['status'] or 'err'} {age(probe['time'], now)}"
     api = n.get("api", "openai")
     return {
-        "node": plain(("▶ " if n["serving"] else "  ") + n["name"], style="bold" if n["serving"] else ""),
+        "node": plain(
+            ("▶ " if n["serving"] else "▷ " if stand_in else "  ") + n["name"], style="bold" if n["serving"] else ""
+        ),
         "state": state_text(n, now),
         "api": plain(API_MARK.get(api, api), style="cyan" if api == "anthropic" else ""),
         "req/s": plain(f"{t['rps']:.1f}"),
@@ -79,10 +90,11 @@ def node_cells(n: NodeJSON, now: float) -> dict[str, Text]:
 
 
 def state_text(node: NodeJSON, now: float) -> Text:
-    """The node's state, and each model that is out on it while the node is fine:
-    `healthy · gpt-4o: rate limited 12s`."""
+    """The node's state, and each model that is out on it while the node is fine, with where its requests
+    go meanwhile: `healthy · gpt-4o: rate limited 12s → deepseek`."""
     text = plain(node["state"], style=STATE_STYLE.get(node["state"], ""))
     for m in node.get("models", ()):
         left = f" {max(0, round(m['until'] - now))}s" if m["until"] else ""
-        text.append_text(plain(f" · {m['model']}: {m['state']}{left}", style="yellow", limit=48))
+        where = f" → {m['instead']}" if m.get("instead") else ""
+        text.append_text(plain(f" · {m['model']}: {m['state']}{left}{where}", style="yellow", limit=72))
     return text
