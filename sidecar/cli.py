@@ -23,7 +23,10 @@ CONFIG_OPTION = click.option(
     help=f"Config file (default: $LLM_SIDECAR_CONFIG, ./{CONFIG_NAME}, ~/.config/llm-sidecar/{CONFIG_NAME}).",
 )
 SOCKET_OPTION = click.option(
-    "--control-socket", metavar="PATH", help="Control socket (default: from the config, else $XDG_RUNTIME_DIR)."
+    "--control-socket",
+    metavar="PATH",
+    help="Control socket (default: [server] control_socket of the config, else $XDG_RUNTIME_DIR/llm-sidecar.sock, "
+    "else ~/.llm-sidecar/control.sock).",
 )
 
 

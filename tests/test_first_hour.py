@@ -1,0 +1,52 @@
+"""What a new user tripped on in the first hour (issue 24): words that mislead, and mistakes the sidecar
+can name. Real CLI, real sockets, fake providers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .conftest import chat, cli, two_node_config
+
+CHAT = "/v1/chat/completions"
+
+
+async def startup_line(car: Any) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in (await asyncio.to_thread(car.log)).splitlines():
+            if "start-up found:" in line:
+                return line
+    raise AssertionError("no start-up line:\n" + car.log())
+
+
+async def test_startup_says_an_unhealthy_node_still_gets_requests_in_panic_mode(fakes, sidecar, client) -> None:
+    """`UNHEALTHY, no traffic until it answers` and then traffic: with no other node of its format usable,
+    the sidecar tries it anyway (panic mode), and the start-up line says so."""
+    only = await fakes("only")
+    probe = {"active": {"http_path": "/no-such-probe", "interval": 60, "timeout": 1}, "passive": {}}
+    config = two_node_config(only, only, checks=probe)
+    config["upstream"]["nodes"] = config["upstream"]["nodes"][:1]
+    car = await sidecar(config)
+    line = await startup_line(car)
+    assert "primary: UNHEALTHY, but no other node of its format is usable: it gets requests anyway (panic mode)" in line
+    answer = await client.post(car.url + CHAT, json=chat())
+    assert answer.status_code == 200 and answer.headers["x-llm-sidecar-node"] == "primary"
+
+
+async def test_startup_says_no_traffic_when_another_node_serves(fakes, sidecar, client) -> None:
+    primary, backup = await fakes("primary"), await fakes("backup")
+    config = two_node_config(primary, backup, checks={"passive": {}})
+    config["upstream"]["nodes"][0]["checks"] = {"active": {"http_path": "/no-such-probe", "interval": 60}}
+    car = await sidecar(config)
+    line = await startup_line(car)
+    assert "primary: UNHEALTHY, no traffic until it answers (other nodes of its format serve)" in line
+    assert "backup: no active checks" in line
+    answer = await client.post(car.url + CHAT, json=chat())
+    assert answer.headers["x-llm-sidecar-node"] == "backup"
+
+
+def test_run_help_names_every_control_socket_default() -> None:
+    helptext = " ".join(cli("run", "--help").stdout.split())
+    assert "$XDG_RUNTIME_DIR" in helptext and "~/.llm-sidecar/control.sock" in helptext
