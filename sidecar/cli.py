@@ -202,6 +202,9 @@ def demo(ctx: click.Context, no_tui: bool, duration: float, port: int) -> None:
     run_demo(duration=duration, port=port, monitor=lambda path: ctx.invoke(monitor, control_socket=str(path)))
 
 
+FORMATS = {"openai": "OpenAI-format", "anthropic": "Anthropic-format"}  # what a mixed config serves apart
+
+
 def control_client(control_socket: str | None, config_path: str | None) -> Any:
     from sidecar.control.client import ControlClient, find_socket
 
@@ -252,14 +255,28 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
 @SOCKET_OPTION
 @click.option("--node", "expected", metavar="NAME", help="Only if NAME is the serving node (default: the one now).")
 def failover(config_path: str | None, control_socket: str | None, expected: str | None) -> None:
-    """Force failover away from the serving node (marks it down)."""
+    """Force failover away from the serving node (marks it down).
+
+    Without --node, the node serving now; in a config with OpenAI- and Anthropic-format nodes, the first
+    by priority of either: the answer says which format it served, and what serves the other."""
     if expected is None:
         # Name the node we saw, so a failover that happened meanwhile is not doubled.
         expected = call(control_socket, config_path, "status")["serving"]
     answer = call(control_socket, config_path, "failover", *([expected] if expected else []))
+    down, serving = answer["down"], answer["serving"]
+    nodes = call(control_socket, config_path, "status")["nodes"]
+    api = {n["name"]: n.get("api", "openai") for n in nodes}
+    if len(set(api.values())) < 2:
+        click.echo(f"{down} is down; {serving} serves now (undo: llm-sidecar node auto {down})")
+        return
     click.echo(
-        f"{answer['down']} is down; {answer['serving']} serves now (undo: llm-sidecar node auto {answer['down']})"
+        f"{down} is down; {serving} serves {FORMATS[api[down]]} requests now (undo: llm-sidecar node auto {down})"
     )
+    for n in nodes:
+        if n["serving"] and n["api"] != api[down]:
+            click.echo(
+                f"{FORMATS[n['api']]} requests still go to {n['name']} (to move them: llm-sidecar failover --node {n['name']})"
+            )
 
 
 @main.group()

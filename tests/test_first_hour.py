@@ -50,3 +50,23 @@ async def test_startup_says_no_traffic_when_another_node_serves(fakes, sidecar, 
 def test_run_help_names_every_control_socket_default() -> None:
     helptext = " ".join(cli("run", "--help").stdout.split())
     assert "$XDG_RUNTIME_DIR" in helptext and "~/.llm-sidecar/control.sock" in helptext
+
+
+async def test_failover_in_a_mixed_config_says_which_format_it_moved(fakes, sidecar) -> None:
+    """Without --node, `failover` drains the first node by priority of either format: it says which format
+    that node served, and what still serves the other."""
+    claude, claude_backup = await fakes("claude", api="anthropic"), await fakes("claude-backup", api="anthropic")
+    gpt = await fakes("gpt")
+    nodes = [
+        {"name": "claude", "url": claude.url, "api": "anthropic", "priority": 0, "api_key": "${PRIMARY_KEY}"},
+        {"name": "claude-backup", "url": claude_backup.url, "api": "anthropic", "priority": -1,
+         "api_key": "${BACKUP_KEY}"},
+        {"name": "gpt", "url": gpt.url, "priority": -1, "api_key": "${PRIMARY_KEY}"},
+    ]  # fmt: skip
+    car = await sidecar(two_node_config(gpt, gpt, nodes=nodes))
+    moved = await asyncio.to_thread(cli, "failover", "--control-socket", str(car.socket))
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.splitlines() == [
+        "claude is down; claude-backup serves Anthropic-format requests now (undo: llm-sidecar node auto claude)",
+        "OpenAI-format requests still go to gpt (to move them: llm-sidecar failover --node gpt)",
+    ]
