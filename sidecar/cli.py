@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -9,6 +10,7 @@ from typing import Any, NoReturn, cast
 import click
 
 from sidecar.config.discovery import control_socket_path, discover
+from sidecar.config.envfile import unset_variable
 from sidecar.config.load import load
 from sidecar.config.problems import ConfigError, one_line
 from sidecar.config.schema import CONFIG_NAME, Config
@@ -37,11 +39,29 @@ def fail(message: str | list[str], code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def config_error_lines(exc: ConfigError) -> list[str]:
+    """The file's own problems first, then the keys whose variables are not set in this environment (a
+    `check` in a shell without the keys would otherwise bury the real problem among them), and what each
+    group asks of the user."""
+    real = [p for p in exc.errors if unset_variable(p.message) is None]
+    unset = [p for p in exc.errors if unset_variable(p.message) is not None]
+    lines = [f"config error: {p.line()}" for p in real]
+    if exc.hidden:
+        lines.append(f"config error: {exc.file}: ... and {exc.hidden} more errors")
+    lines += [f"key not set: {p.line()}" for p in unset]
+    if unset:
+        where = "`run` reads keys from the environment it starts in, or from [server] env_file"
+        lines.append(
+            f"{'the file has no other problem; ' if not real and not exc.hidden else ''}{where}: set them there"
+        )
+    return lines
+
+
 def load_config(config_path: str | None) -> Config:
     try:
         return load(discover(config_path))
     except ConfigError as exc:
-        fail([f"config error: {line}" for line in exc.lines()], 2)
+        fail(config_error_lines(exc), 2)
 
 
 class Commands(click.Group):
@@ -85,6 +105,7 @@ def main() -> None:
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds in-flight requests get on stop.")
 def run(config_path: str | None, control_socket: str | None, log_level: str, log_format: str, grace: float) -> None:
     """Run the proxy (and its control socket) until SIGINT/SIGTERM."""
+    from sidecar.config.plan import warnings
     from sidecar.listener.bind import StartupError
 
     from . import logs
@@ -92,6 +113,8 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 
     config = load_config(config_path)
     logs.setup(log_level, log_format)
+    for warning in warnings(config):
+        logging.getLogger("llm_sidecar").warning("config: %s", warning)
     try:
         run_server(config, control_socket=control_socket_path(config, control_socket), grace=grace)
     except StartupError as exc:
@@ -104,9 +127,12 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 @CONFIG_OPTION
 def check(config_path: str | None) -> None:
     """Validate a config and print the resolved plan (never the keys)."""
-    from sidecar.config.plan import render
+    from sidecar.config.plan import render, warnings
 
-    click.echo(render(load_config(config_path)))
+    config = load_config(config_path)
+    click.echo(render(config))
+    for warning in warnings(config):
+        click.echo(f"llm-sidecar: warning: {warning}", err=True)
     click.echo("ok")
 
 
