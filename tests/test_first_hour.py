@@ -70,3 +70,43 @@ async def test_failover_in_a_mixed_config_says_which_format_it_moved(fakes, side
         "claude is down; claude-backup serves Anthropic-format requests now (undo: llm-sidecar node auto claude)",
         "OpenAI-format requests still go to gpt (to move them: llm-sidecar failover --node gpt)",
     ]
+
+
+async def test_a_base_url_with_v1_twice_gets_a_local_404_saying_how_to_set_it(fakes, sidecar) -> None:
+    """`ANTHROPIC_BASE_URL=http://127.0.0.1:8787/v1` made the sidecar forward /v1/v1/messages, and Claude Code
+    showed "There's an issue with the selected model": the sidecar answers itself, in the client's format,
+    naming the base URL to set; no node is asked, and the access log says it."""
+    import anthropic
+    import openai
+
+    claude = await fakes("claude", api="anthropic")
+    gpt = await fakes("gpt")
+    nodes = [
+        {"name": "claude", "url": claude.url, "api": "anthropic", "api_key": "${PRIMARY_KEY}"},
+        {"name": "gpt", "url": gpt.url, "priority": -1, "api_key": "${BACKUP_KEY}"},
+    ]
+    car = await sidecar(two_node_config(gpt, gpt, nodes=nodes))
+    async with anthropic.AsyncAnthropic(base_url=car.url + "/v1", api_key="unused", max_retries=0) as wrong:
+        try:
+            await wrong.messages.create(
+                model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+            raise AssertionError("no error")
+        except anthropic.NotFoundError as exc:
+            assert exc.body["error"]["type"] == "not_found_error"  # type: ignore[index]  # Anthropic's shape
+            message = exc.body["error"]["message"]  # type: ignore[index]
+    assert message == (
+        "unknown path '/v1/v1/messages': the client's base URL ends in /v1 and it added /v1 again; set "
+        f"ANTHROPIC_BASE_URL (or the SDK's base_url) to {car.url}, without /v1: the client adds it"
+    )
+    async with openai.AsyncOpenAI(base_url=car.url + "/v1/v1", api_key="unused", max_retries=0) as doubled:
+        try:
+            await doubled.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            raise AssertionError("no error")
+        except openai.NotFoundError as exc:
+            assert exc.code == "wrong_base_url"
+            assert f"set OPENAI_BASE_URL (or the SDK's base_url) to {car.url}/v1, with /v1 once" in exc.message
+    assert claude.stats.requests == 0 and gpt.stats.requests == 0
+    log = car.log()
+    line = next(line for line in log.splitlines() if "POST /v1/v1/messages" in line)
+    assert "status=404" in line and "node=- " in line and "added /v1 again" in line
