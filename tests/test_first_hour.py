@@ -7,7 +7,9 @@ import asyncio
 import time
 from typing import Any
 
-from .conftest import chat, cli, two_node_config
+import pytest
+
+from .conftest import chat, cli, cli_env, two_node_config
 
 CHAT = "/v1/chat/completions"
 
@@ -110,3 +112,66 @@ async def test_a_base_url_with_v1_twice_gets_a_local_404_saying_how_to_set_it(fa
     log = car.log()
     line = next(line for line in log.splitlines() if "POST /v1/v1/messages" in line)
     assert "status=404" in line and "node=- " in line and "added /v1 again" in line
+
+
+# ---------------------------------------------------------------------------- a node's key and the sidecar's words
+
+
+def anthropic_nodes(primary: str, backup: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "primary", "url": primary, "api": "anthropic", "api_key": "${NODE_KEY}"},
+        {"name": "backup", "url": backup, "api": "anthropic", "priority": -1, "api_key": "${BACKUP_KEY}"},
+    ]
+
+
+ASK = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+
+
+@pytest.mark.parametrize("key", ["a", "overloaded"])  # too short to be a secret; a key that is also our word
+async def test_the_trail_reads_overloaded_whatever_the_nodes_key(fakes, sidecar, client, key: str) -> None:
+    """With a one-letter key the trail header read `overlo[redacted]ded (529)`; with a key that is a word of
+    the sidecar's own, `[redacted] (529)`. The sidecar's words are never redacted."""
+    primary = await fakes("primary", api="anthropic", fail_rate=1.0, fault="error", status=529)
+    backup = await fakes("backup", api="anthropic")
+    config = two_node_config(primary, backup, nodes=anthropic_nodes(primary.url, backup.url))
+    car = await sidecar(config, env=cli_env(NODE_KEY=key))
+    got = await client.post(car.url + "/v1/messages", json=ASK, headers=ANTHROPIC)
+    assert got.status_code == 200 and got.headers["x-llm-sidecar-node"] == "backup"
+    assert got.headers["x-llm-sidecar-trail"] == "primary: overloaded (529)"
+    assert "failed=[primary:overloaded (529)]" in car.log()  # the access log too
+
+
+async def test_a_key_the_node_quotes_is_redacted_in_its_words_only(raw_server, sidecar, client) -> None:
+    """The node's words in a failure reason lose the key; the sidecar's around them keep theirs, even when
+    the key is one of them ("connection")."""
+    key = "connection"
+
+    async def quotes_its_key(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"error": {"message": "key connection was revoked"}}'
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+        writer.write(head + body)
+        await writer.drain()
+        writer.close()
+
+    async def hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    for handler, reason in (
+        (quotes_its_key, "error in a 200 answer (key [redacted] was revoked)"),
+        (hangs_up, "connection closed before a response"),
+    ):
+        primary = await raw_server(handler)
+        nodes = [
+            {"name": "primary", "url": primary, "api_key": "${NODE_KEY}"},
+            {"name": "backup", "url": primary, "priority": -1, "api_key": "${NODE_KEY}"},
+        ]
+        car = await sidecar(two_node_config(primary, primary, nodes=nodes), env=cli_env(NODE_KEY=key))
+        got = await client.post(car.url + CHAT, json=chat())
+        assert got.status_code == 502
+        assert got.headers["x-llm-sidecar-trail"].startswith(f"primary: {reason}"), got.headers
+        line = next(line for line in car.log().splitlines() if "POST /v1/chat/completions" in line)
+        assert f"failed=[primary:{reason.replace('[', chr(92) + 'u005b').replace(']', chr(92) + 'u005d')}," in line
+        car.stop()
