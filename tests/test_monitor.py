@@ -482,7 +482,7 @@ async def test_a_model_out_on_the_serving_node_shows_where_its_requests_go() -> 
         assert cell(nodes, serving["name"], "node").strip() == f"▶ {serving['name']}"
         assert cell(nodes, "openai", "node").strip() == "▷ openai"
         assert cell(nodes, serving["name"], "state") == "healthy · gpt-4o: rate limited 12s → openai"
-        assert "▷ for a model out there" in str(nodes.border_title)
+        assert "▷ serving a model" in str(nodes.border_title)
         app.show_status(STATUS)
         await pilot.pause()
         assert cell(nodes, "openai", "node").strip() == "openai" and "▷" not in str(nodes.border_title)

@@ -32,13 +32,13 @@ def test_the_table_fits_80_columns_and_says_what_it_left_out() -> None:
     header = table_rows(text)[0].split()
     assert header[:2] == ["NODE", "STATE"] and {"ERR", "RPS", "P95ms", "REASON"} <= set(header)
     assert "MANUAL" not in header and "WEIGHT" not in header  # the settings leave first
-    assert "(not shown at 80 columns: " in text
+    assert "(hidden at 80 columns: " in text and "(* serving; ERR: since start; RPS, P95ms: last 60 s)" in text
     wide = render_status(STATUS, 200)
     assert table_rows(wide)[0].split() == [
         "NODE", "API", "PRIO", "WEIGHT", "STATE", "MANUAL", "REQS", "ERR", "INFL", "RPS", "P50ms", "P95ms",
         "PROBE", "CHANGED", "REASON",
     ]  # fmt: skip
-    assert "not shown" not in wide
+    assert "hidden" not in wide
     narrow = render_status(STATUS, 64)  # the few columns that stay, and the reason
     assert all(len(line) <= 64 for line in table_rows(narrow)), narrow
     assert table_rows(narrow)[0].split()[-1] == "REASON"
@@ -101,7 +101,7 @@ async def test_status_of_a_running_sidecar_fits_80_columns(fakes, sidecar, clien
     assert shown.returncode == 0, shown.stderr
     lines = [line for line in shown.stdout.splitlines() if not line.startswith("config ")]  # a path is a path
     assert all(len(line) <= 80 for line in lines), shown.stdout
-    assert "primary-with-a-longer-name *" in shown.stdout and "not shown at 80 columns" in shown.stdout
+    assert "primary-with-a-longer-name *" in shown.stdout and "hidden at 80 columns" in shown.stdout
     whole: Any = json.loads(
         (await asyncio.to_thread(cli, "status", "--json", "--control-socket", str(car.socket))).stdout
     )

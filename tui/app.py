@@ -43,7 +43,7 @@ def nodes_title(window: float | None, stand_in: bool = False) -> str:
     """What the nodes table's figures cover (None: the sidecar did not say, an older one); `stand_in`: a
     node is marked ▷, serving a model that is out on the ▶ node."""
     span = f"last {window:g} s" if window is not None else "the sidecar's window"
-    return f"nodes · req/s, err%, p50, p95: {span} · ▶ serving" + (" · ▷ for a model out there" if stand_in else "")
+    return f"nodes · req/s, err%, p50, p95: {span} · ▶ serving" + (" · ▷ serving a model" if stand_in else "")
 
 
 def from_file(config_path: str) -> bool:

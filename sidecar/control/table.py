@@ -114,15 +114,11 @@ def render_status(data: StatusJSON, width: int = 80) -> str:
         lines.append(GAP.join(cells).rstrip())
     window = next((f"{t['window_s']:g}" for n in data["nodes"] if "window_s" in (t := n["traffic"])), "60")
     left = [c.title for i, c in enumerate(COLUMNS) if i not in shown]
-    legend = (
-        f"(* = serving; {', '.join(c for c in ('REQS', 'ERR') if c not in left)} since the sidecar started; "
-        f"{', '.join(c for c in ('RPS', 'P50ms', 'P95ms') if c not in left)} over the last {window} s)"
-    )
-    lines += textwrap.wrap(legend, width)
+    lifetime = ", ".join(c for c in ("REQS", "ERR") if c not in left)
+    recent = ", ".join(c for c in ("RPS", "P50ms", "P95ms") if c not in left)
+    lines += textwrap.wrap(f"(* serving; {lifetime}: since start; {recent}: last {window} s)", width)
     if left:
-        lines += textwrap.wrap(
-            f"(not shown at {width} columns: {', '.join(left)}; widen the terminal, or --json)", width
-        )
+        lines += textwrap.wrap(f"(hidden at {width} columns: {', '.join(left)}; --json has all)", width)
     out = [(n, m) for n in nodes for m in n.get("models", ())]
     if out:
         lines.append("")

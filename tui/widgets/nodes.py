@@ -24,7 +24,7 @@ class NodesTable(FittedTable):
     # (state says `down` exactly when a node is drained by hand) go first, then the detail.
     COLUMNS = (
         Col("node", "node", grow=1, prefer=16, least=8),
-        Col("state", "state", grow=2, prefer=9, least=7),
+        Col("state", "state", grow=2, prefer=30, least=7),  # room for a model out on it, before the detail
         Col("api", "api", drop=4, most=4),
         Col("req/s", "req/s", most=7),
         Col("err%", "err%", most=5),

@@ -38,10 +38,9 @@ class Disconnected(Widget):
             text.append(f"No llm-sidecar answers on control socket {socket}; waiting for one.\n", style="bold")
         text.append("Start one: ", style="bold")
         text.append("llm-sidecar run")
-        text.append("  (started it with -c or --control-socket? give the monitor the same)\n", style="dim")
-        text.append("Watch another: ", style="bold")
+        text.append(" (the same -c or --control-socket as this monitor)\n", style="dim")
+        text.append("Or watch another: ", style="bold")
         text.append("llm-sidecar monitor -c CONFIG")
         text.append(" or ", style="dim")
         text.append("--control-socket PATH")
-        text.append("   q quits", style="dim")
         return text
