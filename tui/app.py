@@ -264,7 +264,8 @@ class MonitorApp(App[None]):
     def flush(self) -> None:
         if self.pending:
             batch, self.pending = self.pending, []
-            self.show_events(batch)
+            with contextlib.suppress(NoMatches):  # a timer can fire while the app is closing
+                self.show_events(batch)
 
     def sample_second(self) -> None:
         requests, self.second = self.second, []
@@ -272,7 +273,8 @@ class MonitorApp(App[None]):
         totals = sorted(e["total_ms"] or 0.0 for e in requests)
         p95 = percentile(totals, 0.95) or 0.0
         names = [n["name"] for n in self.status["nodes"]] if self.status else []
-        self.query_one(RatePlot).sample(per_node, p95, names)
+        with contextlib.suppress(NoMatches):
+            self.query_one(RatePlot).sample(per_node, p95, names)
 
     # ------------------------------------------------------------------ actions
 
