@@ -303,7 +303,8 @@ def test_demo_shows_failover_and_recovery() -> None:
     out = result.stdout
     assert "openai-fake: healthy -> ejected (http 503)" in out
     assert "openai-fake: ejected -> unhealthy (probe http 503)" in out  # probes fail too
-    assert "openai-fake: unhealthy -> ejected (probe http 200)" in out  # probes pass: still ejected
+    # probes pass: still ejected (said so: "ejected (probe http 200)" read as an ejection because of a 200)
+    assert "openai-fake: unhealthy -> ejected (probes pass (probe http 200); still ejected until a trial" in out
     assert "openai-fake: ejected -> healthy (trial request ok)" in out  # the trial request brings it back
     assert "failed over inside the request" in out
     summary = out[out.index("what happened in ") :]  # the summary closes the output, for people

@@ -30,7 +30,7 @@ from sidecar.nodes.upstream import Upstream
 from .answer import Body, Ready, first_bytes, is_json_api
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
 from .exchange import BadBody, BodyRewriter, Exchange, dump
-from .redact import redact, redact_headers, redact_text
+from .redact import redact, redact_headers, redact_quote
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
 
@@ -119,7 +119,7 @@ class Trip:
                 except TimeoutError:
                     raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
         except UpstreamError as exc:
-            exc.body, exc.reason = redact(exc.body, key), redact_text(exc.reason, key)
+            exc.body, exc.reason = redact(exc.body, key), redact_quote(exc.reason, exc.quoted, key)
             exc.headers = redact_headers(exc.headers, key)
             raise
         return ready
