@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -9,6 +10,7 @@ from typing import Any, NoReturn, cast
 import click
 
 from sidecar.config.discovery import control_socket_path, discover
+from sidecar.config.envfile import unset_variable
 from sidecar.config.load import load
 from sidecar.config.problems import ConfigError, one_line
 from sidecar.config.schema import CONFIG_NAME, Config
@@ -23,7 +25,10 @@ CONFIG_OPTION = click.option(
     help=f"Config file (default: $LLM_SIDECAR_CONFIG, ./{CONFIG_NAME}, ~/.config/llm-sidecar/{CONFIG_NAME}).",
 )
 SOCKET_OPTION = click.option(
-    "--control-socket", metavar="PATH", help="Control socket (default: from the config, else $XDG_RUNTIME_DIR)."
+    "--control-socket",
+    metavar="PATH",
+    help="Control socket (default: [server] control_socket of the config, else $XDG_RUNTIME_DIR/llm-sidecar.sock, "
+    "else ~/.llm-sidecar/control.sock).",
 )
 
 
@@ -34,11 +39,29 @@ def fail(message: str | list[str], code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def config_error_lines(exc: ConfigError) -> list[str]:
+    """The file's own problems first, then the keys whose variables are not set in this environment (a
+    `check` in a shell without the keys would otherwise bury the real problem among them), and what each
+    group asks of the user."""
+    real = [p for p in exc.errors if unset_variable(p.message) is None]
+    unset = [p for p in exc.errors if unset_variable(p.message) is not None]
+    lines = [f"config error: {p.line()}" for p in real]
+    if exc.hidden:
+        lines.append(f"config error: {exc.file}: ... and {exc.hidden} more errors")
+    lines += [f"key not set: {p.line()}" for p in unset]
+    if unset:
+        where = "`run` reads keys from the environment it starts in, or from [server] env_file"
+        lines.append(
+            f"{'the file has no other problem; ' if not real and not exc.hidden else ''}{where}: set them there"
+        )
+    return lines
+
+
 def load_config(config_path: str | None) -> Config:
     try:
         return load(discover(config_path))
     except ConfigError as exc:
-        fail([f"config error: {line}" for line in exc.lines()], 2)
+        fail(config_error_lines(exc), 2)
 
 
 class Commands(click.Group):
@@ -82,6 +105,7 @@ def main() -> None:
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds in-flight requests get on stop.")
 def run(config_path: str | None, control_socket: str | None, log_level: str, log_format: str, grace: float) -> None:
     """Run the proxy (and its control socket) until SIGINT/SIGTERM."""
+    from sidecar.config.plan import warnings
     from sidecar.listener.bind import StartupError
 
     from . import logs
@@ -89,6 +113,8 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 
     config = load_config(config_path)
     logs.setup(log_level, log_format)
+    for warning in warnings(config):
+        logging.getLogger("llm_sidecar").warning("config: %s", warning)
     try:
         run_server(config, control_socket=control_socket_path(config, control_socket), grace=grace)
     except StartupError as exc:
@@ -101,9 +127,12 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 @CONFIG_OPTION
 def check(config_path: str | None) -> None:
     """Validate a config and print the resolved plan (never the keys)."""
-    from sidecar.config.plan import render
+    from sidecar.config.plan import render, warnings
 
-    click.echo(render(load_config(config_path)))
+    config = load_config(config_path)
+    click.echo(render(config))
+    for warning in warnings(config):
+        click.echo(f"llm-sidecar: warning: {warning}", err=True)
     click.echo("ok")
 
 
@@ -213,6 +242,9 @@ def demo(ctx: click.Context, no_tui: bool, duration: float, port: int) -> None:
     run_demo(duration=duration, port=port, monitor=lambda path: ctx.invoke(monitor, control_socket=str(path)))
 
 
+FORMATS = {"openai": "OpenAI-format", "anthropic": "Anthropic-format"}  # what a mixed config serves apart
+
+
 def control_client(control_socket: str | None, config_path: str | None) -> Any:
     from sidecar.control.client import ControlClient, find_socket
 
@@ -243,6 +275,7 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     Exits 1 if the sidecar does not answer on its control socket, or if its proxy port does not answer
     /healthz within 2 s (any status counts: a 503 only says no node is usable): a liveness check."""
     import json
+    import shutil
 
     from sidecar.control.client import LISTENER_TIMEOUT, probe_listener
     from sidecar.control.table import render_status
@@ -251,7 +284,8 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     data = call(control_socket, config_path, "status")
     listener = probe_listener(data["sidecar"]["listen"])
     report = cast(StatusReportJSON, {**data, "listener": listener})  # all GET /v1/status said, and one field
-    click.echo(json.dumps(report, indent=2) if as_json else render_status(data))
+    # Fitted to the terminal (or $COLUMNS; 80 when piped), as the monitor's tables are.
+    click.echo(json.dumps(report, indent=2) if as_json else render_status(data, shutil.get_terminal_size().columns))
     if not listener["answering"]:
         fail(f"proxy listener on {listener['address']} not answering /healthz within {LISTENER_TIMEOUT:g}s")
 
@@ -261,14 +295,28 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
 @SOCKET_OPTION
 @click.option("--node", "expected", metavar="NAME", help="Only if NAME is the serving node (default: the one now).")
 def failover(config_path: str | None, control_socket: str | None, expected: str | None) -> None:
-    """Force failover away from the serving node (marks it down)."""
+    """Force failover away from the serving node (marks it down).
+
+    Without --node, the node serving now; in a config with OpenAI- and Anthropic-format nodes, the first
+    by priority of either: the answer says which format it served, and what serves the other."""
     if expected is None:
         # Name the node we saw, so a failover that happened meanwhile is not doubled.
         expected = call(control_socket, config_path, "status")["serving"]
     answer = call(control_socket, config_path, "failover", *([expected] if expected else []))
+    down, serving = answer["down"], answer["serving"]
+    nodes = call(control_socket, config_path, "status")["nodes"]
+    api = {n["name"]: n.get("api", "openai") for n in nodes}
+    if len(set(api.values())) < 2:
+        click.echo(f"{down} is down; {serving} serves now (undo: llm-sidecar node auto {down})")
+        return
     click.echo(
-        f"{answer['down']} is down; {answer['serving']} serves now (undo: llm-sidecar node auto {answer['down']})"
+        f"{down} is down; {serving} serves {FORMATS[api[down]]} requests now (undo: llm-sidecar node auto {down})"
     )
+    for n in nodes:
+        if n["serving"] and n["api"] != api[down]:
+            click.echo(
+                f"{FORMATS[n['api']]} requests still go to {n['name']} (to move them: llm-sidecar failover --node {n['name']})"
+            )
 
 
 @main.group()

@@ -16,10 +16,11 @@ prometheus_client is imported at the first scrape, so a sidecar that is never sc
 its import (about 50 ms) at start-up.
 
 Labels are bounded. Node names come from the config. A model label is one of the model names the
-config lists (the keys of the nodes' `models` tables, "*" aside), `other` for any other name a
-client sends, or `none` for a request without a model; a failure reason is one of REASONS. No key,
-header or body ever reaches a metric: the labels are node names, configured model names and fixed
-words.
+config lists (the keys of the nodes' `models` tables, "*" aside), or one of the first MAX_SEEN_MODELS other
+names a node answered with success (the common setup has no `models` table: its models are these), then
+`other` for any other name, or `none` for a request without a model; a failure reason is one of REASONS. A
+name is labelled only once a node accepted it, so a client inventing names fills at most the bound. No key,
+header or body ever reaches a metric: the labels are node names, model names and fixed words.
 
 Access. On the proxy listener the metrics answer at `[server] metrics_path` (default /metrics; ""
 turns that route off, and only the route: counting goes on, for the control socket's GET /metrics).
@@ -56,7 +57,9 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 # Seconds, for an active probe (a GET /v1/models, its timeout 2 s by default).
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 NONE = "none"  # no model in the request, no node that answered, no status
-OTHER = "other"  # a model name the config does not list
+OTHER = "other"  # a model name the config does not list, past the bound of names seen
+MAX_SEEN_MODELS = 32  # names labelled as themselves beyond the configured ones, first answered first
+MAX_LABEL_CHARS = 100  # a longer name, or an unprintable one, is `other`
 CONTINUATION = "continuation: "  # the prefix of a failed continuation's reason (forward.carry_on)
 # What a failure reason (a free text, with errno strings and provider text in it) is counted as.
 REASONS = frozenset(
@@ -140,6 +143,7 @@ class Metrics:
         self.runtime = weakref.ref(runtime)
         self.upstream: object = None  # the generation `known` was taken from
         self.known: frozenset[str] = frozenset()
+        self.seen: set[str] = set()  # names a node answered with success, labelled as themselves (bounded)
         # (node, model, status class, stream)
         self.requests: dict[tuple[str, str, str, str], float] = {}
         # (node, model, stream) -> bucket counts and sum, in seconds
@@ -204,8 +208,8 @@ class Metrics:
             runtime = self.runtime()
             if runtime is not None and runtime.upstream is not self.upstream:
                 self.models_known()
-            if model not in self.known:
-                model = OTHER
+            if model not in self.known and model not in self.seen:
+                model = self.first_seen(model) if node is not None and e["status"] < 400 else OTHER
         else:
             model = NONE
         stream = "true" if e["stream"] else "false"
@@ -257,6 +261,17 @@ class Metrics:
                 key = (label, model, "cached")
                 tokens[key] = tokens.get(key, 0) + count
 
+    def first_seen(self, model: str) -> str:
+        """A name a node just answered: labelled as itself while the bound has room, else `other`."""
+        if len(self.seen) >= MAX_SEEN_MODELS or len(model) > MAX_LABEL_CHARS or not model.isprintable():
+            return OTHER
+        self.seen.add(model)
+        return model
+
+    def label(self, model: str | None) -> str:
+        """The label of a model the counters already know (configured, or seen), else `other`."""
+        return model_label(model, self.models_known() | self.seen)
+
     @staticmethod
     def row(hist: dict[Any, list[float]], key: Any) -> list[float]:
         row = hist[key] = [0.0] * (len(BUCKETS) + 2)  # the buckets, +Inf, the sum
@@ -296,7 +311,7 @@ class Metrics:
         if model is None:
             _add(self.transitions, (e["node"], e["after"]))
         else:  # a model rate-limited or ejected on one node
-            _add(self.model_events, (e["node"], model_label(model, self.models_known()), e["after"]))
+            _add(self.model_events, (e["node"], self.label(model), e["after"]))
 
     def probe(self, node: str, ok: bool, seconds: float) -> None:
         """An active probe's result (the checker notes each on the hub)."""
@@ -405,7 +420,6 @@ class Metrics:
 
         upstream = runtime.upstream
         now = upstream.clock()
-        known = frozenset(upstream.served)
         serving = {upstream.serving(api) for api in {n.config.api for n in upstream.nodes}}  # one per format
         info = Gauge(PREFIX + "info", "The running sidecar (always 1).", labels=["version"])
         info.add_metric([runtime.version], 1)
@@ -440,7 +454,7 @@ class Metrics:
             in_flight.add_metric([name], node.stats.in_flight)
             out: dict[str, int] = {}
             for model, _ in node.models.out(now):
-                label = model_label(model, known)
+                label = self.label(model)
                 out[label] = out.get(label, 0) + 1
             for label, count in out.items():
                 models_out.add_metric([name, label], count)

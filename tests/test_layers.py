@@ -202,3 +202,20 @@ def test_run_does_not_import_textual_and_monitor_does_not_import_the_server() ->
     assert "textual" not in server and "tui" not in server
     monitor = loaded_after("import tui.app, tui.command")
     assert not {"uvicorn", "sidecar.server", "sidecar.proxy.app", "sidecar.nodes.upstream"} & monitor
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject's package list finds every package of the tree: a subpackage it misses (tui.widgets
+    under a bare "tui") is absent from the installed wheel, and the monitor fails to import there."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = set(find_packages(str(ROOT), include=found["include"]))
+    tree = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for package in ("sidecar", "tui")
+        for p in (ROOT / package).rglob("__init__.py")
+    }
+    assert tree <= packages, sorted(tree - packages)

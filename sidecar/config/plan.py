@@ -6,6 +6,15 @@ from itertools import groupby
 
 from .discovery import control_socket_path
 from .schema import ActiveCheck, Config, Node, PassiveCheck
+from .server import loopback
+
+# What each format's providers answer when they are overloaded or out of capacity: a node whose failover list
+# (passive.unhealthy.http_statuses) lacks one hands those answers to the client instead of failing over.
+OVERLOADED: dict[str, dict[int, str]] = {
+    "openai": {429: "rate limited", 500: "server error", 502: "bad gateway", 503: "overloaded", 504: "timeout"},
+    "anthropic": {429: "rate limited", 500: "api error", 529: "overloaded"},
+}
+FORMAT = {"openai": "OpenAI-format", "anthropic": "Anthropic-format"}
 
 
 def _active(check: ActiveCheck | None) -> str:
@@ -65,6 +74,11 @@ def render(config: Config) -> str:
         f"listen   http://{s.listen}/v1"
         + (f"  (clients must send the key from ${s.api_key_env})" if s.api_key_env else ""),
         f"control  {control_socket_path(config)}",
+        *(
+            [f"keys     ${{VAR}} from {s.env_file} (read again on every reload), else the environment"]
+            if s.env_file
+            else []
+        ),
         f"limits   max_body_bytes {_size(s.max_body_bytes)}, max_header_bytes {_size(s.max_header_bytes)}, "
         f"max_connections {s.max_connections}, max_event_subscribers {s.max_event_subscribers}",
         f"         header_timeout {s.header_timeout:g}s, body_timeout {s.body_timeout:g}s, "
@@ -112,3 +126,25 @@ def render(config: Config) -> str:
         lines.append(f"{prefix}: {_active(node.checks.active)}")
         lines.append(" " * len(prefix) + f"  {_passive(node.checks.passive, node.recovery)}")
     return "\n".join(lines)
+
+
+def warnings(config: Config) -> list[str]:
+    """What the config allows but a user would want told: printed by `check`, logged by `run`."""
+    found = []
+    s = config.server
+    if not loopback(s.host) and s.api_key is None:  # allowed by allow_remote_without_key, else refused
+        found.append(
+            f"listen {s.listen} is reachable from other machines and no api_key is set "
+            "(allow_remote_without_key = true): anyone who reaches the port spends your providers' keys"
+        )
+    for node in config.upstream.nodes:
+        statuses = node.checks.retry_statuses
+        missing = {code: what for code, what in OVERLOADED[node.api].items() if code not in statuses}
+        if missing:
+            named = ", ".join(f"{code} ({what})" for code, what in missing.items())
+            found.append(
+                f"node {node.name}: passive.unhealthy.http_statuses lacks {named}, which {FORMAT[node.api]} "
+                "providers answer when overloaded: those answers go to the client with no failover (add them, "
+                "or remove the list to get the default)"
+            )
+    return found

@@ -149,6 +149,12 @@ class ServerConfig:
     max_event_subscribers: int = 64  # control API /v1/events readers at once; 503 past it
     metrics_path: str = "/metrics"  # Prometheus metrics on the proxy listener; "" = off (the control socket has them)
     watch: bool = True  # re-read the config file when it is saved
+    # A file of NAME=value lines (systemd's EnvironmentFile) whose values `${VAR}` keys are read from before the
+    # environment's; read again on every reload, so a new key needs no restart. "" = none. Resolved: relative
+    # paths are the config file's directory's.
+    env_file: str = ""
+    # Listening beyond loopback without api_key is refused unless this is true (a firewall closes the port).
+    allow_remote_without_key: bool = False
 
     @property
     def listen(self) -> str:

@@ -30,6 +30,9 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         "#   the control socket's GET /metrics stays.\n"
         "# watch: re-read this file when it is saved (a broken edit is refused, the running config stays);\n"
         "#   false = only on `llm-sidecar reload` or SIGHUP.\n"
+        "# env_file: a file of NAME=value lines (systemd's EnvironmentFile) the ${VAR} keys are read from first;\n"
+        '#   read again on every reload, so a new node\'s key needs no restart. "" = none.\n'
+        "# allow_remote_without_key: a listen other machines reach (0.0.0.0) needs api_key unless this is true.\n"
         "# Changes to listen, control_socket, max_header_bytes, the three timeouts and max_connections need a restart.",
         {
             "server": {
@@ -44,6 +47,8 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
                 "max_event_subscribers": ServerConfig.max_event_subscribers,
                 "metrics_path": ServerConfig.metrics_path,
                 "watch": ServerConfig.watch,
+                "env_file": ServerConfig.env_file,
+                "allow_remote_without_key": ServerConfig.allow_remote_without_key,
             }
         },
     ),

@@ -231,7 +231,7 @@ def upstream_config(up: Table, env: Mapping[str, str]) -> UpstreamConfig:
 
     raw_nodes = up.get("nodes", list, [])
     if not raw_nodes and up.ok("nodes"):
-        up.error("nodes", NO_NODES)
+        up.missing("nodes", NO_NODES)
     nodes: list[Node] = []
     names: set[str] = set()
     for i, raw in enumerate(raw_nodes):

@@ -14,6 +14,7 @@ from sidecar.observe.shapes import ManualJSON, NodeJSON, StatusJSON
 if TYPE_CHECKING:
     from sidecar.nodes.node import NodeState
     from sidecar.nodes.runtime import Runtime
+    from sidecar.nodes.upstream import Upstream
 
 
 def _wall(monotonic_at: float | None) -> float | None:
@@ -23,7 +24,17 @@ def _wall(monotonic_at: float | None) -> float | None:
     return round(time.time() - (time.monotonic() - monotonic_at), 3)
 
 
-def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> NodeJSON:
+def instead(upstream: Upstream, node: NodeState, model: str, now: float) -> str | None:
+    """The node requests for `model` go to while it is out on `node` (the serving node may still be `node`
+    for every other model); None when it is out everywhere it is served (then it is tried anyway)."""
+    skip = (
+        upstream.other_api[node.config.api] | upstream.not_serving(model) | (upstream.models_out(model, now) or set())
+    )
+    index = upstream.balancer.serving(now, frozenset(skip))
+    return None if index is None else upstream.nodes[index].name
+
+
+def node_status(node: NodeState, serving: bool, now: float, uptime: float, upstream: Upstream) -> NodeJSON:
     health = node.health
     cfg = node.config
     return {
@@ -57,6 +68,7 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float) -> No
                 "state": "rate limited" if state.reason == "rate limited" else "ejected",
                 "reason": state.reason,
                 "until": None if state.recovery is not None else _wall(state.out_until),
+                "instead": instead(upstream, node, model, now),
             }
             for model, state in node.models.out(now)
         ],
@@ -81,7 +93,9 @@ def status(runtime: Runtime) -> StatusJSON:
             "control_socket": runtime.control_socket,
         },
         "serving": serving.name if serving else None,
-        "nodes": [node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime) for n in upstream.nodes],
+        "nodes": [
+            node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime, upstream) for n in upstream.nodes
+        ],
     }
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from sidecar import __version__
+from sidecar.config.envfile import Environment
 from sidecar.config.load import load, read_text
 from sidecar.config.problems import ConfigError
 from sidecar.config.schema import Config
@@ -110,7 +111,8 @@ class Runtime:
         # from this one and loads it again (never the other way round, a change it would skip).
         self.config_digest = file_digest(path)
         try:
-            config = load(path)
+            # A variable missing here is missing from the environment the sidecar started with: its error says so.
+            config = load(path, Environment(os.environ, running=True))
         except ConfigError as exc:
             self.events.publish("config", ok=False, path=path, error=exc.to_dict())
             # One line whatever the file holds: the first problem, and how many more (`check` lists them).

@@ -20,3 +20,20 @@ def ms(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+# A health change's reason as the sidecar records it is the last event that moved the node ("manual auto",
+# "probe http 200"); read beside the state it led to, some say the opposite of what happened.
+WORDS = {"manual down": "drained by hand", "manual auto": "back to auto by hand", "start": "since start"}
+PASSED = ("probe http 2", "trial request ok", "ok")
+
+
+def why_changed(after: str, reason: str, before: str | None = None) -> str:
+    """Why a node is in state `after` (coming from `before`, when known), in words that cannot be misread:
+    `unhealthy -> ejected (probe http 200)` is probes passing again while failed requests still hold the node
+    out, not an ejection because of a 200."""
+    if reason in WORDS:
+        return WORDS[reason]
+    if after == "ejected" and reason.startswith(PASSED) and before != "healthy":
+        return f"probes pass ({reason}); still ejected until a request of the kind that failed succeeds"
+    return reason

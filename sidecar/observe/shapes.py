@@ -68,6 +68,7 @@ class ModelStateJSON(TypedDict):
     state: Literal["rate limited", "ejected"]
     reason: str
     until: float | None
+    instead: NotRequired[str | None]  # the node requests for this model go to meanwhile (None: none is left)
 
 
 class NodeJSON(TypedDict):

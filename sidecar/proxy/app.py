@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from sidecar import metrics
-from sidecar.formats.dialect import VERSION_HEADER, api_of, stream_error
+from sidecar.formats.dialect import ANTHROPIC, VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
 from sidecar.nodes.runtime import Runtime
 
@@ -63,6 +63,7 @@ NOT_HEADERS = frozenset({b"", b"close", b"keep-alive"})  # Connection tokens nam
 URL_CACHE_SIZE = 1024
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
+DOUBLED_V1 = "/v1/v1/"  # a base URL with /v1 under a client that adds /v1: no API has this path
 
 
 class ClientGone(Exception):
@@ -279,6 +280,10 @@ class ProxyApp:
             started=time.monotonic(),
             api=api,
         )
+        if path.startswith(DOUBLED_V1):
+            await self.doubled_v1(send, ex, rid_header, anthropic_client)
+            self.finish(ex)  # logged and shown: Claude Code itself shows only a generic 404 message
+            return
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
@@ -311,6 +316,22 @@ class ProxyApp:
             interrupt.close()
             self.inflight.discard(interrupt)
             self.finish(ex)
+
+    async def doubled_v1(self, send: Send, ex: Exchange, rid_header: tuple[bytes, bytes], anthropic: bool) -> None:
+        """A base URL that ends in /v1 under a client that adds /v1 itself (Anthropic's SDKs and Claude Code
+        do; an OpenAI client given .../v1/v1): answered here, saying which base URL to set, rather than sent on
+        for the provider's bare 404."""
+        ex.api = api_of(ex.path[len("/v1") :], anthropic)
+        base = f"http://{self.runtime.config.server.listen}"
+        if ex.api == ANTHROPIC:
+            fix = f"set ANTHROPIC_BASE_URL (or the SDK's base_url) to {base}, without /v1: the client adds it"
+        else:
+            fix = f"set OPENAI_BASE_URL (or the SDK's base_url) to {base}/v1, with /v1 once"
+        ex.status, ex.error = 404, "the client's base URL ends in /v1 and it added /v1 again"
+        await send_error(
+            send, 404, f"unknown path {ex.path[:200]!r}: {ex.error}; {fix}", "invalid_request_error", "wrong_base_url",
+            [rid_header], ex.api,
+        )  # fmt: skip
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         """The request carries the sidecar's own key (bearer or x-api-key), or none is set."""

@@ -36,7 +36,7 @@ from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_b
 from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .hedge import HEDGED_PATHS, Hedge, HedgeBudget, race
 from .poison import SERVING_WITHIN, Culprit, Suspects, fingerprint
-from .redact import redact, redact_headers, redact_text
+from .redact import redact, redact_headers, redact_quote
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
 
@@ -158,7 +158,7 @@ class Trip:
                 learned = " (learned)" if within < timeouts.first_token else ""
                 raise UpstreamError(Failure.TIMEOUT, f"no first token in {within:g}s{learned}") from None
         except UpstreamError as exc:
-            exc.body, exc.reason = redact(exc.body, key), redact_text(exc.reason, key)
+            exc.body, exc.reason = redact(exc.body, key), redact_quote(exc.reason, exc.quoted, key)
             exc.headers = redact_headers(exc.headers, key)
             raise
         if history is not None and ready.first_token is not None:
