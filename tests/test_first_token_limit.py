@@ -114,3 +114,16 @@ async def test_status_shows_each_models_limit() -> None:
     limits = primary["first_token_limits"]
     assert limits["fresh"] == 30.0  # one first token: not enough to learn from
     assert 0.05 <= limits["gpt-4o"] < 30.0
+
+
+async def test_the_status_table_lists_the_learned_limits() -> None:
+    from sidecar.control.table import render_status
+
+    h = Harness(fast_then_silent({"on": False}), cfg())
+    for _ in range(MIN_SAMPLES):
+        await h.request({**ASK, "stream": True})
+    text = render_status(status(h.runtime))
+    assert "first-token limits (learned per model from its own first tokens):" in text
+    line = next(line for line in text.splitlines() if line.startswith("  primary: "))
+    assert line.startswith("  primary: gpt-4o ") and line.endswith("s")
+    assert max(len(line) for line in text.splitlines()) <= 80

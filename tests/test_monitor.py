@@ -198,7 +198,7 @@ async def test_err_pct_is_the_last_minute_not_the_process_life() -> None:
             return Script(503, body=[b'{"error": {"message": "busy"}}'])
         return Script(body=[b'{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'])
 
-    harness = Harness(handler, inproc_config())
+    harness = Harness(handler, inproc_config(recovery="trial"))  # back by a trial after the ejection time
     harness.runtime.upstream.clock = lambda: time.monotonic() + skew
     for _ in range(4):
         await harness.request({"model": "m", "messages": []})

@@ -131,4 +131,11 @@ def render_status(data: StatusJSON, width: int = 80) -> str:
                 where = m["instead"]
                 line += f"; its requests go to {where}" if where else "; out on every node: tried anyway"
             lines += textwrap.wrap(line, width, initial_indent="  ", subsequent_indent="    ")
+    learned = [(n["name"], limits) for n in nodes if (limits := n.get("first_token_limits"))]
+    if learned:
+        lines.append("")
+        lines.append("first-token limits (learned per model from its own first tokens):")
+        for name, limits in learned:
+            said = ", ".join(f"{model or '(no model)'} {limit:g}s" for model, limit in limits.items())
+            lines += textwrap.wrap(f"{name}: {said}", width, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines)

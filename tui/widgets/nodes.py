@@ -30,6 +30,7 @@ class NodesTable(FittedTable):
         Col("err%", "err%", most=5),
         Col("p50", "p50 ms", drop=5, most=8),
         Col("p95", "p95 ms", most=8),
+        Col("limit", "1st tok", drop=12, most=7),  # the learned first-token limit of its latest model
         Col("infl", "infl", drop=6, most=6),
         Col("probe", "probe", drop=7, most=9),
         Col("changed", "changed", drop=8, most=7),
@@ -80,6 +81,7 @@ def node_cells(n: NodeJSON, now: float, stand_in: bool = False) -> dict[str, Tex
         "err%": plain(error_share(t), style="red" if t.get("window_errors") else ""),
         "p50": plain(ms(t["p50_ms"])),
         "p95": plain(ms(t["p95_ms"])),
+        "limit": plain(first_token_limit(n)),
         "infl": plain(t["in_flight"]),
         "probe": plain(probe_text),
         "changed": plain(age(n["changed_at"], now)),
@@ -98,3 +100,12 @@ def state_text(node: NodeJSON, now: float) -> Text:
         where = f" → {m['instead']}" if m.get("instead") else ""
         text.append_text(plain(f" · {m['model']}: {m['state']}{left}{where}", style="yellow", limit=72))
     return text
+
+
+def first_token_limit(node: NodeJSON) -> str:
+    """The first-token limit in force for the model the node served last (learned from its own first tokens:
+    below the configured one once it knows them); `-` before any stream."""
+    limits = node.get("first_token_limits") or {}
+    if not limits:
+        return "-"
+    return f"{list(limits.values())[-1]:g}s"
