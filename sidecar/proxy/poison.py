@@ -13,6 +13,7 @@ this way: a dead node still fails every request, and is ejected as ever.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict
@@ -30,11 +31,11 @@ SIZE = 1024  # fingerprints remembered at most (LRU): bodies come from clients
 
 def fingerprint(path: str, body: bytes, parsed: dict[str, Any] | None) -> str:
     """The request without its model: what every node was sent (a stream flag included)."""
+    text = body
     if parsed is not None:
         rest = {k: v for k, v in parsed.items() if k != "model"}
-        text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    else:
-        text = body
+        with contextlib.suppress(ValueError, RecursionError):  # a body the client made hostile: its bytes do
+            text = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()  # ASCII: lone surrogates too
     return hashlib.sha256(path.encode() + b"\0" + text).hexdigest()[:32]
 
 
