@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from itertools import groupby
 
 from .discovery import control_socket_path
 from .schema import ActiveCheck, Config, Node, PassiveCheck
+from .telemetry import describe as telemetry
 
 
 def _active(check: ActiveCheck | None) -> str:
@@ -54,7 +57,7 @@ def _key(node: Node) -> str:
     return f"key from ${node.api_key_env}" if node.api_key_env else "no key"
 
 
-def render(config: Config) -> str:
+def render(config: Config, env: Mapping[str, str] | None = None) -> str:
     s, u = config.server, config.upstream
     t = u.timeout
     lines = [
@@ -79,6 +82,7 @@ def render(config: Config) -> str:
         f"affinity conversations stay on their node for {u.affinity_ttl:g}s where a level has several nodes"
         if u.affinity_ttl
         else "affinity off",
+        f"traces   {telemetry(config.telemetry, os.environ if env is None else env)}",
     ]
     nodes = sorted(u.nodes, key=lambda n: -n.priority)
     for priority, level in groupby(nodes, key=lambda n: n.priority):

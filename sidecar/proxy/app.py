@@ -25,6 +25,7 @@ from sidecar import metrics
 from sidecar.formats.dialect import VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
 from sidecar.nodes.runtime import Runtime
+from sidecar.telemetry.context import Tracing
 
 from . import models as catalog
 from .exchange import MODEL_RE, STREAM_RE, Exchange
@@ -134,8 +135,9 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
 
 
 class ProxyApp:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, tracing: Tracing | None = None) -> None:
         self.runtime = runtime
+        self.tracing = tracing  # None with traces off
         # Request ids: a random per-process prefix and a counter (no syscall per request).
         self.id_prefix = secrets.token_hex(4)
         self.id_counter = itertools.count(1)
@@ -275,6 +277,8 @@ class ProxyApp:
             started=time.monotonic(),
             api=api,
         )
+        if self.tracing is not None:
+            ex.trace = self.tracing.begin(scope["headers"], ex.started, body)
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
@@ -283,7 +287,8 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
+            reply = interrupt.send if ex.trace is None else ex.trace.watch(interrupt.send)
+            await forward(upstream, scope, reply, body, ex, headers, self.url, interrupt.task)
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle
@@ -358,6 +363,9 @@ class ProxyApp:
         await send_json(send, status, json.dumps(payload).encode())
 
     def finish(self, ex: Exchange) -> None:
-        record = self.runtime.events.emit(ex.record(time.monotonic()))
+        event = ex.record(time.monotonic())
+        if ex.trace is not None:
+            ex.trace.end(event)
+        record = self.runtime.events.emit(event)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})

@@ -10,6 +10,7 @@ from typing import Any
 
 from sidecar.formats.dialect import ANTHROPIC, COUNT, OPENAI, AnthropicUsage, Api, count_of
 from sidecar.nodes.node import NodeState
+from sidecar.telemetry.context import Trace
 
 # Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
 MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
@@ -47,6 +48,7 @@ class Exchange:
     tokens_cached: int | None = None  # prompt tokens the provider served from its cache
     error: str | None = None
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
+    trace: Trace | None = None  # with traces on (sidecar/telemetry/)
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
