@@ -94,7 +94,9 @@ class Trace:
         span_id = new_span_id()
         self.steps.append(Step(span_id, node, time.monotonic(), len(tally.attempts), len(tally.continued)))
         value = f"00-{self.trace_id:032x}-{span_id:016x}-01"
-        return [*(h for h in headers if h[0] != "traceparent"), ("traceparent", value)]
+        # A client's tracestate belongs to its traceparent: with none kept (a new trace), it goes too (W3C).
+        drop = ("traceparent",) if self.parent is not None else ("traceparent", "tracestate")
+        return [*(h for h in headers if h[0] not in drop), ("traceparent", value)]
 
     def watch(self, send: Send) -> Send:
         """`send`, noting what the client is sent (the first body always; all of it when content is exported)."""

@@ -12,21 +12,19 @@ sidecar's stop waits at most STOP_WAIT seconds for the last batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import trace as api
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
 from sidecar.config.telemetry import Export
@@ -40,33 +38,21 @@ QUEUE_MAX = 8192  # finished requests waiting for the thread; past it their trac
 INTERVAL = 0.2  # seconds between the thread's turns
 STOP_WAIT = 3.0  # seconds the sidecar's stop waits for the last spans to go
 KINDS = {"server": SpanKind.SERVER, "client": SpanKind.CLIENT, "internal": SpanKind.INTERNAL}
-SAMPLED = api.TraceFlags(api.TraceFlags.SAMPLED)
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+UNSET = Status(StatusCode.UNSET)
 
 
-class Preset(IdGenerator):
-    """Hands the SDK the ids drawn on the hot path; only the exporter's thread makes spans."""
-
-    def __init__(self) -> None:
-        self.span_id = 0
-        self.trace_id = 0
-
-    def generate_span_id(self) -> int:
-        return self.span_id
-
-    def generate_trace_id(self) -> int:
-        return self.trace_id
-
-
-class Held(logging.Filter):
-    """Keeps the OTLP exporter's own lines (one per failed batch) out of the log, remembering the last."""
+class Held(logging.Handler):
+    """Takes the OTLP exporter's own lines (several per failed batch) out of the log, keeping the first since
+    the last export that worked: it says why (the last one only says the retries ran out)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last = ""
+        self.first = ""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.last = record.getMessage()[:300]
-        return False
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.first:
+            self.first = record.getMessage()[:300]
 
 
 class Watched(SpanExporter):
@@ -83,17 +69,19 @@ class Watched(SpanExporter):
         try:
             result = self.inner.export(spans)
         except Exception as exc:  # never let the exporter's thread die
-            self.held.last = f"{type(exc).__name__}: {exc}"[:300]
+            self.held.first = self.held.first or f"{type(exc).__name__}: {exc}"[:300]
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.FAILURE:
             self.lost += len(spans)
             if not self.failing:
                 self.failing = True
-                why = f" ({self.held.last})" if self.held.last else ""
+                why = f" ({self.held.first})" if self.held.first else ""
                 log.warning("traces: cannot export spans to %s%s; requests are not affected", self.where, why)
-        elif self.failing:
-            log.info("traces: exporting to %s again (%d spans lost meanwhile)", self.where, self.lost)
-            self.failing, self.lost = False, 0
+        else:
+            if self.failing:
+                log.info("traces: exporting to %s again (%d spans lost meanwhile)", self.where, self.lost)
+                self.failing, self.lost = False, 0
+            self.held.first = ""
         return result
 
     def shutdown(self) -> None:
@@ -112,7 +100,7 @@ def resource(version: str) -> Resource:
 
 
 class Exporter:
-    """Owns the queue, the thread and the SDK's provider: `close()` stops them all."""
+    """Owns the queue, the thread and the batch processor: `close()` stops them all."""
 
     def __init__(self, export: Export, version: str) -> None:
         self.export = export
@@ -120,13 +108,16 @@ class Exporter:
         self.queue: deque[tuple[Trace, dict[str, Any]]] = deque()
         self.dropped = 0  # traces dropped with the queue full, since the thread last said so
         self.cache: dict[str, Where] = {}
-        self.ids = Preset()
         self.held = Held()
-        logging.getLogger("opentelemetry.exporter.otlp.proto.http").addFilter(self.held)
-        self.provider = TracerProvider(resource=resource(version), sampler=ALWAYS_ON, id_generator=self.ids)
+        quiet = logging.getLogger("opentelemetry.exporter")  # its modules' loggers are children of this one
+        quiet.addHandler(self.held)
+        quiet.propagate = False
+        # A client's tracestate the SDK finds invalid is dropped (as W3C says), not logged once per request.
+        logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
+        self.resource = resource(version)
+        self.scope = InstrumentationScope("llm-sidecar", version)
         self.watched = Watched(OTLPSpanExporter(endpoint=export.endpoint), export.shown, self.held)
-        self.provider.add_span_processor(BatchSpanProcessor(self.watched))
-        self.tracer = self.provider.get_tracer("llm-sidecar", version)
+        self.processor = BatchSpanProcessor(self.watched)
         self.tracing = Tracing(self.put, export.content)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="llm-sidecar-traces", daemon=True)
@@ -158,39 +149,45 @@ class Exporter:
                 log.exception("traces: could not make the spans of request %s", event.get("id"))
 
     def emit(self, trace: Trace, event: dict[str, Any]) -> None:
+        """The request's spans, finished, straight to the batch processor: they are made after the fact with
+        their real times and the ids drawn on the hot path, which is all a tracer would add."""
         state = TraceState.from_header([trace.state]) if trace.state else None
-        ids = self.ids
-        ids.trace_id = trace.trace_id
+        request = SpanContext(trace.trace_id, trace.span_id, False, SAMPLED, state)
+        client = SpanContext(trace.trace_id, trace.parent, True, SAMPLED, state) if trace.parent else None
         for i, span in enumerate(spans_of(trace, event, self.content, self.cache)):
-            if i == 0:
-                parent = trace.parent  # the request's span: the client's span is its parent, if it sent one
-                remote = True
-            else:
-                parent, remote = trace.span_id, False
-            context = (
-                api.set_span_in_context(
-                    api.NonRecordingSpan(api.SpanContext(trace.trace_id, parent, remote, SAMPLED, state))
-                )
-                if parent is not None
-                else Context()
+            made = ReadableSpan(
+                span.name,
+                context=request if i == 0 else SpanContext(trace.trace_id, span.span_id, False, SAMPLED, state),
+                parent=client if i == 0 else request,  # the client's span is the request's parent, if it sent one
+                resource=self.resource,
+                attributes=span.attributes,
+                kind=KINDS[span.kind],
+                instrumentation_scope=self.scope,
+                status=UNSET if span.error is None else Status(StatusCode.ERROR, span.error[:300]),
+                start_time=span.start,
+                end_time=span.end,
             )
-            ids.span_id = span.span_id
-            made = self.tracer.start_span(
-                span.name, context=context, kind=KINDS[span.kind], attributes=span.attributes, start_time=span.start
-            )
-            if span.error is not None:
-                made.set_status(Status(StatusCode.ERROR, span.error[:300]))
-            made.end(end_time=span.end)
+            self.processor.on_end(made)
 
     async def close(self) -> None:
-        """Stop the thread after its last turn, then send what is left, waiting at most STOP_WAIT seconds."""
+        """Stop the thread after its last turn, then send what is left, waiting at most STOP_WAIT seconds.
+
+        On a daemon thread of its own, not the loop's executor: a collector that does not answer must not hold
+        the process's exit (the executor is joined at exit, whatever the wait here)."""
         self.stopping.set()
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
 
         def finish() -> None:
-            self.thread.join()
-            self.provider.shutdown()
+            try:
+                self.thread.join()
+                self.processor.shutdown()  # type: ignore[no-untyped-call]
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                    loop.call_soon_threadsafe(done.set)
 
+        threading.Thread(target=finish, name="llm-sidecar-traces-stop", daemon=True).start()
         try:
-            await asyncio.wait_for(asyncio.to_thread(finish), STOP_WAIT)
+            await asyncio.wait_for(done.wait(), STOP_WAIT)
         except TimeoutError:
             log.warning("traces: the last spans were not all sent within %gs of the stop", STOP_WAIT)
