@@ -11,6 +11,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from sidecar.config.load import parse
 from sidecar.config.schema import Config
 from sidecar.nodes.health import Failure
@@ -330,3 +332,44 @@ def test_hostile_or_huge_content_is_bounded_and_never_raises() -> None:
     truncated = b'{"id": "chatcmpl-1", "model": "gpt-x", "choices": [{"message": {"content": "' + b"y" * 1000
     out = output_of("openai", "/v1/chat/completions", truncated, messages=False)
     assert (out.model, out.id) == ("gpt-x", "chatcmpl-1")  # the start of an answer too large to keep whole
+
+
+async def test_the_exporters_queue_is_bounded_and_what_it_dropped_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from sidecar.config.telemetry import Export
+    from sidecar.telemetry.export import CONTENT_QUEUE, QUEUE_MAX, Exporter
+
+    class Keep(SpanExporter):
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    plain = Exporter(Export("http://127.0.0.1:9/v1/traces", "x", False, True), "t")
+    assert plain.limit == QUEUE_MAX
+    plain.processor = SimpleSpanProcessor(Keep())
+    await plain.close()
+    exporter = Exporter(Export("http://127.0.0.1:9/v1/traces", "x", True, True), "t")
+    exporter.stopping.set()
+    exporter.thread.join()  # nothing drains the queue now
+    keep = Keep()
+    exporter.processor = SimpleSpanProcessor(keep)
+    t = Traced(lambda node, r: Script(200, SSE, [chunk("a", finish="stop"), DONE]), cfg())
+    t.h.app.tracing = exporter.tracing
+    assert exporter.limit == CONTENT_QUEUE < QUEUE_MAX  # content on: fewer, larger traces held
+    for _ in range(CONTENT_QUEUE + 3):
+        await t.h.request(ASK)
+    assert len(exporter.queue) == CONTENT_QUEUE and exporter.dropped == 3
+    with caplog.at_level("WARNING", logger="llm_sidecar"):
+        exporter.drain()
+        exporter.drain()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"traces: 3 requests were not traced (more than {CONTENT_QUEUE} waited for export)"
+    ]
+    assert len(keep.spans) == 2 * CONTENT_QUEUE and not exporter.queue
+    await exporter.close()

@@ -16,7 +16,7 @@ from typing import Any
 from sidecar.formats.sse import Splitter, data_of
 
 MAX_TEXT = 32 * 1024  # characters of one text part
-MAX_ATTRIBUTE = 256 * 1024  # characters of one attribute's JSON
+MAX_ATTRIBUTE = 128 * 1024  # characters of one attribute's JSON
 Part = dict[str, Any]
 Message = dict[str, Any]
 

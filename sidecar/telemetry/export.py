@@ -35,6 +35,9 @@ from .spans import Where, spans_of
 log = logging.getLogger("llm_sidecar")
 
 QUEUE_MAX = 8192  # finished requests waiting for the thread; past it their traces are dropped
+# With prompts and completions a request's spans may carry ~400 KB (content.py's bounds): fewer are held while a
+# collector is down (the SDK's queue counts spans, not bytes), and fewer go in one export (a collector's limit).
+CONTENT_QUEUE, CONTENT_SPANS, CONTENT_BATCH = 512, 256, 32
 INTERVAL = 0.2  # seconds between the thread's turns
 STOP_WAIT = 3.0  # seconds the sidecar's stop waits for the last spans to go
 KINDS = {"server": SpanKind.SERVER, "client": SpanKind.CLIENT, "internal": SpanKind.INTERNAL}
@@ -106,6 +109,7 @@ class Exporter:
         self.export = export
         self.content = export.content
         self.queue: deque[tuple[Trace, dict[str, Any]]] = deque()
+        self.limit = CONTENT_QUEUE if export.content else QUEUE_MAX
         self.dropped = 0  # traces dropped with the queue full, since the thread last said so
         self.cache: dict[str, Where] = {}
         self.held = Held()
@@ -117,7 +121,11 @@ class Exporter:
         self.resource = resource(version)
         self.scope = InstrumentationScope("llm-sidecar", version)
         self.watched = Watched(OTLPSpanExporter(endpoint=export.endpoint), export.shown, self.held)
-        self.processor = BatchSpanProcessor(self.watched)
+        self.processor = (
+            BatchSpanProcessor(self.watched, max_queue_size=CONTENT_SPANS, max_export_batch_size=CONTENT_BATCH)
+            if export.content
+            else BatchSpanProcessor(self.watched)  # sized by OTEL_BSP_* (2048 spans, 512 per export by default)
+        )
         self.tracing = Tracing(self.put, export.content)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="llm-sidecar-traces", daemon=True)
@@ -125,7 +133,7 @@ class Exporter:
 
     def put(self, trace: Trace, event: dict[str, Any]) -> None:
         """On the event loop, as a request ends: a length check and an append."""
-        if len(self.queue) < QUEUE_MAX:
+        if len(self.queue) < self.limit:
             self.queue.append((trace, event))
         else:
             self.dropped += 1
@@ -140,7 +148,7 @@ class Exporter:
     def drain(self) -> None:
         if self.dropped:
             count, self.dropped = self.dropped, 0  # a race with put() only miscounts one drop
-            log.warning("traces: %d requests were not traced (more than %d waited for export)", count, QUEUE_MAX)
+            log.warning("traces: %d requests were not traced (more than %d waited for export)", count, self.limit)
         while self.queue:
             trace, event = self.queue.popleft()
             try:
