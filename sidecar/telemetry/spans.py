@@ -17,7 +17,7 @@ from sidecar.config.schema import Node
 from sidecar.metrics import reason_category
 
 from .content import Output, inputs_of, output_of
-from .context import Trace
+from .context import Trace, new_span_id
 
 # gen_ai.operation.name by path; another path is named by its first segment (`audio`, `images`, ...).
 OPERATIONS = {
@@ -169,7 +169,7 @@ def spans_of(trace: Trace, event: dict[str, Any], content: bool, cache: dict[str
         spans.append(Span(_name(op, sent), "client", step.span_id, ns(step.start), ns(end), attrs, error))
         if wait:
             after: Attributes = {"llm_sidecar.node": step.node.name, "llm_sidecar.wait_ms": round(wait * 1000)}
-            spans.append(Span("wait", "internal", _wait_id(trace, k), ns(end), ns(end) + round(wait * 1e9), after))
+            spans.append(Span("wait", "internal", new_span_id(), ns(end), ns(end) + round(wait * 1e9), after))
 
     request: Attributes = {
         **common,
@@ -193,11 +193,6 @@ def spans_of(trace: Trace, event: dict[str, Any], content: bool, cache: dict[str
     first = Span(_name(op, model), "server", trace.span_id, trace.wall, ns(trace.ended), request,
                  str(error or f"status {status}") if "error.type" in request else None)  # fmt: skip
     return [first, *spans]
-
-
-def _wait_id(trace: Trace, k: int) -> int:
-    """A wait's span id, derived from the attempt before it (unique within the trace, never 0)."""
-    return (trace.steps[k].span_id ^ 0x5A5A5A5A5A5A5A5A) or 1
 
 
 def _answer(attrs: Attributes, event: dict[str, Any], answered: tuple[str | None, str | None, list[str]]) -> None:
