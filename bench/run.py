@@ -6,6 +6,7 @@ gap between it and the sidecar is what the sidecar's own code costs.
     python bench/run.py            # full run (a few minutes)
     python bench/run.py --quick    # a few seconds: proves the benchmark still works, measures nothing useful
     python bench/run.py --peer litellm   # adds LiteLLM's proxy (`litellm` on PATH) as another path
+    python bench/run.py --telemetry      # adds the sidecar with traces on (the otel extra), to a collector on loopback
 
 Paths are measured alternately, round by round, so their ratios hold on a noisy machine. The proxies
 (sidecar, floor, nginx, a peer) are pinned to CPU 0, the upstream and the load generator to CPU 1 (when
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +322,7 @@ def main() -> None:
         default=[],
         help="also measure a peer proxy in front of the same upstream (needs `litellm` on PATH)",
     )
+    parser.add_argument("--telemetry", action="store_true", help="also the sidecar with OpenTelemetry traces on")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
@@ -356,6 +359,14 @@ def main() -> None:
             paths["nginx"] = ngx_port
         if "litellm" in args.peer:
             paths["litellm"] = start_litellm(procs, up_port, tmp)
+        if args.telemetry:  # the same sidecar, exporting a trace of every request to a collector on CPU 1
+            otel_port, traced_port = free_port(), free_port()
+            procs.start([sys.executable, str(HERE / "collector.py"), str(otel_port)], cpu=1)
+            (tmp / "traced.toml").write_text(sidecar_config(up_port, traced_port, tmp / "ctl-traced.sock"))
+            traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otel_port}"}
+            procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(tmp / "traced.toml"), "--log-level",
+                         "info"], cpu=0, env=traced_env, stderr=open(tmp / "traced.log", "wb"), cwd=ROOT)  # noqa: SIM115  # fmt: skip
+            paths["sidecar+traces"] = traced_port
         for port in [up_port, slow_port, *paths.values()]:
             wait_port(port)
         time.sleep(0.5)
@@ -390,6 +401,10 @@ def main() -> None:
             results["collapse_check"] = {f"c={c}": median_of(r) for c, r in checks.items()}
             print("  measured collapse check", file=sys.stderr)
             results["open_streams"] = open_through(slow_port, tmp, env)
+        if args.telemetry:
+            time.sleep(1)  # the exporter's last batch
+            with urllib.request.urlopen(f"http://127.0.0.1:{otel_port}/count") as answer:
+                results["collector"] = json.loads(answer.read())
         startup_config = tmp / "startup.toml"
         startup_config.write_text(sidecar_config(up_port, free_port(), tmp / "ctl-startup.sock"))
         results["startup_s"] = statistics.median(
@@ -429,6 +444,9 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"1000 open streams: RSS {s['rss_mb']:.1f} MB, fds {s['fds']}, completed {s['completed']}/{s['opened']}"
         )
+    if "collector" in results:
+        lines.append(f"traces: the collector received {results['collector']['spans']} spans "
+                     f"in {results['collector']['posts']} exports")  # fmt: skip
     if "collapse_check" in results:
         low, high = results["collapse_check"]["c=16"], results["collapse_check"]["c=256"]
         lines.append(

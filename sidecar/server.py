@@ -25,6 +25,7 @@ from sidecar.nodes.checker import ActiveChecker
 from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.runtime import Runtime
 from sidecar.proxy.app import ProxyApp
+from sidecar.telemetry.start import start as start_traces
 
 from .watch import ConfigWatcher, watched_file
 
@@ -184,7 +185,8 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     """Run until SIGINT/SIGTERM; in-flight requests get `grace` seconds to finish."""
     raise_fd_limit()
     runtime = Runtime(config)
-    app = ProxyApp(runtime)
+    traces = start_traces(config.telemetry, runtime.version)  # None with traces off (sidecar/telemetry/)
+    app = ProxyApp(runtime, None if traces is None else traces.tracing)
     # Signals are handled before the port opens: a client that can connect may signal us at once.
     server = Server(app, limits_of(config))
     stopper = Stopper(server, app, grace)
@@ -193,6 +195,8 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
             await _serve(runtime, server, control_socket)
         finally:
             stopper.cancel()
+            if traces is not None:
+                await traces.close()
 
 
 async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> None:

@@ -28,11 +28,13 @@ def schema() -> SimpleNamespace:
         PassiveCheck,
         RetryPolicy,
         ServerConfig,
+        TelemetryConfig,
         Timeouts,
         UpstreamConfig,
     )
 
     return SimpleNamespace(
+        TelemetryConfig=TelemetryConfig,
         ActiveCheck=ActiveCheck,
         Checks=Checks,
         Hedge=Hedge,
@@ -207,6 +209,7 @@ SECTIONS = {
     "[upstream.checks.active]": "ActiveCheck",
     "[upstream.checks.passive]": "PassiveCheck",
     "[[upstream.nodes]]": "Node",
+    "[telemetry]": "TelemetryConfig",
 }
 # Fields with a section of their own instead of a row; checks are kept per node, read from [upstream.checks].
 OWN_SECTION = {
@@ -349,6 +352,7 @@ def test_the_full_file_holds_every_default_and_every_key() -> None:
     block = full_file()
     config = s.parse(tomllib.loads(block), REFERENCE.name, env=fake_env(block))
     assert config.server == s.ServerConfig()
+    assert config.telemetry == s.TelemetryConfig()
     upstream = config.upstream
     for field in dataclasses.fields(s.UpstreamConfig):
         if field.name != "nodes":

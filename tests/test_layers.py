@@ -24,7 +24,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "sidecar.config": {"sidecar.formats"},
     "sidecar.nodes": {"sidecar.config", "sidecar.formats", "sidecar.observe"},
     "sidecar.metrics": {"sidecar.nodes", "sidecar.config", "sidecar.formats", "sidecar.observe"},
+    "sidecar.telemetry": {
+        "sidecar.config",
+        "sidecar.formats",
+        "sidecar.metrics",  # a failure reason's category, for error.type
+        "sidecar.listener.bind",  # StartupError: a config that asks for traces the extra cannot send
+    },
     "sidecar.proxy": {
+        "sidecar.telemetry.context",  # a request's trace context: ids drawn on the hot path
         "sidecar.nodes",
         "sidecar.config",
         "sidecar.formats",
@@ -200,6 +207,7 @@ def test_run_does_not_import_textual_and_monitor_does_not_import_the_server() ->
         "import sidecar.cli, sidecar.server, sidecar.control.server, sidecar.proxy.app, sidecar.nodes.checker"
     )
     assert "textual" not in server and "tui" not in server
+    assert not any(name.startswith("opentelemetry.sdk") for name in server)  # only with traces on (telemetry/start.py)
     monitor = loaded_after("import tui.app, tui.command")
     assert not {"uvicorn", "sidecar.server", "sidecar.proxy.app", "sidecar.nodes.upstream"} & monitor
 

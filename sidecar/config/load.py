@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config.server import server_config
+from sidecar.config.telemetry import telemetry_config
 from sidecar.config.upstream import NO_NODES, upstream_config
 
 from .envfile import Environment, parse_env, path_of
@@ -40,10 +41,11 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     upstream = None if up is None else upstream_config(up, env)
     if up is None and root.ok("upstream"):
         root.missing("upstream", NO_NODES, key="upstream.nodes")
+    telemetry = telemetry_config(root.table_or_empty("telemetry"))
     root.done()
     problems.check()  # raises if anything at all was wrong: a Config is only made from a file without problems
     assert upstream is not None
-    return Config(server=server, upstream=upstream, path=file)
+    return Config(server=server, upstream=upstream, path=file, telemetry=telemetry)
 
 
 def _env_file(server: Table, file: str, env: Mapping[str, str]) -> tuple[str, Mapping[str, str]]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from itertools import groupby
 
 from .discovery import control_socket_path
 from .schema import ActiveCheck, Config, Node, PassiveCheck
 from .server import loopback
+from .telemetry import describe as telemetry
 
 # What each format's providers answer when they are overloaded or out of capacity: a node whose failover list
 # (passive.unhealthy.http_statuses) lacks one hands those answers to the client instead of failing over.
@@ -66,7 +69,7 @@ def _key(node: Node) -> str:
     return f"key from ${node.api_key_env}" if node.api_key_env else "no key"
 
 
-def render(config: Config) -> str:
+def render(config: Config, env: Mapping[str, str] | None = None) -> str:
     s, u = config.server, config.upstream
     t = u.timeout
     lines = [
@@ -100,6 +103,7 @@ def render(config: Config) -> str:
         f"goes to the next node; at most {u.hedge.budget:.0%} of requests"
         if u.hedge is not None
         else "hedge    off",
+        f"traces   {telemetry(config.telemetry, os.environ if env is None else env)}",
     ]
     nodes = sorted(u.nodes, key=lambda n: -n.priority)
     for priority, level in groupby(nodes, key=lambda n: n.priority):

@@ -186,7 +186,18 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class TelemetryConfig:
+    """OpenTelemetry traces (docs/telemetry.md): on when an OTLP endpoint is named here or in the standard
+    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables, unless `enabled` is false."""
+
+    enabled: bool = True
+    endpoint: str = ""  # the OTLP/HTTP base URL (the sidecar appends /v1/traces); "" = from the environment
+    content: bool = False  # export prompts and completions (gen_ai.input.messages, gen_ai.output.messages)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     upstream: UpstreamConfig
     path: str = "<memory>"
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)

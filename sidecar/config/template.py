@@ -6,7 +6,7 @@ from typing import Any
 
 import tomli_w
 
-from .schema import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, RetryPolicy, ServerConfig, UpstreamConfig
+from .schema import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, RetryPolicy, ServerConfig, TelemetryConfig, UpstreamConfig
 
 HEADER = """\
 # llm-sidecar configuration. Field names follow Apache APISIX's upstream object.
@@ -171,6 +171,12 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
                 }
             }
         },
+    ),
+    (
+        "# OpenTelemetry traces, a span per request and attempt (pip install 'llm-sidecar[otel]'; docs/telemetry.md).\n"
+        '# endpoint: the collector\'s OTLP/HTTP base URL; "" = $OTEL_EXPORTER_OTLP_ENDPOINT, and without it no traces.\n'
+        "# content: true exports prompts and completions too. enabled = false: no traces, whatever the environment.",
+        {"telemetry": {"enabled": TelemetryConfig.enabled, "endpoint": "", "content": TelemetryConfig.content}},
     ),
 ]
 

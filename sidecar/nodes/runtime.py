@@ -126,6 +126,8 @@ class Runtime:
         later = [key for key in at_start.split() if getattr(was, key) != getattr(now, key)]
         if later:
             log.warning("reload: changes to [server] %s take effect on restart", ", ".join(later))
+        if self.config.telemetry != config.telemetry:
+            log.warning("reload: changes to [telemetry] take effect on restart")
         new = self.apply(config)
         self.events.publish("config", ok=True, path=config.path, nodes=[n.name for n in new.nodes])
         log.info("config reloaded from %s (%d nodes)", config.path, len(new.nodes))

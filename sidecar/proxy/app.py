@@ -25,6 +25,7 @@ from sidecar import metrics
 from sidecar.formats.dialect import ANTHROPIC, VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
 from sidecar.nodes.runtime import Runtime
+from sidecar.telemetry.context import Tracing
 
 from . import models as catalog
 from .exchange import MODEL_RE, STREAM_RE, Exchange
@@ -137,8 +138,9 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
 
 
 class ProxyApp:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, tracing: Tracing | None = None) -> None:
         self.runtime = runtime
+        self.tracing = tracing  # None with traces off
         # Request ids: a random per-process prefix and a counter (no syscall per request).
         self.id_prefix = secrets.token_hex(4)
         self.id_counter = itertools.count(1)
@@ -280,6 +282,8 @@ class ProxyApp:
             started=time.monotonic(),
             api=api,
         )
+        if self.tracing is not None:
+            ex.trace = self.tracing.begin(scope["headers"], ex.started, body)
         if path.startswith(DOUBLED_V1):
             await self.doubled_v1(send, ex, rid_header, anthropic_client)
             self.finish(ex)  # logged and shown: Claude Code itself shows only a generic 404 message
@@ -292,8 +296,9 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
+            reply = interrupt.send if ex.trace is None else ex.trace.watch(interrupt.send)
             await forward(
-                upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task, self.suspects, self.hedges
+                upstream, scope, reply, body, ex, headers, self.url, interrupt.task, self.suspects, self.hedges
             )
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
@@ -385,6 +390,9 @@ class ProxyApp:
         await send_json(send, status, json.dumps(payload).encode())
 
     def finish(self, ex: Exchange) -> None:
-        record = self.runtime.events.emit(ex.record(time.monotonic()))
+        event = ex.record(time.monotonic())
+        if ex.trace is not None:
+            ex.trace.end(event)
+        record = self.runtime.events.emit(event)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})

@@ -10,6 +10,7 @@ from typing import Any
 
 from sidecar.formats.dialect import ANTHROPIC, COUNT, OPENAI, AnthropicUsage, Api, count_of
 from sidecar.nodes.node import NodeState
+from sidecar.telemetry.context import Trace
 
 # Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
 MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
@@ -49,6 +50,7 @@ class Exchange:
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
     request_caused: str | None = None  # how the request failed on every node it caused to fail (proxy/poison.py)
     hedged: list[dict[str, Any]] = field(default_factory=list)  # hedges: node, over (the node hedged), after_ms, won
+    trace: Trace | None = None  # with traces on (sidecar/telemetry/)
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""

@@ -113,6 +113,8 @@ class Trip:
 
     def request(self, node: NodeState, body: bytes) -> Request:
         headers = [*self.headers, *node.auth] if node.auth else self.headers
+        if self.ex.trace is not None:  # the node is told the attempt's span (sidecar/telemetry/context.py)
+            headers = self.ex.trace.attempt(node.config, headers, self.ex)
         return Request(self.ex.method, self.url(node.config.url, self.suffix), headers, body, self.task)
 
     async def first(self, attempt: Attempt, request: Request, can_move: Callable[[], bool] = never) -> Ready:
