@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from sidecar.config.schema import Config, PassiveCheck
 from sidecar.formats.dialect import APIS_SPOKEN, Api
+from sidecar.formats.translate.ir import FORMS
 from sidecar.observe.events import EventHub
 
 from .affinity import Pins
@@ -78,6 +79,12 @@ class Upstream:
         # The nodes a request of each format must not go to: those speaking the other one.
         self.other_api: dict[Api, frozenset[int]] = {
             api: frozenset(i for i, n in enumerate(self.nodes) if n.config.api != api) for api in APIS_SPOKEN
+        }
+        # Per client format: the nodes that cannot take its requests, and those that take them translated.
+        targets = {form: [n.config.target(form) for n in self.nodes] for form in FORMS}
+        self.unable = {form: frozenset(i for i, t in enumerate(ts) if t is None) for form, ts in targets.items()}
+        self.translated = {
+            form: frozenset(i for i, t in enumerate(ts) if t not in (None, form)) for form, ts in targets.items()
         }
         # Affinity only matters where one level holds several nodes to spread over.
         ttl = config.upstream.affinity_ttl

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from sidecar import metrics
-from sidecar.formats.dialect import VERSION_HEADER, api_of, stream_error
+from sidecar.formats.dialect import OPENAI, VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
+from sidecar.formats.translate.ir import form_of
 from sidecar.nodes.runtime import Runtime
 
 from . import models as catalog
@@ -274,6 +275,7 @@ class ProxyApp:
             stream=STREAM_RE.search(body) is not None and streams(body),
             started=time.monotonic(),
             api=api,
+            form=form_of(scope["method"], path, api == OPENAI),
         )
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)

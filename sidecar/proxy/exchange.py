@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.formats.dialect import ANTHROPIC, COUNT, OPENAI, AnthropicUsage, Api, count_of
+from sidecar.formats.translate.ir import Form
 from sidecar.nodes.node import NodeState
 
 # Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
@@ -47,6 +48,13 @@ class Exchange:
     tokens_cached: int | None = None  # prompt tokens the provider served from its cache
     error: str | None = None
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
+    form: Form | None = None  # the format of a request that may be translated (formats/translate)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # nodes not asked: node, reason
+
+    @property
+    def trailing(self) -> bool:
+        """Something for the x-llm-sidecar-trail header: a failed attempt or a node passed over."""
+        return bool(self.attempts or self.skipped)
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
@@ -79,7 +87,7 @@ class Exchange:
 
 def trail(ex: Exchange) -> bytes:
     """The `x-llm-sidecar-trail` header: each failed attempt, its reason and the wait after it."""
-    steps = []
+    steps = [f"{s['node']}: skipped ({s['reason']})" for s in ex.skipped]
     for a in ex.attempts:
         wait = a.get("wait_ms")
         steps.append(f"{a['node']}: {a['reason']}" + (f", waited {wait} ms" if wait is not None else ""))

@@ -33,6 +33,8 @@ from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .redact import redact, redact_headers, redact_text
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
+from .transcode import relay_translated
+from .translation import Prepared, prepare, refuse
 
 log = logging.getLogger("llm_sidecar")
 
@@ -50,10 +52,12 @@ class Route(NamedTuple):
     prefer: int | None = None
 
 
-def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange) -> Route:
+def route_of(
+    upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange, prepared: Prepared | None = None
+) -> Route:
     """The body is parsed only when a `models` table routes or a pin may apply. A body that does not parse
     still goes, byte for byte, to nodes that need no rewrite (one that does answers 400 then)."""
-    format_skip = upstream.other_api[ex.api]
+    format_skip = upstream.other_api[ex.api] if prepared is None else prepared.skip
     if not upstream.routes and upstream.pins is None:
         return Route(ex.model, format_skip)
     model = ex.model
@@ -89,6 +93,7 @@ class Trip:
     url: Callable[[str, str], URL]
     task: asyncio.Task[Any] | None
     route: Route = NO_ROUTE
+    translate: Prepared | None = None  # what translated attempts need (translation.py); None: no node translates
 
     def request(self, node: NodeState, body: bytes) -> Request:
         headers = [*self.headers, *node.auth] if node.auth else self.headers
@@ -151,9 +156,12 @@ async def forward(
         retry_timeout=config.retry_timeout,
         retries=config.retries,
     )
-    trip.route = route = route_of(upstream, scope, trip.rewriter, ex)
+    trip.translate = prepare(upstream, trip.rewriter, ex)
+    trip.route = route = route_of(upstream, scope, trip.rewriter, ex, trip.translate)
     if route.skip and len(route.skip) == len(upstream.nodes):
-        if len(upstream.other_api[ex.api]) == len(upstream.nodes):
+        if trip.translate is not None and trip.translate.covers(len(upstream.nodes)):
+            await refuse(send, ex, trip.translate)
+        elif len(upstream.other_api[ex.api]) == len(upstream.nodes):
             await no_node_speaks(send, ex)
         else:
             await not_served(send, ex, route.model, upstream.served)
@@ -181,9 +189,13 @@ async def forward(
             await asyncio.sleep(wait)
             continue
         node = upstream.nodes[choice.index]
+        adapter = trip.translate.adapter(choice.index, node) if trip.translate is not None else None
         try:
-            request = trip.request(node, trip.rewriter.for_node(node))
-            transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+            if adapter is not None:
+                request, transcript = adapter.outbound(trip.headers, trip.url, trip.task), None
+            else:
+                request = trip.request(node, trip.rewriter.for_node(node))
+                transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
         except BadBody as exc:
             await bad_body(send, ex, exc)
             return
@@ -191,7 +203,11 @@ async def forward(
         try:
             with upstream.attempt(choice, route.model) as attempt:
                 ready = await trip.first(attempt, request)
-                broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
+                broken = None
+                if adapter is not None:
+                    await relay_translated(send, attempt, ready, ex, plan.attempts, adapter)
+                else:
+                    broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
             if broken is not None and transcript is not None:
                 await carry_on(trip, choice.index, broken, transcript)
             node.stats.tokens_in += ex.tokens_in or 0
@@ -210,6 +226,8 @@ async def forward(
                 )  # fmt: skip
                 return
             ex.attempts.append({"node": node.name, "reason": exc.reason})
+            if adapter is not None:
+                adapter.failed(exc)
             if exc.kind is None and exc.status and refusal is None:
                 refusal = exc
             last = exc
@@ -262,6 +280,8 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
     upstream, ex = trip.upstream, trip.ex
     broken_node = upstream.nodes[index].name
     unable = {i for i, n in enumerate(upstream.nodes) if n.config.continuation == "none"} | trip.route.skip
+    if ex.form is not None:  # a node that would need the stream translated cannot continue it
+        unable |= upstream.translated[ex.form]
     tried: set[int] = set()
     for _ in range(MAX_CONTINUATIONS):
         why_not = transcript.continuable()

@@ -16,6 +16,14 @@ RESPONSES: Form = "responses"
 MESSAGES: Form = "messages"
 FORMS: tuple[Form, ...] = (CHAT, RESPONSES, MESSAGES)
 PATHS: dict[Form, str] = {CHAT: "/v1/chat/completions", RESPONSES: "/v1/responses", MESSAGES: "/v1/messages"}
+_FORMS = {(path, form != MESSAGES): form for form, path in PATHS.items()}
+
+
+def form_of(method: str, path: str, openai: bool) -> Form | None:
+    """The format of a request that may be translated: a POST that creates an answer, from a client of that
+    API (`openai`: not an Anthropic client); None for every other request (files, embeddings, ...)."""
+    return _FORMS.get((path, openai)) if method == "POST" else None
+
 
 # How an answer ended, in chat's words (the common denominator): "stop", "length", "tool_calls",
 # "content_filter"; `Answer.stop_sequence` says which stop sequence ended it, when the node said so.
