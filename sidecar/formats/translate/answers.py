@@ -158,7 +158,7 @@ def usage_responses(usage: Usage) -> dict[str, Any]:
     prompt, completion = usage.input or 0, usage.output or 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": usage.cache_read or 0},
+        "input_tokens_details": {"cached_tokens": usage.cache_read or 0, "cache_write_tokens": usage.cache_write or 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning or 0},
         "total_tokens": prompt + completion,

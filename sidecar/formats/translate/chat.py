@@ -181,7 +181,7 @@ def read_request(body: dict[str, Any]) -> Request:
     effort = body.get("reasoning_effort")
     request.effort = effort if isinstance(effort, str) else None
     request.user = body.get("user") if isinstance(body.get("user"), str) else None
-    request.dropped = sorted(k for k in body if k not in KNOWN and k not in NEEDS)
+    request.dropped = sorted(k for k in body if k not in KNOWN and k not in NEEDS and body[k] is not None)
     return request
 
 

@@ -155,10 +155,23 @@ def read_request(body: dict[str, Any]) -> Request:
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         request.user = metadata["user_id"]
-    request.dropped = sorted(k for k in body if k not in KNOWN)
+    request.dropped = sorted(k for k in body if k not in KNOWN and body[k] is not None)
+    if _cached(body):
+        request.dropped.append("cache_control")
     if billing:
         request.dropped.append("the system prompt's x-anthropic-billing-header line")
     return request
+
+
+def _cached(body: dict[str, Any]) -> bool:
+    """Prompt-cache breakpoints anywhere a client puts them (blocks of system, messages and tools)."""
+    blocks: list[Any] = list(body.get("tools") or ())
+    system = body.get("system")
+    blocks += system if isinstance(system, list) else []
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks += content if isinstance(content, list) else []
+    return any(isinstance(b, dict) and b.get("cache_control") for b in blocks)
 
 
 def _tools(body: dict[str, Any], request: Request) -> None:

@@ -125,6 +125,7 @@ class ResponsesWriter:
     def _text(self, text: str, refusal: bool) -> bytes:
         out = b""
         if self.kind != "message":
+            out += self._close()  # first: the new item's id counts the items before it
             item_id = ids.item_id("msg", f"{self.id}:{len(self.output)}")
             out += self._open("message", {"type": "message", "id": item_id, "status": "in_progress",
                                           "role": "assistant", "content": []})  # fmt: skip
@@ -149,6 +150,7 @@ class ResponsesWriter:
         out = b""
         where = {"summary_index": 0}
         if self.kind != "reasoning":
+            out += self._close()
             item_id = ids.item_id("rs", f"{self.id}:{len(self.output)}")
             out += self._open("reasoning", {"type": "reasoning", "id": item_id, "summary": []})
         if not self.parts:
@@ -179,8 +181,9 @@ class ResponsesWriter:
                 self.signature = event.signature
             return b""
         if isinstance(event, Redacted):
+            out = self._close()
             item_id = ids.item_id("rs", f"{self.id}:{len(self.output)}")
-            out = self._open("reasoning", {"type": "reasoning", "id": item_id, "summary": []})
+            out += self._open("reasoning", {"type": "reasoning", "id": item_id, "summary": []})
             self.signature = event.data
             return out + self._close()
         if isinstance(event, ToolStart):
