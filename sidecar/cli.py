@@ -146,7 +146,12 @@ def init(path: Path, force: bool) -> None:
     type=click.Choice(["openai", "anthropic"]),
     default="openai",
     show_default=True,
-    help="The API to serve: OpenAI's chat completions, or Anthropic's Messages API (/v1/messages).",
+    help="The API to serve: OpenAI's (chat completions, Responses, embeddings), or Anthropic's Messages API.",
+)
+@click.option(
+    "--no-responses",
+    is_flag=True,
+    help="OpenAI API without the Responses API: /v1/responses answers 404, as on a chat-only server (vLLM, Ollama).",
 )
 def fake_provider(
     host: str,
@@ -159,19 +164,28 @@ def fake_provider(
     chunks: int,
     chunk_delay: float,
     api: str,
+    no_responses: bool,
 ) -> None:
     """Run an OpenAI- or (--api anthropic) Anthropic-compatible fake provider with fault modes, for resilience tests.
 
     Change its behaviour while it runs: POST /_fake/behaviour with JSON, e.g.
     {"fail_rate": 1, "fault": "hang"}; GET /_fake/stats counts what it saw.
     A model named fault-<name> picks a fault per request (429-once, 503, cut, stall, context, ...: see
-    docs/fake-provider.md); a trailing assistant message is continued (behaviour field continuation).
+    docs/fake-provider.md); a trailing assistant message is continued (behaviour field continuation). Tools in a
+    request are called when its last user message names them (or tool_choice requires it), with arguments made
+    from their schemas; reasoning models (o1, o3, o4, *reason*) and Anthropic thinking reason first.
     """
     from sidecar.fakes.core import Behaviour
     from sidecar.fakes.serve import serve_forever
 
     behaviour = Behaviour(
-        fault=fault, fail_rate=fail_rate, status=status, latency=latency, chunks=chunks, chunk_delay=chunk_delay
+        fault=fault,
+        fail_rate=fail_rate,
+        status=status,
+        latency=latency,
+        chunks=chunks,
+        chunk_delay=chunk_delay,
+        responses=not no_responses,
     )
     click.echo(f"fake provider {name!r} ({api}) on http://{host}:{port}/v1", err=True)
     serve_forever(name, host, port, behaviour, api=api)
