@@ -183,9 +183,6 @@ def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], 
         translate=t.get("translate", bool, False),
         responses=t.get("responses", bool, True),
     )
-    if node.api == "anthropic" and "responses" in t.data and t.ok("responses", "api"):
-        t.error("responses", 'applies to api = "openai" nodes only (an Anthropic node serves Responses requests '
-                "only translated, with translate = true)")  # fmt: skip
     t.done()
     return node
 

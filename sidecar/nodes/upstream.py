@@ -22,6 +22,7 @@ from .balancer import Balancer, Choice
 from .health import MIN_RETRY_AFTER, Failure, Health, Source, State, Transition
 from .held import Budget
 from .node import NodeState, auth_headers
+from .owners import Owners
 from .transport import Transport, UpstreamError
 
 log = logging.getLogger("llm_sidecar")
@@ -45,11 +46,13 @@ class Upstream:
         clock: Callable[[], float] = time.monotonic,
         pins: Pins | None = None,
         held: Budget | None = None,
+        owners: Owners | None = None,
     ) -> None:
         self.config = config
         # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
         self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
         self.held.limit = config.upstream.max_held_bytes
+        self.owners = owners if owners is not None else Owners()  # stateful ids -> the node that made them
         self.events = events
         self.transport = transport
         self.clock = clock

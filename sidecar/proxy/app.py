@@ -27,6 +27,7 @@ from sidecar.formats.errors import Send, send_error, send_json
 from sidecar.formats.translate.ir import form_of
 from sidecar.nodes.runtime import Runtime
 
+from . import estimate
 from . import models as catalog
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
@@ -285,7 +286,11 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
+            counted = estimate.here(upstream, ex)  # a count no node of its format can give (estimate.py)
+            if counted is not None:
+                await estimate.answer(interrupt.send, ex, counted, body)
+            else:
+                await forward(upstream, scope, interrupt.send, body, ex, headers, self.url, interrupt.task)
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle

@@ -33,6 +33,7 @@ from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .redact import redact, redact_headers, redact_text
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
+from .sticky import remember
 from .transcode import relay_translated
 from .translation import Prepared, prepare, refuse
 
@@ -189,7 +190,7 @@ async def forward(
             await asyncio.sleep(wait)
             continue
         node = upstream.nodes[choice.index]
-        adapter = trip.translate.adapter(choice.index, node) if trip.translate is not None else None
+        adapter = trip.translate.adapter(choice.index, node, upstream.owners) if trip.translate is not None else None
         try:
             if adapter is not None:
                 request, transcript = adapter.outbound(trip.headers, trip.url, trip.task), None
@@ -203,6 +204,8 @@ async def forward(
         try:
             with upstream.attempt(choice, route.model) as attempt:
                 ready = await trip.first(attempt, request)
+                if adapter is None:
+                    remember(upstream, ex, node.name, ready)  # the ids it made stick to it (sticky.py)
                 broken = None
                 if adapter is not None:
                     await relay_translated(send, attempt, ready, ex, plan.attempts, adapter)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from sidecar.formats.errors import Send
 from sidecar.formats.sse import Signal, Splitter, data_of, error_text, parse, signal_of
 from sidecar.formats.translate import pair
+from sidecar.formats.translate.answers import answer_id
 from sidecar.formats.translate.errors import error_body
 from sidecar.formats.translate.ir import Untranslatable, Usage
+from sidecar.formats.translate.stream_responses import ResponsesWriter
 from sidecar.nodes.attempt import Attempt
 from sidecar.nodes.health import Failure
 from sidecar.nodes.transport import UpstreamError
@@ -57,7 +59,12 @@ async def relay_translated(
     if ready.kind is Body.EVENTS:
         ex.node, ex.status = node.name, response.status
         ex.first_byte, ex.first_token = ready.first_byte, ready.first_token
-        await stream(send, attempt, ready, ex, [*headers, SSE_TYPE], adapter)
+        coder = pair.Transcoder(adapter.target, adapter.client, adapter.request, node.name)
+        try:
+            await stream(send, attempt, ready, ex, [*headers, SSE_TYPE], coder)
+        finally:
+            if isinstance(coder.writer, ResponsesWriter):
+                adapter.made(coder.writer.id)
         return
     body = ready.body
     if ready.kind is Body.PASS:  # a translation needs the whole answer: read what is left, bounded
@@ -74,6 +81,7 @@ async def relay_translated(
         except (ValueError, Untranslatable) as exc:
             raise UpstreamError(Failure.HTTP, f"answer cannot be translated ({str(exc)[:80]})") from None
         count(ex, answer.usage)
+        adapter.made(answer_id("resp_", answer.id))
         if ex.stream:  # a node that answered a stream request with one body: the client still gets its stream
             writer = pair.writer(adapter.client, adapter.request, node.name)
             out, kind = b"".join(writer.feed(e) for e in pair.events_of(answer)), SSE_TYPE
@@ -87,11 +95,10 @@ async def relay_translated(
 
 
 async def stream(
-    send: Send, attempt: Attempt, ready: Ready, ex: Exchange, headers: list[tuple[bytes, bytes]], adapter: Adapter
+    send: Send, attempt: Attempt, ready: Ready, ex: Exchange, headers: list[tuple[bytes, bytes]], coder: pair.Transcoder
 ) -> None:
     ex.stream = True
     node = attempt.node
-    coder = pair.Transcoder(adapter.target, adapter.client, adapter.request, node.name)
     redactor = Redactor(node.config.api_key)
     buffer = bytearray(redactor.feed(ready.body))
     splitter = Splitter()
