@@ -22,9 +22,10 @@ from yarl import URL
 
 from sidecar.formats.dialect import ANTHROPIC_VERSION, OPENAI
 from sidecar.formats.errors import Send, send_error
-from sidecar.formats.translate import pair
+from sidecar.formats.translate import ids, pair
 from sidecar.formats.translate.errors import error_body
 from sidecar.formats.translate.ir import CHAT, MESSAGES, PATHS, RESPONSES, Form, Request, Untranslatable
+from sidecar.formats.translate.messages import unmarked
 from sidecar.nodes.node import NodeState
 from sidecar.nodes.owners import Owners
 from sidecar.nodes.transport import Request as Outbound
@@ -35,6 +36,7 @@ from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .sticky import held
 
 RESPONSES_PATH = PATHS[RESPONSES]
+MARKED = ids.MARK.encode()
 NAMES: dict[Form, str] = {
     CHAT: "OpenAI's Chat Completions API",
     RESPONSES: "OpenAI's Responses API",
@@ -107,6 +109,10 @@ def _formats(upstream: Upstream, rewriter: BodyRewriter, ex: Exchange) -> Prepar
         if parsed is None:
             raise Untranslatable("the body is not declared as JSON")
         prepared.request = pair.read(form, parsed)
+        if form == MESSAGES and MARKED in rewriter.body:  # another provider's reasoning: not for native nodes
+            cleaned = unmarked(parsed)
+            if cleaned is not None:
+                rewriter.body, rewriter.parsed = dump(cleaned), cleaned
     except (BadBody, Untranslatable) as exc:
         reason = str(exc)
     works: dict[Form, str | None] = {}
