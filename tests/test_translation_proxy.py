@@ -313,3 +313,74 @@ async def test_a_multi_turn_tool_conversation_fails_over_across_formats_and_back
     assert "thinking" not in native  # the tool loop's last turn lost its thinking: Anthropic would refuse it
     harness.assert_nothing_held()
     back.assert_nothing_held()
+
+
+def created(kind: str, made: str) -> Script:
+    return Script(200, JSON, [json.dumps({"id": made, "object": kind, "status": "completed", "output": []}).encode()])
+
+
+async def test_held_state_goes_to_the_node_that_made_it_or_gets_an_error_naming_it() -> None:
+    nodes = Nodes(
+        a=[Script(503, JSON, [b'{"error":{"message":"busy","type":"server_error"}}']), created("response", "resp_held")],
+        b=[created("response", "resp_from_b"), Script(404, JSON, [b'{"error":{"message":"not found"}}'])],
+    )
+    harness = Harness(nodes, setup(node("a", 1), node("b", 0), retry={"same_node": 0}))
+    made = await harness.request({"model": "m", "input": "hi"}, path=RESPONSES)
+    assert made.json()["id"] == "resp_from_b"  # a was busy: b made it
+    nodes.scripts["a"] = [created("response", "resp_a2")]
+    await asyncio.sleep(0)
+    got = await harness.request(b"", path="/v1/responses/resp_from_b", method="GET", headers=[])
+    assert got.headers["x-llm-sidecar-node"] == "b", got.body  # not a, although a is the primary
+    follow = await harness.request({"model": "m", "input": "and?", "previous_response_id": "resp_from_b"}, path=RESPONSES)
+    assert follow.headers["x-llm-sidecar-node"] == "b"
+    harness.runtime.upstream.set_manual(harness.node("b"), True)
+    out = await harness.request({"model": "m", "input": "and?", "previous_response_id": "resp_from_b"}, path=RESPONSES)
+    assert out.status == 503 and "node 'b'" in out.json()["error"]["message"]
+    assert out.json()["error"]["code"] == "state_holder_out"
+    harness.assert_nothing_held()
+
+
+async def test_a_response_made_by_translation_keeps_no_state_and_says_so() -> None:
+    nodes = Nodes(local=[Script(200, JSON, [body_of("chat", answer_of("hi", node_id="chatcmpl-9"))])])
+    harness = Harness(nodes, setup(node("local", 0, responses=False, translate=True)))
+    first = (await harness.request({"model": "m", "input": "hi"}, path=RESPONSES)).json()
+    again = await harness.request({"model": "m", "input": "more", "previous_response_id": first["id"]}, path=RESPONSES)
+    assert again.status == 400 and again.json()["error"]["code"] == "state_not_stored"
+    assert "'local'" in again.json()["error"]["message"] and len(nodes.seen) == 1
+
+
+async def test_a_file_id_in_a_chat_request_goes_to_the_node_that_stored_it() -> None:
+    nodes = Nodes(a=[Script(200, JSON, [body_of("chat", answer_of("from a"))])],
+                  b=[created("file", "file-abc123"), Script(200, JSON, [body_of("chat", answer_of("from b"))])])  # fmt: skip
+    harness = Harness(nodes, setup(node("a", 1), node("b", 0)))
+    harness.runtime.upstream.set_manual(harness.node("a"), True)
+    upload = await harness.request(b"--x\r\n\r\n", path="/v1/files", headers=[(b"content-type", b"multipart/form-data; boundary=x")])
+    assert upload.json()["id"] == "file-abc123"
+    harness.runtime.upstream.set_manual(harness.node("a"), False)
+    chat = {"model": "m", "messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc123"}}]}]}
+    got = await harness.request(chat)
+    assert got.headers["x-llm-sidecar-node"] == "b"
+    plain = await harness.request({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert plain.headers["x-llm-sidecar-node"] == "a"
+
+
+async def test_count_tokens_is_estimated_when_only_translating_nodes_can_take_it() -> None:
+    nodes = Nodes(gpt=[Script(200, JSON, [b"{}"])], claude=[Script(200, JSON, [b'{"input_tokens": 42}'])])
+    body = {"model": "c", "system": "x" * 400, "messages": [{"role": "user", "content": "y" * 400}]}
+    path = "/v1/messages/count_tokens"
+    harness = Harness(nodes, setup(node("gpt", 0, translate=True)))
+    got = await harness.request(body, path=path, headers=ANTHROPIC_CLIENT)
+    assert got.json() == {"input_tokens": 200} and "x-llm-sidecar-estimate" in got.headers and not nodes.seen
+    native = Harness(nodes, setup(node("claude", 1, "anthropic"), node("gpt", 0, translate=True)))
+    assert (await native.request(body, path=path, headers=ANTHROPIC_CLIENT)).json() == {"input_tokens": 42}
+    native.runtime.upstream.set_manual(native.node("claude"), True)
+    assert (await native.request(body, path=path, headers=ANTHROPIC_CLIENT)).json() == {"input_tokens": 200}
+    counted = await harness.request({"model": "m", "input": "z" * 40}, path="/v1/responses/input_tokens")
+    assert counted.status == 200  # an OpenAI node implements the Responses API: it counts, natively
+
+
+async def test_the_model_list_shows_translating_nodes_to_every_client() -> None:
+    cfg = setup(node("gpt", 0, translate=True, models={"claude-sonnet-4-5": "gpt-4.1"}))
+    harness = Harness(Nodes(gpt=[Script(200, JSON, [b'{"data":[]}'])]), cfg)
+    got = await harness.request(b"", path="/v1/models", method="GET", headers=ANTHROPIC_CLIENT)
+    assert [m["id"] for m in got.json()["data"]] == ["claude-sonnet-4-5"]
