@@ -19,7 +19,9 @@ SSE = {"content-type": "text/event-stream"}
 
 
 def _transport(body: bytes, headers: dict[str, str]) -> httpx.Client:
-    return httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, headers=headers, content=body)))
+    return httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, headers=headers, content=body))
+    )
 
 
 def openai_client(body: bytes, headers: dict[str, str] = SSE) -> openai.OpenAI:
@@ -28,7 +30,9 @@ def openai_client(body: bytes, headers: dict[str, str] = SSE) -> openai.OpenAI:
 
 def anthropic_client(body: bytes, headers: dict[str, str] = SSE) -> anthropic.Anthropic:
     """The anthropic SDK runs on httpx2 (httpx's successor), so its mock transport is httpx2's."""
-    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: httpx2.Response(200, headers=headers, content=body)))
+    http = httpx2.Client(
+        transport=httpx2.MockTransport(lambda request: httpx2.Response(200, headers=headers, content=body))
+    )
     return anthropic.Anthropic(api_key="unused", base_url="http://sidecar.invalid", http_client=http)
 
 
@@ -53,7 +57,9 @@ def responses_stream(body: bytes) -> Response:
 
 
 def messages_stream(body: bytes) -> Message:
-    with anthropic_client(body).messages.stream(model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]) as stream:
+    with anthropic_client(body).messages.stream(
+        model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    ) as stream:
         for _ in stream:
             pass
         return stream.get_final_message()

@@ -119,9 +119,7 @@ def validate_whole(client: str, answer: dict[str, Any]) -> dict[str, Any]:
 
 def text_of(parts: list[Any]) -> str:
     """The words of the parts: text, refusals, plain-text documents (a chat node gets those as text)."""
-    return "".join(
-        p.text or "" for p in parts if isinstance(p, Text | Refusal) or (isinstance(p, Document) and p.text)
-    )
+    return "".join(p.text or "" for p in parts if isinstance(p, Text | Refusal) or (isinstance(p, Document) and p.text))
 
 
 def view(request: Request) -> dict[str, Any]:
@@ -161,7 +159,9 @@ def answer_view(answer: Answer) -> dict[str, Any]:
     return {
         "text": text_of(answer.parts),
         "thinking": "".join(p.text for p in answer.parts if isinstance(p, Thinking)),
-        "calls": [(ids.for_anthropic(p.id), p.name, json.loads(p.arguments)) for p in answer.parts if isinstance(p, ToolCall)],
+        "calls": [
+            (ids.for_anthropic(p.id), p.name, json.loads(p.arguments)) for p in answer.parts if isinstance(p, ToolCall)
+        ],
         "finish": answer.finish,
         "usage": (answer.usage.input, answer.usage.output, answer.usage.cache_read),
     }

@@ -105,7 +105,12 @@ async def test_an_anthropic_client_fails_over_to_an_openai_node_whole_and_stream
     assert whole.status == 200, whole.body
     message = whole.json()
     assert message["type"] == "message" and message["stop_reason"] == "tool_use"
-    assert message["content"][1] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+    assert message["content"][1] == {
+        "type": "tool_use",
+        "id": "call_1",
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
     assert whole.headers["x-llm-sidecar-node"] == "gpt"
     assert whole.headers["x-llm-sidecar-translated"] == "messages to chat"
     assert "claude: overloaded (529)" in whole.headers["x-llm-sidecar-trail"]
@@ -179,11 +184,16 @@ async def test_what_a_node_cannot_honour_passes_it_over_or_is_refused_in_the_cli
 
 
 async def test_a_node_error_comes_back_in_the_clients_format() -> None:
-    bad = Script(400, JSON, [b'{"error":{"message":"Invalid schema for function","type":"invalid_request_error","code":null}}'])
+    bad = Script(
+        400, JSON, [b'{"error":{"message":"Invalid schema for function","type":"invalid_request_error","code":null}}']
+    )
     harness = Harness(Nodes(gpt=[bad]), setup(node("gpt", 0, translate=True)))
     got = await harness.request(claude_request(), path=MESSAGES, headers=ANTHROPIC_CLIENT)
     assert got.status == 400
-    assert got.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": "Invalid schema for function"}}
+    assert got.json() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "Invalid schema for function"},
+    }
     down = Harness(Nodes(gpt=[Script(503, JSON, [b'{"error":{"message":"down","type":"server_error"}}'])]),
                    setup(node("gpt", 0, translate=True)))  # fmt: skip
     got = await down.request(claude_request(), path=MESSAGES, headers=ANTHROPIC_CLIENT)
@@ -237,7 +247,9 @@ async def test_a_dead_node_mid_stream_ends_it_with_the_clients_error_event() -> 
 async def test_a_silent_translated_node_fails_over_at_the_first_token_limit() -> None:
     nodes = Nodes(silent=[Script(200, SSE, [b": ping\n\n", 5.0])],
                   gpt=[Script(200, SSE, stream_of("chat", answer_of("late but here")))])  # fmt: skip
-    cfg = setup(node("silent", 1, translate=True, timeout={"first_token": 0.1, "read": 0.3}), node("gpt", 0, translate=True))
+    cfg = setup(
+        node("silent", 1, translate=True, timeout={"first_token": 0.1, "read": 0.3}), node("gpt", 0, translate=True)
+    )
     harness = Harness(nodes, cfg)
     got = await harness.request(claude_request(stream=True), path=MESSAGES, headers=ANTHROPIC_CLIENT)
     assert got.headers["x-llm-sidecar-node"] == "gpt"
@@ -305,7 +317,10 @@ async def test_a_multi_turn_tool_conversation_fails_over_across_formats_and_back
                          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_2", "content": "-3 C"}]}]  # fmt: skip
     back = Harness(nodes, cfg)
     three = await back.request(turn, path=MESSAGES, headers=ANTHROPIC_CLIENT)
-    assert three.headers["x-llm-sidecar-node"] == "claude" and three.json()["content"][0]["text"] == "Paris 18 C, Oslo -3 C."
+    assert (
+        three.headers["x-llm-sidecar-node"] == "claude"
+        and three.json()["content"][0]["text"] == "Paris 18 C, Oslo -3 C."
+    )
     native = sent_json(nodes.to("claude")[-1])
     blocks = [b for m in native["messages"] if isinstance(m["content"], list) for b in m["content"]]
     assert not any(str(b.get("signature", "")).startswith("llm-sidecar:") for b in blocks)
@@ -321,7 +336,10 @@ def created(kind: str, made: str) -> Script:
 
 async def test_held_state_goes_to_the_node_that_made_it_or_gets_an_error_naming_it() -> None:
     nodes = Nodes(
-        a=[Script(503, JSON, [b'{"error":{"message":"busy","type":"server_error"}}']), created("response", "resp_held")],
+        a=[
+            Script(503, JSON, [b'{"error":{"message":"busy","type":"server_error"}}']),
+            created("response", "resp_held"),
+        ],
         b=[created("response", "resp_from_b"), Script(404, JSON, [b'{"error":{"message":"not found"}}'])],
     )
     harness = Harness(nodes, setup(node("a", 1), node("b", 0), retry={"same_node": 0}))
@@ -331,7 +349,9 @@ async def test_held_state_goes_to_the_node_that_made_it_or_gets_an_error_naming_
     await asyncio.sleep(0)
     got = await harness.request(b"", path="/v1/responses/resp_from_b", method="GET", headers=[])
     assert got.headers["x-llm-sidecar-node"] == "b", got.body  # not a, although a is the primary
-    follow = await harness.request({"model": "m", "input": "and?", "previous_response_id": "resp_from_b"}, path=RESPONSES)
+    follow = await harness.request(
+        {"model": "m", "input": "and?", "previous_response_id": "resp_from_b"}, path=RESPONSES
+    )
     assert follow.headers["x-llm-sidecar-node"] == "b"
     harness.runtime.upstream.set_manual(harness.node("b"), True)
     out = await harness.request({"model": "m", "input": "and?", "previous_response_id": "resp_from_b"}, path=RESPONSES)
@@ -354,10 +374,15 @@ async def test_a_file_id_in_a_chat_request_goes_to_the_node_that_stored_it() -> 
                   b=[created("file", "file-abc123"), Script(200, JSON, [body_of("chat", answer_of("from b"))])])  # fmt: skip
     harness = Harness(nodes, setup(node("a", 1), node("b", 0)))
     harness.runtime.upstream.set_manual(harness.node("a"), True)
-    upload = await harness.request(b"--x\r\n\r\n", path="/v1/files", headers=[(b"content-type", b"multipart/form-data; boundary=x")])
+    upload = await harness.request(
+        b"--x\r\n\r\n", path="/v1/files", headers=[(b"content-type", b"multipart/form-data; boundary=x")]
+    )
     assert upload.json()["id"] == "file-abc123"
     harness.runtime.upstream.set_manual(harness.node("a"), False)
-    chat = {"model": "m", "messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc123"}}]}]}
+    chat = {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc123"}}]}],
+    }
     got = await harness.request(chat)
     assert got.headers["x-llm-sidecar-node"] == "b"
     plain = await harness.request({"model": "m", "messages": [{"role": "user", "content": "x"}]})
