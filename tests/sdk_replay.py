@@ -37,11 +37,15 @@ def anthropic_client(body: bytes, headers: dict[str, str] = SSE) -> anthropic.An
 
 
 def chat_stream(body: bytes) -> ChatCompletion:
-    """openai's `chat.completions.stream` helper over `body`: the completion it assembles."""
+    """openai's `chat.completions.stream` helper over `body`: the completion it assembles (for an answer cut by
+    its length or a content filter, which the helper raises on, the snapshot it had assembled)."""
     with openai_client(body).chat.completions.stream(model="m", messages=[{"role": "user", "content": "x"}]) as stream:
-        for _ in stream:
-            pass
-        return stream.get_final_completion()
+        try:
+            for _ in stream:
+                pass
+            return stream.get_final_completion()
+        except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError):
+            return ChatCompletion.model_validate(stream.current_completion_snapshot.model_dump())
 
 
 def responses_stream(body: bytes) -> Response:

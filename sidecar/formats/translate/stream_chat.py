@@ -118,7 +118,7 @@ class ChatWriter:
             self.created = event.created or int(time.time())
             if event.usage is not None:
                 merge_usage(self.usage, event.usage)
-            return self._chunk({"role": "assistant", "content": ""})
+            return self._chunk({"role": "assistant"})
         if isinstance(event, TextDelta):
             return self._chunk({"content": event.text})
         if isinstance(event, ThinkingDelta):
