@@ -27,6 +27,7 @@ MESSAGES = "/v1/messages"
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+ANTHROPIC_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
 
 
 def setup(*nodes: dict[str, Any], read: float = 0.3, **upstream: Any) -> Config:
@@ -167,7 +168,8 @@ async def test_a_node_without_translate_is_not_sent_other_formats() -> None:
 
 
 async def test_what_a_node_cannot_honour_passes_it_over_or_is_refused_in_the_clients_format() -> None:
-    search = claude_request(tools=[{"type": "web_search_20250305", "name": "web_search"}])
+    offered = claude_request(tools=[ANTHROPIC_SEARCH, {"name": "get_weather", "input_schema": WEATHER}])
+    search = claude_request(tools=[ANTHROPIC_SEARCH], tool_choice={"type": "tool", "name": "web_search"})
     nodes = Nodes(claude=[Script(200, JSON, [body_of("messages", answer_of("found"))])],
                   gpt=[Script(200, JSON, [body_of("chat", answer_of("x"))])])  # fmt: skip
     both = Harness(nodes, setup(node("gpt", 1, translate=True), node("claude", 0, "anthropic")))
@@ -181,6 +183,12 @@ async def test_what_a_node_cannot_honour_passes_it_over_or_is_refused_in_the_cli
     assert got.json()["error"]["type"] == "invalid_request_error" and "server tool" in got.json()["error"]["message"]
     got = await alone.request({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3})
     assert got.status == 200  # a chat request to a chat node is native: nothing to translate
+    # Offered, not forced: the model does without it, and the header says the node was not offered it.
+    got = await alone.request(offered, path=MESSAGES, headers=ANTHROPIC_CLIENT)
+    assert (
+        got.status == 200 and "tool web_search_20250305 (runs at Anthropic)" in got.headers["x-llm-sidecar-translated"]
+    )
+    assert [t["function"]["name"] for t in sent_json(nodes.to("gpt")[-1])["tools"]] == ["get_weather"]
 
 
 async def test_a_node_error_comes_back_in_the_clients_format() -> None:

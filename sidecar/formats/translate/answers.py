@@ -10,7 +10,7 @@ from typing import Any
 from ..dialect import count_of
 from . import ids
 from .chat import arguments_object
-from .ir import Answer, Finish, Part, Refusal, Text, Thinking, ToolCall, Untranslatable, Usage, obj
+from .ir import Answer, Finish, Part, Refusal, Request, Text, Thinking, ToolCall, Untranslatable, Usage, obj
 from .messages import JSON_TOOL
 
 # Anthropic's stop reasons in chat's words, and back.
@@ -248,9 +248,13 @@ def message_item(item_id: str, parts: list[Text | Refusal], status: str = "compl
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
-def call_item(call: ToolCall, status: str = "completed") -> dict[str, Any]:
-    return {"type": "function_call", "id": ids.item_id("fc", call.id), "call_id": call.id, "name": call.name,
+def call_item(call: ToolCall, namespaces: dict[str, tuple[str, str]], status: str = "completed") -> dict[str, Any]:
+    """A call as a Responses function_call item; a namespaced tool's flat name is split back (responses.py)."""
+    item = {"type": "function_call", "id": ids.item_id("fc", call.id), "call_id": call.id, "name": call.name,
             "arguments": call.arguments, "status": status}  # fmt: skip
+    if call.name in namespaces:
+        item["namespace"], item["name"] = namespaces[call.name]
+    return item
 
 
 def response_envelope(rid: str, model: str, created: int, status: str) -> dict[str, Any]:
@@ -270,7 +274,7 @@ def incomplete(finish: Finish) -> dict[str, str] | None:
     return None
 
 
-def write_responses(answer: Answer, encrypted: bool = False) -> dict[str, Any]:
+def write_responses(answer: Answer, request: Request) -> dict[str, Any]:
     rid = answer_id("resp_", answer.id)
     details = incomplete(answer.finish)
     out = response_envelope(
@@ -286,9 +290,9 @@ def write_responses(answer: Answer, encrypted: bool = False) -> dict[str, Any]:
             items.append(message_item(ids.item_id("msg", f"{rid}:{len(items)}"), texts))
             texts = []
         if isinstance(part, Thinking):
-            items.append(reasoning_item(ids.item_id("rs", f"{rid}:{len(items)}"), part, encrypted))
+            items.append(reasoning_item(ids.item_id("rs", f"{rid}:{len(items)}"), part, request.encrypted))
         elif isinstance(part, ToolCall):
-            items.append(call_item(part))
+            items.append(call_item(part, request.namespaces))
     if texts:
         items.append(message_item(ids.item_id("msg", f"{rid}:{len(items)}"), texts))
     out.update(output=items, incomplete_details=details, usage=usage_responses(answer.usage))

@@ -128,6 +128,8 @@ class Request:
     user: str | None = None
     stream_usage: bool = False  # a chat client asked for usage in its stream
     encrypted: bool = False  # a Responses client asked for reasoning.encrypted_content
+    # A Responses client's namespaced tools, flattened: the flat name -> (namespace, name).
+    namespaces: dict[str, tuple[str, str]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)  # what the source said that the target has no words for
 
 

@@ -42,6 +42,10 @@ KNOWN = {
     "thinking", "output_config", "metadata", "stream",
 }  # fmt: skip
 NEEDS = {"container": "a code-execution container", "mcp_servers": "MCP servers (server tools)"}
+# Tools Anthropic runs itself, offered to the model: dropped for another provider (named in the header) unless
+# tool_choice forces one. Anthropic-defined tools the client runs (bash, text_editor, computer, memory) have no
+# schema in the request to translate: refused.
+SERVER_TOOLS = ("web_search_", "web_fetch_", "code_execution_", "tool_search_tool_")
 
 
 def _image(block: dict[str, Any], where: str) -> Image:
@@ -155,7 +159,7 @@ def read_request(body: dict[str, Any]) -> Request:
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         request.user = metadata["user_id"]
-    request.dropped = sorted(k for k in body if k not in KNOWN and body[k] is not None)
+    request.dropped = sorted(k for k in body if k not in KNOWN and body[k] is not None) + request.dropped
     if _cached(body):
         request.dropped.append("cache_control")
     if billing:
@@ -178,16 +182,25 @@ def _tools(body: dict[str, Any], request: Request) -> None:
     tools = body.get("tools") or []
     if not isinstance(tools, list):
         raise Untranslatable("tools must be a list")
+    choice = body.get("tool_choice")
+    forced = choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" else None
     for tool in tools:
-        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or not tool.get("name"):
-            kind = tool.get("type") if isinstance(tool, dict) else None
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if (
+            isinstance(kind, str)
+            and kind.startswith(SERVER_TOOLS)
+            and isinstance(tool, dict)
+            and tool.get("name") != forced
+        ):
+            request.dropped.append(f"tool {kind} (runs at Anthropic)")  # offered, not required
+            continue
+        if not isinstance(tool, dict) or kind not in (None, "custom") or not tool.get("name"):
             raise Untranslatable(f"tool {str(kind)[:40]!r} is a server tool of Anthropic's: it cannot be translated")
         schema = tool.get("input_schema")
         request.tools.append(
             Tool(str(tool["name"]), schema if isinstance(schema, dict) else {"type": "object", "properties": {}},
                  tool.get("description"), tool.get("strict"))
         )  # fmt: skip
-    choice = body.get("tool_choice")
     if isinstance(choice, dict):
         kind = choice.get("type")
         if kind in ("auto", "none"):

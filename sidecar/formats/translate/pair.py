@@ -74,7 +74,7 @@ def write_answer(client: Form, answer: Answer, request: Request) -> bytes:
     if client == MESSAGES:
         body = answers.write_messages(answer)
     elif client == RESPONSES:
-        body = answers.write_responses(answer, request.encrypted)
+        body = answers.write_responses(answer, request)
     else:
         body = answers.write_chat(answer)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -84,7 +84,7 @@ def writer(client: Form, request: Request, node: str) -> Writer:
     if client == MESSAGES:
         return MessagesWriter(node)
     if client == RESPONSES:
-        return ResponsesWriter(request.encrypted)
+        return ResponsesWriter(request.encrypted, request.namespaces)
     return ChatWriter(request.stream_usage)
 
 

@@ -30,6 +30,9 @@ NEEDS = {
     "background": "background responses",
     "top_logprobs": "logprobs",
 }
+# Tools OpenAI runs itself, offered to the model: a node of another format cannot run them, so they are dropped
+# (and named in the header); a request that forces one (tool_choice) is refused.
+HOSTED = ("web_search", "file_search", "code_interpreter", "image_generation", "mcp")
 # Everything else (store, metadata, service_tier, truncation, prompt_cache_key, safety_identifier, ...) is dropped
 # and named in the answer's x-llm-sidecar-translated header.
 KNOWN = {
@@ -124,9 +127,10 @@ def read_input(value: Any, system: list[str]) -> list[Message]:
             append_message(turns, "assistant", _assistant_parts(item.get("content"), where))
         elif kind == "function_call" and isinstance(item.get("call_id"), str):
             arguments = item.get("arguments")
-            call = ToolCall(
-                item["call_id"], str(item.get("name", "")), arguments if isinstance(arguments, str) else "{}"
-            )
+            name = str(item.get("name", ""))
+            if item.get("namespace"):
+                name = flat_name(str(item["namespace"]), name)
+            call = ToolCall(item["call_id"], name, arguments if isinstance(arguments, str) else "{}")
             append_message(turns, "assistant", [call])
         elif kind == "function_call_output" and isinstance(item.get("call_id"), str):
             append_message(turns, "user", [ToolResult(item["call_id"], _output(item.get("output"), where))])
@@ -139,26 +143,53 @@ def read_input(value: Any, system: list[str]) -> list[Message]:
     return turns
 
 
+def _function(tool: Any, request: Request, namespace: dict[str, Any] | None = None) -> None:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if kind != "function" or not isinstance(tool, dict) or not tool.get("name"):
+        raise Untranslatable(f"tool of type {str(kind)[:40]!r} cannot be translated (only function tools)")
+    schema = tool.get("parameters")
+    name, description = str(tool["name"]), tool.get("description")
+    if namespace is not None:
+        space = str(namespace.get("name", ""))
+        name = flat_name(space, name)
+        request.namespaces[name] = (space, str(tool["name"]))
+        description = " ".join(str(d) for d in (namespace.get("description"), description) if d) or None
+    request.tools.append(
+        Tool(name, schema if isinstance(schema, dict) else {"type": "object", "properties": {}}, description,
+             tool.get("strict"))
+    )  # fmt: skip
+
+
+def flat_name(namespace: str, name: str) -> str:
+    """A namespaced tool's name where tools have no namespaces (chat, Anthropic): `<namespace>__<name>`."""
+    flat = f"{namespace}__{name}"
+    if len(flat) > 64:
+        raise Untranslatable(f"tool {flat[:70]!r}: a namespaced name longer than 64 characters cannot be translated")
+    return flat
+
+
 def _tools(body: dict[str, Any], request: Request) -> None:
     tools = body.get("tools") or []
     if not isinstance(tools, list):
         raise Untranslatable("tools must be a list")
     for tool in tools:
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function" or not isinstance(tool, dict) or not tool.get("name"):
-            raise Untranslatable(f"tool of type {str(kind)[:40]!r} cannot be translated (only function tools)")
-        schema = tool.get("parameters")
-        request.tools.append(
-            Tool(str(tool["name"]), schema if isinstance(schema, dict) else {"type": "object", "properties": {}},
-                 tool.get("description"), tool.get("strict"))
-        )  # fmt: skip
+        if isinstance(kind, str) and kind.startswith(HOSTED):
+            request.dropped.append(f"tool {kind} (runs at OpenAI)")  # offered, not required: the model does without
+        elif kind == "namespace" and isinstance(tool, dict) and isinstance(tool.get("tools"), list):
+            for inner in tool["tools"]:
+                _function(inner, request, tool)
+        else:
+            _function(tool, request)
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         request.tool_choice = choice
     elif isinstance(choice, dict):
         if choice.get("type") != "function" or not choice.get("name"):
             raise Untranslatable(f"tool_choice of type {str(choice.get('type'))[:40]!r} cannot be translated")
-        request.tool_choice, request.tool_name = "tool", str(choice["name"])
+        name = str(choice["name"])
+        space = choice.get("namespace")
+        request.tool_choice, request.tool_name = "tool", flat_name(str(space), name) if space else name
     parallel = body.get("parallel_tool_calls")
     request.parallel = parallel if isinstance(parallel, bool) else None
 
@@ -199,5 +230,5 @@ def read_request(body: dict[str, Any]) -> Request:
         request.effort = reasoning["effort"]
     request.user = body.get("user") if isinstance(body.get("user"), str) else None
     request.encrypted = "reasoning.encrypted_content" in (body.get("include") or ())
-    request.dropped = sorted(k for k in body if k not in KNOWN and body[k] is not None)
+    request.dropped = sorted(k for k in body if k not in KNOWN and body[k] is not None) + request.dropped
     return request

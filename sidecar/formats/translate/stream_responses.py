@@ -45,12 +45,26 @@ from .ir import (
 
 class ResponsesWriter:
     __slots__ = (
-        "call", "created", "encrypted", "finish", "id", "item", "key", "kind", "model", "output", "parts", "sequence",
-        "signature", "usage",
+        "call",
+        "created",
+        "encrypted",
+        "finish",
+        "id",
+        "item",
+        "key",
+        "kind",
+        "model",
+        "namespaces",
+        "output",
+        "parts",
+        "sequence",
+        "signature",
+        "usage",
     )  # fmt: skip
 
-    def __init__(self, encrypted: bool = False) -> None:
+    def __init__(self, encrypted: bool = False, namespaces: dict[str, tuple[str, str]] | None = None) -> None:
         self.encrypted = encrypted  # the client asked for reasoning.encrypted_content
+        self.namespaces = namespaces or {}  # the request's namespaced tools, flattened (responses.py)
         self.sequence = 0
         self.id = "resp"
         self.model = ""
@@ -114,9 +128,9 @@ class ResponsesWriter:
             item = reasoning_item(self.item, Thinking(text, self.signature), self.encrypted)
         else:
             assert self.call is not None
+            item = call_item(self.call, self.namespaces)
             out += self._event("response.function_call_arguments.done",
-                               {**self._where(), "name": self.call.name, "arguments": self.call.arguments})  # fmt: skip
-            item = call_item(self.call)
+                               {**self._where(), "name": item["name"], "arguments": self.call.arguments})  # fmt: skip
         out += self._event("response.output_item.done", {"output_index": len(self.output), "item": item})
         self.output.append(item)
         self.kind, self.parts, self.call, self.signature = None, [], None, None
@@ -188,7 +202,7 @@ class ResponsesWriter:
             return out + self._close()
         if isinstance(event, ToolStart):
             call = ToolCall(event.id, event.name, "")
-            out = self._open("function_call", call_item(call, "in_progress"))
+            out = self._open("function_call", call_item(call, self.namespaces, "in_progress"))
             self.call, self.key = call, event.key
             return out
         if isinstance(event, ToolDelta):
