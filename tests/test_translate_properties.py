@@ -9,6 +9,7 @@ reasoning, stops and limits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -28,6 +29,7 @@ from sidecar.formats.translate.ir import (
     Tool,
     ToolCall,
     ToolResult,
+    Untranslatable,
     Usage,
 )
 from tests.sdk_replay import TYPES, assembled
@@ -41,6 +43,13 @@ images = st.one_of(
     st.builds(Image, url=st.from_regex(r"https://example\.com/[a-z]{1,10}\.png", fullmatch=True)),
 )  # fmt: skip
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+# Field names the formats use, so generated objects hit the code that reads them.
+KEYS = (
+    "type", "role", "content", "text", "tool_calls", "function", "arguments", "id", "name", "index", "delta",
+    "choices", "finish_reason", "usage", "message", "content_block", "partial_json", "input", "tool_use_id",
+    "call_id", "output", "source", "data", "image_url", "url", "file", "thinking", "signature", "stop_reason",
+    "prompt_tokens", "input_tokens", "summary", "namespace", "tools", "parameters", "input_schema", "tool_choice",
+)  # fmt: skip
 
 
 @st.composite
@@ -213,3 +222,96 @@ def test_a_translated_stream_assembled_by_the_sdk_is_the_whole_translation(answe
             for call in got["choices"][0]["message"].get("tool_calls", ()):
                 call.pop("index")
         assert spelled(got) == spelled(whole), (node, client)
+
+
+# Hostile input: whatever JSON a client or a node sends, translation either works or says why (Untranslatable,
+# a ValueError the relay turns into the node's failure); it never raises anything else (a 500 mid-stream).
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | words,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(words | st.sampled_from(KEYS), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@st.composite
+def shaped(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
+    """A plausible object with some of its fields replaced by anything."""
+    out = dict(base)
+    for key in draw(st.lists(st.sampled_from(sorted(base) + list(KEYS)), max_size=4)):
+        out[key] = draw(json_values)
+    return out
+
+
+HOSTILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@HOSTILE
+@given(st.sampled_from(["chat", "responses", "messages"]), st.data())
+def test_a_hostile_request_is_translated_or_refused_never_a_crash(form: str, data: st.DataObject) -> None:
+    base = {
+        "chat": {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [], "tool_choice": "auto"},
+        "responses": {"model": "m", "input": [{"role": "user", "content": "x"}], "tools": []},
+        "messages": {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "system": "s"},
+    }[form]
+    body = data.draw(mutated(base)) if data.draw(st.booleans()) else data.draw(shaped(base))
+    try:
+        request = pair.read(form, body)
+        for target in ("chat", "messages"):
+            pair.write(request, target, "m", "n")
+    except Untranslatable:
+        pass
+
+
+def paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON value (as key/index paths)."""
+    out = [at]
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            out += paths(inner, (*at, key))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            out += paths(inner, (*at, i))
+    return out
+
+
+@st.composite
+def mutated(draw: st.DrawFn, value: Any) -> Any:
+    """A valid JSON value with a few of its places, at any depth, replaced by anything."""
+    value = json.loads(json.dumps(value))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.sampled_from(paths(value)))
+        if not at:
+            return draw(json_values)
+        holder = value
+        for step in at[:-1]:
+            holder = holder[step]
+        holder[at[-1]] = draw(json_values)
+    return value
+
+
+SAMPLE = Answer(
+    "x", "m", [Thinking("t", "llm-sidecar:n"), Text("hi"), ToolCall("call_1", "f", '{"a": 1}'),
+               ToolCall("call_2", "g", "{}")], "tool_calls", usage=Usage(5, 2, 1, 0), created=1,
+)  # fmt: skip
+
+
+@HOSTILE
+@given(st.sampled_from(["chat", "messages"]), st.data())
+def test_a_hostile_node_is_translated_or_failed_never_a_crash(node: str, data: st.DataObject) -> None:
+    valid = node_stream(node, SAMPLE)
+    events = [data.draw(mutated(e)) if e is not DONE and data.draw(st.booleans()) else e for e in valid]
+    for client in ("chat", "responses", "messages"):
+        if client == node:
+            continue
+        coder = pair.Transcoder(node, client, Request(stream=True), "n")
+        try:
+            for event in events:
+                coder.feed(event)
+            coder.end()
+        except ValueError:
+            pass
+    whole = json.dumps(data.draw(mutated(json.loads(pair.write_answer(node, SAMPLE, Request()))))).encode()
+    with contextlib.suppress(ValueError, Untranslatable):
+        answer = pair.read_answer(node, whole, "n", Request())
+        for client in ("chat", "responses", "messages"):
+            pair.write_answer(client, answer, Request())

@@ -10,7 +10,7 @@ from typing import Any
 from ..dialect import count_of
 from . import ids
 from .chat import arguments_object
-from .ir import Answer, Finish, Part, Refusal, Request, Text, Thinking, ToolCall, Untranslatable, Usage, obj
+from .ir import Answer, Finish, Part, Refusal, Request, Text, Thinking, ToolCall, Untranslatable, Usage, arr, obj
 from .messages import JSON_TOOL
 
 # Anthropic's stop reasons in chat's words, and back.
@@ -80,7 +80,7 @@ def read_chat(body: Any, node: str) -> Answer:
         parts.append(Text(message["content"]))
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         parts.append(Refusal(message["refusal"]))
-    for call in message.get("tool_calls") or ():
+    for call in arr(message.get("tool_calls")):
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             arguments = function.get("arguments")

@@ -22,6 +22,7 @@ from .ir import (
     ToolResult,
     Untranslatable,
     append_message,
+    arr,
 )
 
 # What a chat request may ask that no other format can give: refused, never half-served.
@@ -142,7 +143,7 @@ def read_request(body: dict[str, Any]) -> Request:
         value = body.get(key)
         if value is not None and value is not False and not (key == "n" and value == 1):
             raise Untranslatable(f"{why} cannot be translated to another API")
-    if "audio" in (body.get("modalities") or ()):
+    if "audio" in arr(body.get("modalities")):
         raise Untranslatable("audio output cannot be translated to another API")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -173,7 +174,7 @@ def read_request(body: dict[str, Any]) -> Request:
     request.temperature = _number(body.get("temperature"))
     request.top_p = _number(body.get("top_p"))
     stop = body.get("stop")
-    request.stop = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str)]
+    request.stop = [stop] if isinstance(stop, str) else [s for s in arr(stop) if isinstance(s, str)]
     request.stream = body.get("stream") is True
     options = body.get("stream_options")
     request.stream_usage = isinstance(options, dict) and options.get("include_usage") is True

@@ -228,6 +228,11 @@ Event = (
 )  # fmt: skip
 
 
+def arr(value: Any) -> list[Any]:
+    """A JSON value that should be an array, as one ([] for anything else)."""
+    return value if isinstance(value, list) else []
+
+
 def obj(value: Any) -> dict[str, Any]:
     """A JSON value that should be an object, as one ({} for anything else): what nodes send is untrusted."""
     return value if isinstance(value, dict) else {}

@@ -22,6 +22,7 @@ from .ir import (
     ToolResult,
     Untranslatable,
     append_message,
+    arr,
 )
 
 # max_tokens is required by Anthropic's API. When the client sent none: 4096, the largest every Claude model
@@ -153,7 +154,7 @@ def read_request(body: dict[str, Any]) -> Request:
         value = body.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             setattr(request, key, float(value))
-    request.stop = [s for s in body.get("stop_sequences") or () if isinstance(s, str)]
+    request.stop = [s for s in arr(body.get("stop_sequences")) if isinstance(s, str)]
     request.stream = body.get("stream") is True
     _reasoning(body, request)
     metadata = body.get("metadata")
@@ -169,10 +170,10 @@ def read_request(body: dict[str, Any]) -> Request:
 
 def _cached(body: dict[str, Any]) -> bool:
     """Prompt-cache breakpoints anywhere a client puts them (blocks of system, messages and tools)."""
-    blocks: list[Any] = list(body.get("tools") or ())
+    blocks: list[Any] = list(arr(body.get("tools")))
     system = body.get("system")
     blocks += system if isinstance(system, list) else []
-    for message in body.get("messages") or ():
+    for message in arr(body.get("messages")):
         content = message.get("content") if isinstance(message, dict) else None
         blocks += content if isinstance(content, list) else []
     return any(isinstance(b, dict) and b.get("cache_control") for b in blocks)

@@ -46,6 +46,8 @@ Writer = ChatWriter | MessagesWriter | ResponsesWriter
 
 def read(client: Form, body: dict[str, Any]) -> Request:
     """The client's request in the neutral model; Untranslatable for what no other format can serve."""
+    if not isinstance(body, dict):
+        raise Untranslatable("the body must be a JSON object")
     return READERS[client](body)
 
 

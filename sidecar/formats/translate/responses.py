@@ -20,6 +20,7 @@ from .ir import (
     ToolResult,
     Untranslatable,
     append_message,
+    arr,
 )
 
 # State the provider keeps: only the node that holds it can serve the request.
@@ -97,7 +98,7 @@ def _output(value: Any, where: str) -> list[Text | Image | Document]:
 
 def _reasoning(item: dict[str, Any]) -> Thinking:
     summary = item.get("summary")
-    texts = [p["text"] for p in summary or () if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    texts = [p["text"] for p in arr(summary) if isinstance(p, dict) and isinstance(p.get("text"), str)]
     content = item.get("content")
     if not texts and isinstance(content, list):
         texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
@@ -229,6 +230,6 @@ def read_request(body: dict[str, Any]) -> Request:
     if isinstance(reasoning, dict) and isinstance(reasoning.get("effort"), str):
         request.effort = reasoning["effort"]
     request.user = body.get("user") if isinstance(body.get("user"), str) else None
-    request.encrypted = "reasoning.encrypted_content" in (body.get("include") or ())
+    request.encrypted = "reasoning.encrypted_content" in arr(body.get("include"))
     request.dropped = sorted(k for k in body if k not in KNOWN and body[k] is not None) + request.dropped
     return request

@@ -25,6 +25,7 @@ from .ir import (
     ToolDelta,
     ToolStart,
     Usage,
+    arr,
     merge_usage,
     obj,
 )
@@ -52,7 +53,7 @@ class ChatReader:
             created = payload.get("created")
             out.append(Start(self.id, str(payload.get("model") or ""),
                              created=created if isinstance(created, int) else None))  # fmt: skip
-        for choice in payload.get("choices") or ():
+        for choice in arr(payload.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
@@ -73,7 +74,7 @@ class ChatReader:
             out.append(TextDelta(delta["content"]))
         if isinstance(delta.get("refusal"), str) and delta["refusal"]:
             out.append(RefusalDelta(delta["refusal"]))
-        for position, call in enumerate(delta.get("tool_calls") or ()):
+        for position, call in enumerate(arr(delta.get("tool_calls"))):
             if not isinstance(call, dict):
                 continue
             key = call.get("index", position)
