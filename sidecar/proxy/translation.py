@@ -25,7 +25,7 @@ from sidecar.formats.errors import Send, send_error
 from sidecar.formats.translate import ids, pair
 from sidecar.formats.translate.errors import error_body
 from sidecar.formats.translate.ir import CHAT, MESSAGES, PATHS, RESPONSES, Form, Request, Untranslatable
-from sidecar.formats.translate.messages import unmarked
+from sidecar.formats.translate.signed import unmarked
 from sidecar.nodes.node import NodeState
 from sidecar.nodes.owners import Owners
 from sidecar.nodes.transport import Request as Outbound
