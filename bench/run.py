@@ -40,6 +40,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+# The same question from an Anthropic client, for a sidecar whose nodes translate it to chat (docs/translation.md).
+MESSAGES_BODY = json.dumps({"model": "claude-x", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+MESSAGES_STREAM_BODY = json.dumps(
+    {"model": "claude-x", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+)
+CHUNKS = 21  # events in bench/upstream.py's stream: 20 chunks and [DONE]
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = [[%s]]
@@ -107,6 +113,19 @@ class Procs:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU the process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def translating_config(upstream: int, port: int, sock: Path) -> str:
+    """The benchmark's sidecar with its nodes translating: Anthropic clients are served by the chat upstream."""
+    return sidecar_config(upstream, port, sock).replace(
+        'api_key = "${BENCH_KEY}"', 'api_key = "${BENCH_KEY}"\ntranslate = true'
+    )
 
 
 def sidecar_config(upstream: int, port: int, sock: Path) -> str:
@@ -248,6 +267,7 @@ async def py_load(url: str, concurrency: int, seconds: float, body: str, stream:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
     result = {
+        "requests": len(latencies),
         "rps": len(latencies) / elapsed,
         "p50_ms": pct(latencies, 0.5),
         "p99_ms": pct(latencies, 0.99),
@@ -350,6 +370,13 @@ def main() -> None:
         log = open(tmp / "sidecar.log", "wb")  # noqa: SIM115 - closed with the process
         car = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level", "info"], cpu=0,
                           env=env, stderr=log, cwd=ROOT)  # fmt: skip
+        translator_port = free_port()
+        (tmp / "translating.toml").write_text(
+            translating_config(up_port, translator_port, tmp / "ctl-translating.sock")
+        )
+        translator = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(tmp / "translating.toml"),
+                                  "--log-level", "info"], cpu=0, env=env, cwd=ROOT,
+                                 stderr=open(tmp / "translating.log", "wb"))  # noqa: SIM115  # fmt: skip
         floor_port = free_port()
         procs.start([sys.executable, str(HERE / "floor.py"), str(floor_port), str(up_port)], cpu=0)
         paths = {"direct": up_port, "sidecar": car_port, "floor": floor_port}
@@ -367,7 +394,7 @@ def main() -> None:
             procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(tmp / "traced.toml"), "--log-level",
                          "info"], cpu=0, env=traced_env, stderr=open(tmp / "traced.log", "wb"), cwd=ROOT)  # noqa: SIM115  # fmt: skip
             paths["sidecar+traces"] = traced_port
-        for port in [up_port, slow_port, *paths.values()]:
+        for port in [up_port, slow_port, translator_port, *paths.values()]:
             wait_port(port)
         time.sleep(0.5)
         results["idle_rss_mb"] = rss_mb(car.pid)
@@ -392,6 +419,8 @@ def main() -> None:
                     runs[name].append(measure(port, c, stream))
             results["points"][label] = {name: median_of(r) for name, r in runs.items()}
             print(f"  measured {label}", file=sys.stderr)
+        results["translation"] = measure_translation(car, car_port, translator, translator_port, seconds, rounds)
+        print("  measured translation", file=sys.stderr)
         if not args.quick:
             # c=16 and c=256 minutes apart drift with the machine; the no-collapse ratio is read interleaved.
             checks: dict[int, list[dict[str, float]]] = {16: [], 256: []}
@@ -417,6 +446,42 @@ def main() -> None:
     out = args.results / time.strftime("%Y%m%d-%H%M%S.json")
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
+
+
+def measure_translation(
+    car: subprocess.Popen[bytes],
+    car_port: int,
+    translator: subprocess.Popen[bytes],
+    translator_port: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The same question asked natively (a chat client, the plain sidecar) and translated (an Anthropic client,
+    a sidecar whose nodes translate to the chat upstream), alternately: latency and the sidecar's CPU per request
+    (per upstream chunk for streams: 20 chunks and [DONE] a request)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, c, stream in (
+        ("c=1", 1, False),
+        ("c=16", 16, False),
+        ("stream c=1", 1, True),
+        ("stream c=16", 16, True),
+    ):
+        runs: dict[str, list[dict[str, float]]] = {"native": [], "translated": []}
+        for _ in range(rounds):
+            for name, proc, url, body in (
+                ("native", car, f"http://127.0.0.1:{car_port}/v1/chat/completions", STREAM_BODY if stream else BODY),
+                ("translated", translator, f"http://127.0.0.1:{translator_port}/v1/messages",
+                 MESSAGES_STREAM_BODY if stream else MESSAGES_BODY),
+            ):  # fmt: skip
+                before = cpu_seconds(proc.pid)
+                figures = asyncio.run(py_load(url, c, seconds, body, stream))
+                cpu = cpu_seconds(proc.pid) - before
+                figures["cpu_us_per_request"] = cpu * 1e6 / max(1, figures["requests"])
+                if stream:
+                    figures["cpu_us_per_chunk"] = figures["cpu_us_per_request"] / CHUNKS
+                runs[name].append(figures)
+        out[label] = {name: median_of(r) for name, r in runs.items()}
+    return out
 
 
 def open_through(slow_port: int, tmp: Path, env: dict[str, str]) -> dict[str, float]:
@@ -454,6 +519,24 @@ def render(results: dict[str, Any]) -> str:
             f"({100 * high['rps'] / low['rps']:.0f}%), p99 {low['p99_ms']:.1f} / {high['p99_ms']:.1f} ms, "
             f"errors {low['errors'] + high['errors']:.0f}"
         )
+    if "translation" in results:
+        lines += ["", "translation (an Anthropic client on chat nodes vs a chat client, aiohttp load, alternated):", "",
+                  "| point | native p50 ms | translated p50 ms | added p50 ms | native CPU us/req | translated CPU us/req "
+                  "| added CPU us/req | added CPU us/chunk | errors |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, pair in results["translation"].items():
+            native, translated = pair["native"], pair["translated"]
+            per_chunk = (
+                f"{translated['cpu_us_per_chunk'] - native['cpu_us_per_chunk']:+.1f}"
+                if "cpu_us_per_chunk" in native
+                else "-"
+            )
+            lines.append(
+                f"| {label} | {native['p50_ms']:.2f} | {translated['p50_ms']:.2f} | "
+                f"{translated['p50_ms'] - native['p50_ms']:+.2f} | {native['cpu_us_per_request']:.0f} | "
+                f"{translated['cpu_us_per_request']:.0f} | "
+                f"{translated['cpu_us_per_request'] - native['cpu_us_per_request']:+.0f} | {per_chunk} | "
+                f"{native['errors'] + translated['errors']:.0f} |"
+            )
     lines.append("")
     lines.append(
         "| point | path | req/s | p50 ms | p99 ms | errors | +p50 vs direct | % of direct | % of floor | % of nginx "

@@ -26,6 +26,12 @@ def test_bench_quick_runs_and_reports_numbers(tmp_path: Path) -> None:
             assert figures["rps"] > 0 and math.isfinite(figures["p50_ms"])
             assert figures["errors"] == 0
     assert data["points"]["stream c=1"]["sidecar"]["first_p50_ms"] > 0
+    assert "| stream c=1 |" in done.stdout.split("translation (", 1)[1]  # what translation costs is printed
+    for point in ("c=1", "stream c=1"):
+        for path in ("native", "translated"):
+            figures = data["translation"][point][path]
+            assert figures["errors"] == 0 and figures["requests"] > 0 and figures["cpu_us_per_request"] > 0
+    assert data["translation"]["stream c=1"]["translated"]["cpu_us_per_chunk"] > 0
     assert data["idle_rss_mb"] > 0 and data["startup_s"] > 0
 
 

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from itertools import groupby
 
+from sidecar.formats.translate.ir import FORMS
+
 from .discovery import control_socket_path
 from .schema import ActiveCheck, Config, Node, PassiveCheck
 from .server import loopback
@@ -69,6 +71,16 @@ def _key(node: Node) -> str:
     return f"key from ${node.api_key_env}" if node.api_key_env else "no key"
 
 
+def formats(node: Node) -> str:
+    """The request formats a node serves: natively, and by translation (docs/translation.md)."""
+    native = [f for f in FORMS if node.target(f) == f]
+    translated = [f"{f} (as {node.target(f)})" for f in FORMS if node.target(f) not in (None, f)]
+    text = "serves " + ", ".join(native)
+    if translated:
+        text += "; by translation " + ", ".join(translated)
+    return text
+
+
 def render(config: Config, env: Mapping[str, str] | None = None) -> str:
     s, u = config.server, config.upstream
     t = u.timeout
@@ -116,7 +128,7 @@ def render(config: Config, env: Mapping[str, str] | None = None) -> str:
                 lines.append(
                     " " * 15 + "(the /v1 at the end of its url is dropped: each request's path brings its own)"
                 )
-            extra = []
+            extra = [formats(node)] if any(n.translate or not n.responses for n in u.nodes) else []
             if node.timeout != t:
                 nt = node.timeout
                 extra.append(f"timeouts connect {nt.connect:g}s read {nt.read:g}s first_token {nt.first_token:g}s")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sidecar.formats.dialect import Api
+from sidecar.formats.translate.ir import CHAT, MESSAGES, RESPONSES, Form
 
 CONFIG_ENV = "LLM_SIDECAR_CONFIG"
 CONFIG_NAME = "llm-sidecar.toml"
@@ -119,13 +120,24 @@ class Node:
     checks: Checks = field(default_factory=Checks)
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
-    api: Api = "openai"  # the request format it speaks (formats/dialect.py): a request goes only to nodes of its own
+    api: Api = "openai"  # the request format it speaks (formats/dialect.py)
     recovery: str = "probe"  # RECOVERIES: how it comes back after real traffic ejected it
+    translate: bool = False  # it also serves requests of the other formats, translated (docs/translation.md)
+    responses: bool = True  # an "openai" node implements the Responses API itself (false: translated to chat)
 
     def serves(self, model: str) -> bool:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves
         its keys, and anything else only with a "*" entry."""
         return not self.models or model in self.models or "*" in self.models
+
+    def target(self, form: Form) -> Form | None:
+        """The format a request of `form` goes to this node in: `form` itself when the node speaks it, the
+        format it is translated to, or None when the node cannot take it."""
+        if self.api == "anthropic":
+            return MESSAGES if form == MESSAGES or self.translate else None
+        if form == CHAT or (form == RESPONSES and self.responses):
+            return form
+        return CHAT if self.translate else None
 
     def rewrite_model(self, model: str) -> str:
         """Exact match, else the "*" entry, else the model unchanged."""

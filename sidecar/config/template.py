@@ -115,7 +115,9 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         '#   gpt-4o only; "*" serves any other name; no table serves anything.\n'
         "# continuation: how this node continues a stream another node broke mid-answer (docs/failover.md lists\n"
         '#   providers): "none", "prefill", "prefix", "partial" or "continue_final_message". DeepSeek takes\n'
-        '#   "prefix" on url = "https://api.deepseek.com/beta".',
+        '#   "prefix" on url = "https://api.deepseek.com/beta".\n'
+        "# translate = true would let it serve Anthropic clients (Claude Code) too, and Responses clients (Codex)\n"
+        "#   with responses = false, as DeepSeek has no Responses API: see docs/translation.md.",
         {
             "upstream": {
                 "nodes": [

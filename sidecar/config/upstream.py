@@ -202,6 +202,8 @@ def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], 
         continuation=_choice(t, "continuation", CONTINUATIONS),
         api="anthropic" if _choice(t, "api", APIS_SPOKEN) == "anthropic" else "openai",
         recovery=_choice(t, "recovery", RECOVERIES, recovery),
+        translate=t.get("translate", bool, False),
+        responses=t.get("responses", bool, True),
     )
     t.done()
     return node

@@ -87,7 +87,7 @@ class Runtime:
         """Switch to a new generation; the old one closes when its last request ends."""
         old = self.upstream
         transport = self.transport(config, self.send_watch)
-        new = Upstream(config, self.events, transport, old.nodes, self.clock, old.pins, old.held)
+        new = Upstream(config, self.events, transport, old.nodes, self.clock, old.pins, old.held, old.owners)
         self.upstream = new
         self.config = config
         self.config_loaded_at = time.time()

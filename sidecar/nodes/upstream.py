@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from sidecar.config.schema import Config, PassiveCheck
 from sidecar.formats.dialect import APIS_SPOKEN, Api
+from sidecar.formats.translate.ir import FORMS
 from sidecar.observe.events import EventHub
 
 from .affinity import Pins
@@ -21,6 +22,7 @@ from .balancer import Balancer, Choice
 from .health import MIN_RETRY_AFTER, Failure, Health, ModelHealth, Source, State, Transition
 from .held import Budget
 from .node import Blame, NodeState, auth_headers
+from .owners import Owners
 from .recovery import ProbeSpec, Recovery
 from .transport import Transport, UpstreamError
 
@@ -45,11 +47,13 @@ class Upstream:
         clock: Callable[[], float] = time.monotonic,
         pins: Pins | None = None,
         held: Budget | None = None,
+        owners: Owners | None = None,
     ) -> None:
         self.config = config
         # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
         self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
         self.held.limit = config.upstream.max_held_bytes
+        self.owners = owners if owners is not None else Owners()  # stateful ids -> the node that made them
         self.events = events
         self.transport = transport
         self.clock = clock
@@ -82,6 +86,12 @@ class Upstream:
         # The nodes a request of each format must not go to: those speaking the other one.
         self.other_api: dict[Api, frozenset[int]] = {
             api: frozenset(i for i, n in enumerate(self.nodes) if n.config.api != api) for api in APIS_SPOKEN
+        }
+        # Per client format: the nodes that cannot take its requests, and those that take them translated.
+        targets = {form: [n.config.target(form) for n in self.nodes] for form in FORMS}
+        self.unable = {form: frozenset(i for i, t in enumerate(ts) if t is None) for form, ts in targets.items()}
+        self.translated = {
+            form: frozenset(i for i, t in enumerate(ts) if t not in (None, form)) for form, ts in targets.items()
         }
         # Affinity only matters where one level holds several nodes to spread over.
         ttl = config.upstream.affinity_ttl

@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from sidecar import metrics
-from sidecar.formats.dialect import ANTHROPIC, VERSION_HEADER, api_of, stream_error
+from sidecar.formats.dialect import ANTHROPIC, OPENAI, VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
+from sidecar.formats.translate.ir import form_of
 from sidecar.nodes.runtime import Runtime
 from sidecar.telemetry.context import Tracing
 
+from . import estimate
 from . import models as catalog
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
@@ -281,6 +283,7 @@ class ProxyApp:
             stream=STREAM_RE.search(body) is not None and streams(body),
             started=time.monotonic(),
             api=api,
+            form=form_of(scope["method"], path, api == OPENAI),
         )
         if self.tracing is not None:
             ex.trace = self.tracing.begin(scope["headers"], ex.started, body)
@@ -296,10 +299,14 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            reply = interrupt.send if ex.trace is None else ex.trace.watch(interrupt.send)
-            await forward(
-                upstream, scope, reply, body, ex, headers, self.url, interrupt.task, self.suspects, self.hedges
-            )
+            counted = estimate.here(upstream, ex)  # a count no node of its format can give (estimate.py)
+            if counted is not None:
+                await estimate.answer(interrupt.send, ex, counted, body)
+            else:
+                reply = interrupt.send if ex.trace is None else ex.trace.watch(interrupt.send)
+                await forward(
+                    upstream, scope, reply, body, ex, headers, self.url, interrupt.task, self.suspects, self.hedges
+                )
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.formats.dialect import ANTHROPIC, COUNT, OPENAI, AnthropicUsage, Api, count_of
+from sidecar.formats.translate.ir import Form
 from sidecar.nodes.node import NodeState
 from sidecar.telemetry.context import Trace
 
@@ -51,6 +52,13 @@ class Exchange:
     request_caused: str | None = None  # how the request failed on every node it caused to fail (proxy/poison.py)
     hedged: list[dict[str, Any]] = field(default_factory=list)  # hedges: node, over (the node hedged), after_ms, won
     trace: Trace | None = None  # with traces on (sidecar/telemetry/)
+    form: Form | None = None  # the format of a request that may be translated (formats/translate)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # nodes not asked: node, reason
+
+    @property
+    def trailing(self) -> bool:
+        """Something for the x-llm-sidecar-trail header: a failed attempt or a node passed over."""
+        return bool(self.attempts or self.skipped)
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
@@ -85,7 +93,7 @@ class Exchange:
 
 def trail(ex: Exchange) -> bytes:
     """The `x-llm-sidecar-trail` header: each failed attempt, its reason and the wait after it."""
-    steps = []
+    steps = [f"{s['node']}: skipped ({s['reason']})" for s in ex.skipped]
     for a in ex.attempts:
         wait = a.get("wait_ms")
         steps.append(f"{a['node']}: {a['reason']}" + (f", waited {wait} ms" if wait is not None else ""))

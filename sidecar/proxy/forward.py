@@ -39,6 +39,9 @@ from .poison import SERVING_WITHIN, Culprit, Suspects, fingerprint
 from .redact import redact, redact_headers, redact_quote
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
+from .sticky import remember
+from .transcode import relay_translated
+from .translation import Adapter, Prepared, prepare, refuse
 
 log = logging.getLogger("llm_sidecar")
 
@@ -56,10 +59,12 @@ class Route(NamedTuple):
     prefer: int | None = None
 
 
-def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange) -> Route:
+def route_of(
+    upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange, prepared: Prepared | None = None
+) -> Route:
     """The body is parsed only when a `models` table routes or a pin may apply. A body that does not parse
     still goes, byte for byte, to nodes that need no rewrite (one that does answers 400 then)."""
-    format_skip = upstream.other_api[ex.api]
+    format_skip = upstream.other_api[ex.api] if prepared is None else prepared.skip
     if not upstream.routes and upstream.pins is None:
         return Route(ex.model, format_skip)
     model = ex.model
@@ -99,6 +104,7 @@ class Trip:
     url: Callable[[str, str], URL]
     task: asyncio.Task[Any] | None
     route: Route = NO_ROUTE
+    translate: Prepared | None = None  # what translated attempts need (translation.py); None: no node translates
 
     def serving(self, index: int) -> bool:
         """Whether node `index` answered another request lately (so a failure here may be the request's)."""
@@ -197,9 +203,12 @@ async def forward(
         retry_timeout=config.retry_timeout,
         retries=config.retries,
     )
-    trip.route = route = route_of(upstream, scope, trip.rewriter, ex)
+    trip.translate = prepare(upstream, trip.rewriter, ex)
+    trip.route = route = route_of(upstream, scope, trip.rewriter, ex, trip.translate)
     if route.skip and len(route.skip) == len(upstream.nodes):
-        if len(upstream.other_api[ex.api]) == len(upstream.nodes):
+        if trip.translate is not None and trip.translate.covers(len(upstream.nodes)):
+            await refuse(send, ex, trip.translate)
+        elif len(upstream.other_api[ex.api]) == len(upstream.nodes):
             await no_node_speaks(send, ex)
         else:
             await not_served(send, ex, route.model, upstream.served)
@@ -249,6 +258,8 @@ async def forward(
         hedges.spent(now)
         plan.start(choice.index, now)
         node = upstream.nodes[choice.index]
+        if trip.translate is not None and trip.translate.adapter(choice.index, node, upstream.owners) is not None:
+            return None  # a hedge goes only where the request needs no translation
         request = trip.request(node, trip.rewriter.for_node(node))
         first = elsewhere(choice.index)
         ex.hedged.append({"node": node.name, "over": upstream.nodes[index].name, "won": False})
@@ -259,10 +270,18 @@ async def forward(
             ex.hedged[-1],
         )
 
-    async def serve(attempt: Attempt, ready: Ready, index: int, transcript: Transcript | None) -> None:
-        """Relay the winner's answer, continue it if it breaks, and note what it served."""
+    async def serve(
+        attempt: Attempt, ready: Ready, index: int, transcript: Transcript | None, adapter: Adapter | None = None
+    ) -> None:
+        """Relay the winner's answer (translated for the client, with an adapter), continue it if it breaks,
+        and note what it served."""
         node = attempt.node
-        broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
+        broken = None
+        if adapter is not None:
+            await relay_translated(send, attempt, ready, ex, plan.attempts, adapter)
+        else:
+            remember(upstream, ex, node.name, ready)  # the ids it made stick to it (sticky.py)
+            broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
         if broken is not None and transcript is not None:
             await carry_on(trip, index, broken, transcript)
         node.stats.tokens_in += ex.tokens_in or 0
@@ -313,9 +332,13 @@ async def forward(
                 await asyncio.sleep(wait)
                 continue
             node = upstream.nodes[choice.index]
+            adapter = trip.translate.adapter(choice.index, node, upstream.owners) if trip.translate else None
             try:
-                request = trip.request(node, trip.rewriter.for_node(node))
-                transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+                if adapter is not None:
+                    request, transcript = adapter.outbound(trip.headers, trip.url, trip.task), None
+                else:
+                    request = trip.request(node, trip.rewriter.for_node(node))
+                    transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
             except BadBody as exc:
                 await bad_body(send, ex, exc)
                 return
@@ -323,7 +346,7 @@ async def forward(
             hedge: Hedge | None = None
             try:
                 with upstream.attempt(choice, route.model, spec) as attempt:
-                    if not hedging or choice.panic:
+                    if not hedging or choice.panic or adapter is not None:
                         ready = await trip.first(attempt, request, elsewhere(choice.index))
                     else:
                         assert config.hedge is not None
@@ -336,7 +359,7 @@ async def forward(
                         if beaten is not None and beaten.error is not None:
                             failed(beaten.error, beaten.choice.index, beaten.attempt.blame)
                     if hedge is None:
-                        await serve(attempt, ready, choice.index, transcript)
+                        await serve(attempt, ready, choice.index, transcript, adapter)
                 if hedge is not None:
                     try:
                         await serve(hedge.attempt, ready, hedge.choice.index, transcript)
@@ -353,6 +376,8 @@ async def forward(
                         "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
                     )  # fmt: skip
                     return
+                if adapter is not None:
+                    adapter.failed(exc)
                 if (caused := failed(exc, choice.index, attempt.blame)) is not None:
                     await request_caused(trip, culprit, caused, plan.attempts)
                     return
@@ -425,6 +450,8 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
     upstream, ex = trip.upstream, trip.ex
     broken_node = upstream.nodes[index].name
     unable = {i for i, n in enumerate(upstream.nodes) if n.config.continuation == "none"} | trip.route.skip
+    if ex.form is not None:  # a node that would need the stream translated cannot continue it
+        unable |= upstream.translated[ex.form]
     tried: set[int] = set()
     for _ in range(MAX_CONTINUATIONS):
         why_not = transcript.continuable()
