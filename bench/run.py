@@ -6,6 +6,7 @@ gap between it and the sidecar is what the sidecar's own code costs.
     python bench/run.py            # full run (a few minutes)
     python bench/run.py --quick    # a few seconds: proves the benchmark still works, measures nothing useful
     python bench/run.py --peer litellm   # adds LiteLLM's proxy (`litellm` on PATH) as another path
+    python bench/run.py --telemetry      # adds the sidecar with traces on (the otel extra), to a collector on loopback
 
 Paths are measured alternately, round by round, so their ratios hold on a noisy machine. The proxies
 (sidecar, floor, nginx, a peer) are pinned to CPU 0, the upstream and the load generator to CPU 1 (when
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+# The same question from an Anthropic client, for a sidecar whose nodes translate it to chat (docs/translation.md).
+MESSAGES_BODY = json.dumps({"model": "claude-x", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+MESSAGES_STREAM_BODY = json.dumps(
+    {"model": "claude-x", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+)
+CHUNKS = 21  # events in bench/upstream.py's stream: 20 chunks and [DONE]
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = [[%s]]
@@ -114,6 +122,13 @@ JOURNALS = {  # the [journal] of each sidecar path: on as shipped, off, and keep
     "no-journal": "enabled = false",
     "bodies": "bodies = true",
 }
+
+
+def translating_config(upstream: int, port: int, sock: Path) -> str:
+    """The benchmark's sidecar with its nodes translating: Anthropic clients are served by the chat upstream."""
+    return sidecar_config(upstream, port, sock).replace(
+        'api_key = "${BENCH_KEY}"', 'api_key = "${BENCH_KEY}"\ntranslate = true'
+    )
 
 
 def sidecar_config(upstream: int, port: int, sock: Path, journal: str = "") -> str:
@@ -259,6 +274,7 @@ async def py_load(url: str, concurrency: int, seconds: float, body: str, stream:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
     result = {
+        "requests": len(latencies),
         "rps": len(latencies) / elapsed,
         "p50_ms": pct(latencies, 0.5),
         "p99_ms": pct(latencies, 0.99),
@@ -341,6 +357,7 @@ def main() -> None:
         default=[],
         help="also measure a peer proxy in front of the same upstream (needs `litellm` on PATH)",
     )
+    parser.add_argument("--telemetry", action="store_true", help="also the sidecar with OpenTelemetry traces on")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
@@ -365,15 +382,23 @@ def main() -> None:
         procs.start([sys.executable, str(HERE / "upstream.py"), str(slow_port), "0.5"], cpu=1)
         # The sidecar as shipped (journal on), and the same with the journal off and keeping bodies: measured
         # in the same rounds at c=1 and c=16, so the journal's cost is read within one run.
-        pids: dict[str, int] = {}
+        cars: dict[str, subprocess.Popen[bytes]] = {}
         ports = {"sidecar": car_port, "no-journal": free_port(), "bodies": free_port()}
         for name, port in ports.items():
             config = tmp / f"{name}.toml"
             config.write_text(sidecar_config(up_port, port, tmp / f"{name}.sock", JOURNALS[name]))
             log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            pids[name] = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level",
-                                      "info"], cpu=0, env=env, stderr=log, cwd=ROOT).pid  # fmt: skip
-        car_pid = pids["sidecar"]
+            cars[name] = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(config), "--log-level",
+                                      "info"], cpu=0, env=env, stderr=log, cwd=ROOT)  # fmt: skip
+        car = cars["sidecar"]
+        pids = {name: proc.pid for name, proc in cars.items()}
+        translator_port = free_port()
+        (tmp / "translating.toml").write_text(
+            translating_config(up_port, translator_port, tmp / "ctl-translating.sock")
+        )
+        translator = procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(tmp / "translating.toml"),
+                                  "--log-level", "info"], cpu=0, env=env, cwd=ROOT,
+                                 stderr=open(tmp / "translating.log", "wb"))  # noqa: SIM115  # fmt: skip
         floor_port = free_port()
         procs.start([sys.executable, str(HERE / "floor.py"), str(floor_port), str(up_port)], cpu=0)
         paths = {"direct": up_port, "sidecar": car_port, "floor": floor_port}
@@ -384,10 +409,18 @@ def main() -> None:
             paths["nginx"] = ngx_port
         if "litellm" in args.peer:
             paths["litellm"] = start_litellm(procs, up_port, tmp)
-        for port in [up_port, slow_port, *paths.values(), *journal_paths.values()]:
+        if args.telemetry:  # the same sidecar, exporting a trace of every request to a collector on CPU 1
+            otel_port, traced_port = free_port(), free_port()
+            procs.start([sys.executable, str(HERE / "collector.py"), str(otel_port)], cpu=1)
+            (tmp / "traced.toml").write_text(sidecar_config(up_port, traced_port, tmp / "ctl-traced.sock"))
+            traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otel_port}"}
+            procs.start([sys.executable, "-m", "sidecar", "run", "-c", str(tmp / "traced.toml"), "--log-level",
+                         "info"], cpu=0, env=traced_env, stderr=open(tmp / "traced.log", "wb"), cwd=ROOT)  # noqa: SIM115  # fmt: skip
+            paths["sidecar+traces"] = traced_port
+        for port in [up_port, slow_port, translator_port, *paths.values(), *journal_paths.values()]:
             wait_port(port)
         time.sleep(0.5)
-        results["idle_rss_mb"] = rss_mb(car_pid)
+        results["idle_rss_mb"] = rss_mb(car.pid)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT % BODY)
 
@@ -419,6 +452,8 @@ def main() -> None:
                     runs[name].append(measure(port, c, stream, pids.get(name)))
             results["points"][label] = {name: median_of(r) for name, r in runs.items()}
             print(f"  measured {label}", file=sys.stderr)
+        results["translation"] = measure_translation(car, car_port, translator, translator_port, seconds, rounds)
+        print("  measured translation", file=sys.stderr)
         if not args.quick:
             # c=16 and c=256 minutes apart drift with the machine; the no-collapse ratio is read interleaved.
             checks: dict[int, list[dict[str, float]]] = {16: [], 256: []}
@@ -428,6 +463,10 @@ def main() -> None:
             results["collapse_check"] = {f"c={c}": median_of(r) for c, r in checks.items()}
             print("  measured collapse check", file=sys.stderr)
             results["open_streams"] = open_through(slow_port, tmp, env)
+        if args.telemetry:
+            time.sleep(1)  # the exporter's last batch
+            with urllib.request.urlopen(f"http://127.0.0.1:{otel_port}/count") as answer:
+                results["collector"] = json.loads(answer.read())
         startup_config = tmp / "startup.toml"
         startup_config.write_text(sidecar_config(up_port, free_port(), tmp / "ctl-startup.sock"))
         results["startup_s"] = statistics.median(
@@ -440,6 +479,42 @@ def main() -> None:
     out = args.results / time.strftime("%Y%m%d-%H%M%S.json")
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
+
+
+def measure_translation(
+    car: subprocess.Popen[bytes],
+    car_port: int,
+    translator: subprocess.Popen[bytes],
+    translator_port: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The same question asked natively (a chat client, the plain sidecar) and translated (an Anthropic client,
+    a sidecar whose nodes translate to the chat upstream), alternately: latency and the sidecar's CPU per request
+    (per upstream chunk for streams: 20 chunks and [DONE] a request)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, c, stream in (
+        ("c=1", 1, False),
+        ("c=16", 16, False),
+        ("stream c=1", 1, True),
+        ("stream c=16", 16, True),
+    ):
+        runs: dict[str, list[dict[str, float]]] = {"native": [], "translated": []}
+        for _ in range(rounds):
+            for name, proc, url, body in (
+                ("native", car, f"http://127.0.0.1:{car_port}/v1/chat/completions", STREAM_BODY if stream else BODY),
+                ("translated", translator, f"http://127.0.0.1:{translator_port}/v1/messages",
+                 MESSAGES_STREAM_BODY if stream else MESSAGES_BODY),
+            ):  # fmt: skip
+                before = cpu_seconds(proc.pid)
+                figures = asyncio.run(py_load(url, c, seconds, body, stream))
+                cpu = cpu_seconds(proc.pid) - before
+                figures["cpu_us_per_request"] = cpu * 1e6 / max(1, figures["requests"])
+                if stream:
+                    figures["cpu_us_per_chunk"] = figures["cpu_us_per_request"] / CHUNKS
+                runs[name].append(figures)
+        out[label] = {name: median_of(r) for name, r in runs.items()}
+    return out
 
 
 def open_through(slow_port: int, tmp: Path, env: dict[str, str]) -> dict[str, float]:
@@ -467,6 +542,9 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"1000 open streams: RSS {s['rss_mb']:.1f} MB, fds {s['fds']}, completed {s['completed']}/{s['opened']}"
         )
+    if "collector" in results:
+        lines.append(f"traces: the collector received {results['collector']['spans']} spans "
+                     f"in {results['collector']['posts']} exports")  # fmt: skip
     if "collapse_check" in results:
         low, high = results["collapse_check"]["c=16"], results["collapse_check"]["c=256"]
         lines.append(
@@ -475,6 +553,24 @@ def render(results: dict[str, Any]) -> str:
             f"errors {low['errors'] + high['errors']:.0f}"
         )
     lines += journal_lines(results["points"])
+    if "translation" in results:
+        lines += ["", "translation (an Anthropic client on chat nodes vs a chat client, aiohttp load, alternated):", "",
+                  "| point | native p50 ms | translated p50 ms | added p50 ms | native CPU us/req | translated CPU us/req "
+                  "| added CPU us/req | added CPU us/chunk | errors |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, pair in results["translation"].items():
+            native, translated = pair["native"], pair["translated"]
+            per_chunk = (
+                f"{translated['cpu_us_per_chunk'] - native['cpu_us_per_chunk']:+.1f}"
+                if "cpu_us_per_chunk" in native
+                else "-"
+            )
+            lines.append(
+                f"| {label} | {native['p50_ms']:.2f} | {translated['p50_ms']:.2f} | "
+                f"{translated['p50_ms'] - native['p50_ms']:+.2f} | {native['cpu_us_per_request']:.0f} | "
+                f"{translated['cpu_us_per_request']:.0f} | "
+                f"{translated['cpu_us_per_request'] - native['cpu_us_per_request']:+.0f} | {per_chunk} | "
+                f"{native['errors'] + translated['errors']:.0f} |"
+            )
     lines.append("")
     lines.append(
         "| point | path | req/s | p50 ms | p99 ms | errors | +p50 vs direct | % of direct | % of floor | % of nginx "

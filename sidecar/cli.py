@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -9,6 +10,7 @@ from typing import Any, NoReturn, cast
 import click
 
 from sidecar.config.discovery import control_socket_path, discover
+from sidecar.config.envfile import unset_variable
 from sidecar.config.load import load
 from sidecar.config.problems import ConfigError, one_line
 from sidecar.config.schema import CONFIG_NAME, Config
@@ -24,7 +26,10 @@ CONFIG_OPTION = click.option(
     help=f"Config file (default: $LLM_SIDECAR_CONFIG, ./{CONFIG_NAME}, ~/.config/llm-sidecar/{CONFIG_NAME}).",
 )
 SOCKET_OPTION = click.option(
-    "--control-socket", metavar="PATH", help="Control socket (default: from the config, else $XDG_RUNTIME_DIR)."
+    "--control-socket",
+    metavar="PATH",
+    help="Control socket (default: [server] control_socket of the config, else $XDG_RUNTIME_DIR/llm-sidecar.sock, "
+    "else ~/.llm-sidecar/control.sock).",
 )
 
 
@@ -35,11 +40,29 @@ def fail(message: str | list[str], code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def config_error_lines(exc: ConfigError) -> list[str]:
+    """The file's own problems first, then the keys whose variables are not set in this environment (a
+    `check` in a shell without the keys would otherwise bury the real problem among them), and what each
+    group asks of the user."""
+    real = [p for p in exc.errors if unset_variable(p.message) is None]
+    unset = [p for p in exc.errors if unset_variable(p.message) is not None]
+    lines = [f"config error: {p.line()}" for p in real]
+    if exc.hidden:
+        lines.append(f"config error: {exc.file}: ... and {exc.hidden} more errors")
+    lines += [f"key not set: {p.line()}" for p in unset]
+    if unset:
+        where = "`run` reads keys from the environment it starts in, or from [server] env_file"
+        lines.append(
+            f"{'the file has no other problem; ' if not real and not exc.hidden else ''}{where}: set them there"
+        )
+    return lines
+
+
 def load_config(config_path: str | None) -> Config:
     try:
         return load(discover(config_path))
     except ConfigError as exc:
-        fail([f"config error: {line}" for line in exc.lines()], 2)
+        fail(config_error_lines(exc), 2)
 
 
 class Commands(click.Group):
@@ -83,6 +106,7 @@ def main() -> None:
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds in-flight requests get on stop.")
 def run(config_path: str | None, control_socket: str | None, log_level: str, log_format: str, grace: float) -> None:
     """Run the proxy (and its control socket) until SIGINT/SIGTERM."""
+    from sidecar.config.plan import warnings
     from sidecar.listener.bind import StartupError
 
     from . import logs
@@ -90,6 +114,8 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 
     config = load_config(config_path)
     logs.setup(log_level, log_format)
+    for warning in warnings(config):
+        logging.getLogger("llm_sidecar").warning("config: %s", warning)
     try:
         run_server(config, control_socket=control_socket_path(config, control_socket), grace=grace)
     except StartupError as exc:
@@ -102,14 +128,16 @@ def run(config_path: str | None, control_socket: str | None, log_level: str, log
 @CONFIG_OPTION
 def check(config_path: str | None) -> None:
     """Validate a config and print the resolved plan (never the keys)."""
-    from sidecar.config.plan import render
+    from sidecar.config.plan import render, warnings
     from sidecar.spend import plan
 
     config = load_config(config_path)
     click.echo(render(config))
-    spend, warnings = plan.render(config)
+    spend, priced = plan.render(config)
     click.echo(spend)
-    for warning in warnings:
+    for warning in warnings(config):
+        click.echo(f"llm-sidecar: warning: {warning}", err=True)
+    for warning in priced:
         click.echo(f"llm-sidecar: warning: {one_line(warning)}", err=True)
     click.echo("ok")
 
@@ -153,7 +181,12 @@ def init(path: Path, force: bool) -> None:
     type=click.Choice(["openai", "anthropic"]),
     default="openai",
     show_default=True,
-    help="The API to serve: OpenAI's chat completions, or Anthropic's Messages API (/v1/messages).",
+    help="The API to serve: OpenAI's (chat completions, Responses, embeddings), or Anthropic's Messages API.",
+)
+@click.option(
+    "--no-responses",
+    is_flag=True,
+    help="OpenAI API without the Responses API: /v1/responses answers 404, as on a chat-only server (vLLM, Ollama).",
 )
 def fake_provider(
     host: str,
@@ -166,19 +199,28 @@ def fake_provider(
     chunks: int,
     chunk_delay: float,
     api: str,
+    no_responses: bool,
 ) -> None:
     """Run an OpenAI- or (--api anthropic) Anthropic-compatible fake provider with fault modes, for resilience tests.
 
     Change its behaviour while it runs: POST /_fake/behaviour with JSON, e.g.
     {"fail_rate": 1, "fault": "hang"}; GET /_fake/stats counts what it saw.
     A model named fault-<name> picks a fault per request (429-once, 503, cut, stall, context, ...: see
-    docs/fake-provider.md); a trailing assistant message is continued (behaviour field continuation).
+    docs/fake-provider.md); a trailing assistant message is continued (behaviour field continuation). Tools in a
+    request are called when its last user message names them (or tool_choice requires it), with arguments made
+    from their schemas; reasoning models (o1, o3, o4, *reason*) and Anthropic thinking reason first.
     """
     from sidecar.fakes.core import Behaviour
     from sidecar.fakes.serve import serve_forever
 
     behaviour = Behaviour(
-        fault=fault, fail_rate=fail_rate, status=status, latency=latency, chunks=chunks, chunk_delay=chunk_delay
+        fault=fault,
+        fail_rate=fail_rate,
+        status=status,
+        latency=latency,
+        chunks=chunks,
+        chunk_delay=chunk_delay,
+        responses=not no_responses,
     )
     click.echo(f"fake provider {name!r} ({api}) on http://{host}:{port}/v1", err=True)
     serve_forever(name, host, port, behaviour, api=api)
@@ -204,6 +246,9 @@ def demo(ctx: click.Context, no_tui: bool, duration: float, port: int) -> None:
         run_demo(duration=duration, port=port)
         return
     run_demo(duration=duration, port=port, monitor=lambda path: ctx.invoke(monitor, control_socket=str(path)))
+
+
+FORMATS = {"openai": "OpenAI-format", "anthropic": "Anthropic-format"}  # what a mixed config serves apart
 
 
 def control_client(control_socket: str | None, config_path: str | None) -> Any:
@@ -236,6 +281,7 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     Exits 1 if the sidecar does not answer on its control socket, or if its proxy port does not answer
     /healthz within 2 s (any status counts: a 503 only says no node is usable): a liveness check."""
     import json
+    import shutil
 
     from sidecar.control.client import LISTENER_TIMEOUT, probe_listener
     from sidecar.control.table import render_status
@@ -244,7 +290,8 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
     data = call(control_socket, config_path, "status")
     listener = probe_listener(data["sidecar"]["listen"])
     report = cast(StatusReportJSON, {**data, "listener": listener})  # all GET /v1/status said, and one field
-    click.echo(json.dumps(report, indent=2) if as_json else render_status(data))
+    # Fitted to the terminal (or $COLUMNS; 80 when piped), as the monitor's tables are.
+    click.echo(json.dumps(report, indent=2) if as_json else render_status(data, shutil.get_terminal_size().columns))
     if not listener["answering"]:
         fail(f"proxy listener on {listener['address']} not answering /healthz within {LISTENER_TIMEOUT:g}s")
 
@@ -254,14 +301,28 @@ def status(config_path: str | None, control_socket: str | None, as_json: bool) -
 @SOCKET_OPTION
 @click.option("--node", "expected", metavar="NAME", help="Only if NAME is the serving node (default: the one now).")
 def failover(config_path: str | None, control_socket: str | None, expected: str | None) -> None:
-    """Force failover away from the serving node (marks it down)."""
+    """Force failover away from the serving node (marks it down).
+
+    Without --node, the node serving now; in a config with OpenAI- and Anthropic-format nodes, the first
+    by priority of either: the answer says which format it served, and what serves the other."""
     if expected is None:
         # Name the node we saw, so a failover that happened meanwhile is not doubled.
         expected = call(control_socket, config_path, "status")["serving"]
     answer = call(control_socket, config_path, "failover", *([expected] if expected else []))
+    down, serving = answer["down"], answer["serving"]
+    nodes = call(control_socket, config_path, "status")["nodes"]
+    api = {n["name"]: n.get("api", "openai") for n in nodes}
+    if len(set(api.values())) < 2:
+        click.echo(f"{down} is down; {serving} serves now (undo: llm-sidecar node auto {down})")
+        return
     click.echo(
-        f"{answer['down']} is down; {answer['serving']} serves now (undo: llm-sidecar node auto {answer['down']})"
+        f"{down} is down; {serving} serves {FORMATS[api[down]]} requests now (undo: llm-sidecar node auto {down})"
     )
+    for n in nodes:
+        if n["serving"] and n["api"] != api[down]:
+            click.echo(
+                f"{FORMATS[n['api']]} requests still go to {n['name']} (to move them: llm-sidecar failover --node {n['name']})"
+            )
 
 
 @main.group()

@@ -27,12 +27,17 @@ from sidecar.config.schema import Config
 from sidecar.fakes.openai import FakeProvider
 from sidecar.fakes.serve import start
 from sidecar.listener.bind import bind_tcp
+from sidecar.observe.display import why_changed
 
 # (seconds from start, what happens, behaviour of the primary)
 SCRIPT: list[tuple[float, str, dict[str, Any]]] = [
     (0.0, "both providers up: the primary (openai-fake) serves everything", {"fail_rate": 0.0}),
     (8.0, "OUTAGE: the primary answers 503 to everything", {"fail_rate": 1.0, "fault": "error", "status": 503}),
-    (24.0, "the primary is back: probes pass, then one trial request restores it", {"fail_rate": 0.0}),
+    (
+        24.0,
+        "the primary is back: a recovery probe and the liveness probes see it, and it serves again",
+        {"fail_rate": 0.0},
+    ),
 ]
 
 
@@ -40,8 +45,8 @@ CYCLE = 40.0  # seconds per replay of the script when the demo runs until the mo
 PRIMARY = "openai-fake"
 OUTAGE_AT = min(at for at, _, behaviour in SCRIPT if behaviour["fail_rate"] > 0)  # the primary fails
 BACK_AT = max(at for at, _, behaviour in SCRIPT if behaviour["fail_rate"] == 0.0)  # the primary returns
-# Probes every 2 s need 2 passes, then the ejection (3 s) ends and a trial request brings the primary
-# back: a run this long shows the whole story (the default --duration is longer).
+# A recovery probe (a one-token chat, every few seconds) ends the ejection and the liveness probes (every
+# 2 s, 2 passes) the unhealthy state: a run this long shows the whole story (the default --duration is longer).
 WHOLE_STORY = BACK_AT + 12.0
 
 
@@ -103,6 +108,7 @@ class Demo:
         self.failed_over = 0  # requests that met a failure and were answered by another attempt
         self.errors: list[str] = []  # what the agent saw go wrong: a non-2xx status or no answer
         self.outages: list[Outage] = []
+        self.by_hand: list[tuple[float, str, str]] = []  # (t, node, "down" or "auto"): failovers, drains, give-backs
         self.began = time.monotonic()
         self.ended: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -245,19 +251,23 @@ class Demo:
         async with AsyncControlClient(self.socket) as control:
             async for event in control.events(replay=False, stop=stop):
                 if event["type"] == "health":
-                    self.say(f"  ** {event['node']}: {event['before']} -> {event['after']} ({event['reason']})")
+                    why = why_changed(event["after"], event["reason"], event["before"])
+                    self.say(f"  ** {event['node']}: {event['before']} -> {event['after']} ({why})")
                     if event["node"] == PRIMARY and not event.get("model"):
                         self.note_health(event["before"], event["after"], event["reason"])
+                elif event["type"] == "manual":
+                    self.by_hand.append((self.now(), event["node"], event["manual"]))
 
     def note_health(self, before: str, after: str, reason: str) -> None:
         """Date the sidecar's detection of the current outage, and the primary's recovery from it."""
-        if not self.outages:
+        if not self.outages or reason.startswith("manual "):  # a drain by hand is no detection, nor a recovery
             return
         outage, now = self.outages[-1], self.now()
+        how = f"{before} -> {after}: {why_changed(after, reason, before)}"
         if outage.detected is None and before == "healthy" and after != "healthy":
-            outage.detected, outage.detected_how = now, f"{before} -> {after}: {reason}"
+            outage.detected, outage.detected_how = now, how
         elif outage.detected is not None and outage.recovered is None and after == "healthy":
-            outage.recovered, outage.recovered_how = now, f"{before} -> {after}: {reason}"
+            outage.recovered, outage.recovered_how = now, how
 
     def summary(self) -> str:
         """What happened, for people: printed when the demo ends (after the monitor, when it quits)."""
@@ -286,6 +296,11 @@ class Demo:
             else:
                 hint = f"; about {WHOLE_STORY:g} s shows it" if self.duration and i == 1 else ""
                 lines.append(f"    recovered: not within this run{hint}")
+        if self.by_hand:
+            lines.append("  by hand (f, d, a in the monitor, or the failover and node commands):")
+        for at, node, manual in self.by_hand:
+            did = "drained (out of rotation)" if manual == "down" else "given back to automatic health"
+            lines.append(f"    t={at:.1f}s {node} {did}")
         return "\n".join(lines)
 
 

@@ -16,10 +16,11 @@ prometheus_client is imported at the first scrape, so a sidecar that is never sc
 its import (about 50 ms) at start-up.
 
 Labels are bounded. Node names come from the config. A model label is one of the model names the
-config lists (the keys of the nodes' `models` tables, "*" aside), `other` for any other name a
-client sends, or `none` for a request without a model; a failure reason is one of REASONS. No key,
-header or body ever reaches a metric: the labels are node names, configured model names and fixed
-words.
+config lists (the keys of the nodes' `models` tables, "*" aside), or one of the first MAX_SEEN_MODELS other
+names a node answered with success (the common setup has no `models` table: its models are these), then
+`other` for any other name, or `none` for a request without a model; a failure reason is one of REASONS. A
+name is labelled only once a node accepted it, so a client inventing names fills at most the bound. No key,
+header or body ever reaches a metric: the labels are node names, model names and fixed words.
 
 Access. On the proxy listener the metrics answer at `[server] metrics_path` (default /metrics; ""
 turns that route off, and only the route: counting goes on, for the control socket's GET /metrics).
@@ -57,13 +58,15 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 # Seconds, for an active probe (a GET /v1/models, its timeout 2 s by default).
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 NONE = "none"  # no model in the request, no node that answered, no status
-OTHER = "other"  # a model name the config does not list
+OTHER = "other"  # a model name the config does not list, past the bound of names seen
+MAX_SEEN_MODELS = 32  # names labelled as themselves beyond the configured ones, first answered first
+MAX_LABEL_CHARS = 100  # a longer name, or an unprintable one, is `other`
 CONTINUATION = "continuation: "  # the prefix of a failed continuation's reason (forward.carry_on)
 # What a failure reason (a free text, with errno strings and provider text in it) is counted as.
 REASONS = frozenset(
     {
         "timeout", "connect", "reset", "http_5xx", "http_4xx", "rate_limited", "auth", "context_window",
-        "error_event", "bad_response", "other",
+        "error_event", "bad_response", "moved", "request_caused", "other",
     }
 )  # fmt: skip
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
@@ -75,6 +78,8 @@ def reason_category(reason: str) -> str:
     """The bounded category of a failure reason (see proxy/answer.py, nodes/transport.py, proxy/relay.py, proxy/forward.py)."""
     if reason.startswith(CONTINUATION):
         reason = reason[len(CONTINUATION) :]
+    if reason.startswith("moved on:"):  # the node was judged out while the attempt waited: no failure
+        return "moved"
     if reason.startswith("rate limited"):
         return "rate_limited"
     if reason.startswith("auth ("):
@@ -139,6 +144,7 @@ class Metrics:
         self.runtime = weakref.ref(runtime)
         self.upstream: object = None  # the generation `known` was taken from
         self.known: frozenset[str] = frozenset()
+        self.seen: set[str] = set()  # names a node answered with success, labelled as themselves (bounded)
         # (node, model, status class, stream)
         self.requests: dict[tuple[str, str, str, str], float] = {}
         # (node, model, stream) -> bucket counts and sum, in seconds
@@ -159,6 +165,9 @@ class Metrics:
         self.reloads: dict[str, float] = {}  # ok|error
         self.probes: dict[tuple[str, str], float] = {}  # node, ok|fail
         self.probe_duration: dict[str, list[float]] = {}  # node
+        self.recovery_probes: dict[tuple[str, str], float] = {}  # node, ok|fail: one-token requests (they cost)
+        self.hedges: dict[tuple[str, str, str], float] = {}  # hedge node, node hedged, won|lost
+        self.request_caused: dict[str, float] = {}  # how: 500, timeout, ...
         self.registry: CollectorRegistry | None = None
         self.errors = 0  # events that could not be counted (a bug): logged once
 
@@ -176,6 +185,8 @@ class Metrics:
                 _add(self.manual, (event["node"], event["manual"]))
             elif kind == "probe":
                 self.probe(event["node"], event["ok"], event["seconds"])
+            elif kind == "recovery_probe":
+                _add(self.recovery_probes, (event["node"], "ok" if event["ok"] else "fail"))
             elif kind == "config":
                 _add(self.reloads, "ok" if event.get("ok") else "error")
         except Exception:
@@ -199,8 +210,8 @@ class Metrics:
             runtime = self.runtime()
             if runtime is not None and runtime.upstream is not self.upstream:
                 self.models_known()
-            if model not in self.known:
-                model = OTHER
+            if model not in self.known and model not in self.seen:
+                model = self.first_seen(model) if node is not None and e["status"] < 400 else OTHER
         else:
             model = NONE
         stream = "true" if e["stream"] else "false"
@@ -229,6 +240,11 @@ class Metrics:
         failed: list[dict[str, Any]] = e["failed"]
         if failed:
             self.failed(failed, served)
+        if hedged := e.get("hedged"):
+            for hedge in hedged:
+                _add(self.hedges, (hedge["node"], hedge["over"], "won" if hedge["won"] else "lost"))
+        if (caused := e.get("request_caused")) is not None:
+            _add(self.request_caused, caused)
         attempts = self.attempts
         if served is not None:
             attempts[served] = attempts.get(served, 0) + 1
@@ -250,6 +266,17 @@ class Metrics:
                 spend = self.spend
                 spend[(label, model)] = spend.get((label, model), 0.0) + usd
 
+    def first_seen(self, model: str) -> str:
+        """A name a node just answered: labelled as itself while the bound has room, else `other`."""
+        if len(self.seen) >= MAX_SEEN_MODELS or len(model) > MAX_LABEL_CHARS or not model.isprintable():
+            return OTHER
+        self.seen.add(model)
+        return model
+
+    def label(self, model: str | None) -> str:
+        """The label of a model the counters already know (configured, or seen), else `other`."""
+        return model_label(model, self.models_known() | self.seen)
+
     @staticmethod
     def row(hist: dict[Any, list[float]], key: Any) -> list[float]:
         row = hist[key] = [0.0] * (len(BUCKETS) + 2)  # the buckets, +Inf, the sum
@@ -263,7 +290,7 @@ class Metrics:
         for attempt in failed:
             node: str = attempt["node"]
             reason: str = attempt["reason"]
-            category = reason_category(reason)
+            category = "request_caused" if attempt.get("request_caused") else reason_category(reason)
             _add(self.attempts, node)
             _add(self.failures, (node, category))
             wait = attempt.get("wait_ms")
@@ -289,7 +316,7 @@ class Metrics:
         if model is None:
             _add(self.transitions, (e["node"], e["after"]))
         else:  # a model rate-limited or ejected on one node
-            _add(self.model_events, (e["node"], model_label(model, self.models_known()), e["after"]))
+            _add(self.model_events, (e["node"], self.label(model), e["after"]))
 
     def probe(self, node: str, ok: bool, seconds: float) -> None:
         """An active probe's result (the checker notes each on the hub)."""
@@ -383,6 +410,12 @@ class Metrics:
                       ["node", "manual"], self.manual)  # fmt: skip
         yield counter("config_reloads_total", "Config reloads, by result.", ["result"], self.reloads)
         yield counter("probes_total", "Active health probes, by result.", ["node", "result"], self.probes)
+        yield counter("recovery_probes_total", "Recovery probes (one-token requests of the kind that failed) sent to "
+                      "an ejected node or model, by result.", ["node", "result"], self.recovery_probes)  # fmt: skip
+        yield counter("hedges_total", "Hedged first tokens: a second attempt on `node` for a stream slow on `over`, "
+                      "by whether it won.", ["node", "over", "result"], self.hedges)  # fmt: skip
+        yield counter("request_caused_total", "Requests that failed the same way on nodes serving others: answered "
+                      "as is, no node blamed.", ["how"], self.request_caused)  # fmt: skip
         yield histogram("probe_duration_seconds", "Seconds an active health probe took.", ["node"],
                         self.probe_duration, PROBE_BUCKETS)  # fmt: skip
         runtime = self.runtime()
@@ -397,7 +430,6 @@ class Metrics:
 
         upstream = runtime.upstream
         now = upstream.clock()
-        known = frozenset(upstream.served)
         serving = {upstream.serving(api) for api in {n.config.api for n in upstream.nodes}}  # one per format
         info = Gauge(PREFIX + "info", "The running sidecar (always 1).", labels=["version"])
         info.add_metric([runtime.version], 1)
@@ -434,7 +466,7 @@ class Metrics:
             in_flight.add_metric([name], node.stats.in_flight)
             out: dict[str, int] = {}
             for model, _ in node.models.out(now):
-                label = model_label(model, known)
+                label = self.label(model)
                 out[label] = out.get(label, 0) + 1
             for label, count in out.items():
                 models_out.add_metric([name, label], count)

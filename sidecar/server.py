@@ -22,9 +22,11 @@ from sidecar.listener.bind import StartupError, bind_tcp
 from sidecar.listener.connection import Limits
 from sidecar.listener.server import HTTPServer
 from sidecar.nodes.checker import ActiveChecker
+from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.runtime import Runtime
 from sidecar.proxy.app import ProxyApp
 from sidecar.spend import recorder as spend
+from sidecar.telemetry.start import start as start_traces
 
 from .watch import ConfigWatcher, watched_file
 
@@ -192,7 +194,8 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
     raise_fd_limit()
     ignore_file_size_signal()
     runtime = Runtime(config)
-    app = ProxyApp(runtime)
+    traces = start_traces(config.telemetry, runtime.version)  # None with traces off (sidecar/telemetry/)
+    app = ProxyApp(runtime, None if traces is None else traces.tracing)
     # Signals are handled before the port opens: a client that can connect may signal us at once.
     server = Server(app, limits_of(config))
     stopper = Stopper(server, app, grace)
@@ -201,6 +204,8 @@ async def serve(config: Config, *, control_socket: Path | None = None, grace: fl
             await _serve(runtime, server, control_socket)
         finally:
             stopper.cancel()
+            if traces is not None:
+                await traces.close()
 
 
 async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> None:
@@ -221,6 +226,8 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
     recorder = spend.start(runtime)  # opens the journal and reads spend back before the first request
     checker = ActiveChecker(runtime)
     checker.sync()
+    prober = RecoveryProber(runtime)
+    prober.start()
     watchdog = asyncio.ensure_future(runtime.send_watch.run())
     file = watched_file(config)  # None for a config built in memory (the demo's): no file to watch
     watcher = ConfigWatcher(runtime, file) if file is not None else None
@@ -251,6 +258,7 @@ async def _serve(runtime: Runtime, server: Any, control_socket: Path | None) -> 
         if watcher is not None:
             await watcher.close()
         await checker.close()
+        await prober.close()
         if control is not None:
             await control.stop()
         await runtime.close()

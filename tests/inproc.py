@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +53,19 @@ class Answer:
 class Harness:
     """A runtime on mock transports (one per config generation) and the proxy app in front."""
 
-    def __init__(self, handler: Handler, cfg: Config, transport: TransportFactory | None = None) -> None:
-        """`transport`: another transport than the mock (the real one, against loopback upstreams)."""
+    def __init__(
+        self,
+        handler: Handler,
+        cfg: Config,
+        transport: TransportFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`transport`: another transport than the mock (the real one, against loopback upstreams);
+        `clock`: the health clock (a test's own, to move time on)."""
         self.handler = handler
         self.transports: list[MockTransport] = []
         self.on_send: Callable[[str], None] | None = None
-        self.runtime = Runtime(cfg, transport=transport or self._transport)
+        self.runtime = Runtime(cfg, transport=transport or self._transport, clock=clock)
         self.app = ProxyApp(self.runtime)
 
     def _transport(self, cfg: Config, watch: SendWatch) -> MockTransport:

@@ -27,6 +27,12 @@ def test_bench_quick_runs_and_reports_numbers(tmp_path: Path) -> None:
             assert figures["rps"] > 0 and math.isfinite(figures["p50_ms"])
             assert figures["errors"] == 0
     assert data["points"]["stream c=1"]["sidecar"]["first_p50_ms"] > 0
+    assert "| stream c=1 |" in done.stdout.split("translation (", 1)[1]  # what translation costs is printed
+    for point in ("c=1", "stream c=1"):
+        for path in ("native", "translated"):
+            figures = data["translation"][point][path]
+            assert figures["errors"] == 0 and figures["requests"] > 0 and figures["cpu_us_per_request"] > 0
+    assert data["translation"]["stream c=1"]["translated"]["cpu_us_per_chunk"] > 0
     assert data["idle_rss_mb"] > 0 and data["startup_s"] > 0
 
 
@@ -40,3 +46,17 @@ def test_journal_bench_prints_its_figures() -> None:
     plain, bodies = done.stdout.splitlines()
     assert plain.startswith("3000 requests: event loop +") and "written 3000" in plain and " B/row" in plain
     assert bodies.startswith("3000 requests with bodies") and "written 3000" in bodies
+
+
+def test_the_faults_benchmark_answers_every_request_through_every_phase() -> None:
+    """bench/faults.py in its smoke mode: a silent primary, a failing one that recovers and a first-token tail,
+    with hedging on. No request may fail; the figures themselves are the benchmark's, not this test's."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "faults.py"), "--quick", "--hedge", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["errors"] == 0
+    assert set(summary["phases"]) == {"floor", "healthy", "silent", "back", "503", "recovered", "tail"}
+    assert summary["back_s"] is not None  # the recovered primary serves again

@@ -50,14 +50,17 @@ async def test_a_node_past_its_budget_is_out_and_traffic_fails_over(
         ("backup", "deepseek-chat", 3),
     }
     metrics = (await client.get(f"{car.url}/metrics")).text
-    assert 'llm_sidecar_spend_usd_total{model="other",node="primary"} 0.06' in metrics
+    assert 'llm_sidecar_spend_usd_total{model="gpt-4o",node="primary"} 0.06' in metrics
     assert 'llm_sidecar_node_available{node="primary"} 0.0' in metrics
     log = car.log()
     assert "node primary: healthy -> budget (node primary's daily budget of $0.0500" in log
     table = (await asyncio.to_thread(cli, "status", "--control-socket", str(car.socket))).stdout
     assert "budget spent" in next(line for line in table.splitlines() if line.startswith("primary"))
     assert f"spend {spend['day']}: $0.0960 today, $0.0960 this month" in table
-    assert "  primary: $0.0600 of $0.0500 today, $0.0600 this month; out: node primary's daily budget" in table
+    spent = table[table.index("spend ") :].splitlines()
+    assert max(map(len, spent)) <= 80  # a long line wraps, indented
+    flat = " ".join(table.split())
+    assert "primary: $0.0600 of $0.0500 today, $0.0600 this month; out: node primary's daily budget" in flat
     assert "    backup deepseek-chat: $0.0360 today (3 requests)" in table
     # A raised budget, on reload, takes the node back.
     config["upstream"]["nodes"][0]["budget"] = {"daily_usd": 5}

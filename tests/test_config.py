@@ -10,7 +10,7 @@ import pytest
 from sidecar.config.discovery import control_socket_path, discover
 from sidecar.config.load import load, parse
 from sidecar.config.problems import ConfigError
-from sidecar.config.schema import RetryPolicy, Timeouts
+from sidecar.config.schema import PassiveCheck, RetryPolicy, Timeouts
 from sidecar.config.template import render
 
 ENV = {"OPENAI_API_KEY": "sk-openai", "DEEPSEEK_API_KEY": "sk-deepseek"}
@@ -46,7 +46,7 @@ def test_minimal_file_gets_every_default() -> None:
     a = config.upstream.nodes[0]
     assert a.timeout == config.upstream.timeout and a.continuation == "none"
     assert (a.weight, a.priority, a.api_key, a.api_key_env) == (1, 0, "sk-openai", "OPENAI_API_KEY")
-    assert a.checks.active is None and a.checks.passive is None
+    assert a.checks.active is None and a.checks.passive == PassiveCheck()  # passive on by default: issue 21
     assert 429 in a.checks.retry_statuses and 400 not in a.checks.retry_statuses
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo import Demo, run_demo
+from sidecar.demo import Demo, Outage, run_demo
 from tui.app import MonitorApp
 from tui.widgets import NodesTable
 
@@ -123,3 +123,46 @@ def test_ctrl_c_ends_the_demo_with_its_summary_and_no_errors(tmp_path: Path) -> 
     assert proc.returncode == 0, err
     assert "errors the agent saw: 0\n" in out and "outage: none yet" in out
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_summary_tells_a_failover_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manual failover in the demo (`f` in its monitor) is in the closing summary, and is not taken for the
+    sidecar detecting the outage."""
+    from sidecar.control.client import AsyncControlClient
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    demo = Demo(0.0, 0, quiet=True)
+    thread = threading.Thread(target=lambda: asyncio.run(demo.run()), daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(demo.ready.wait, 15)
+        await asyncio.sleep(0.5)  # the demo's own reader is attached to the events
+        async with AsyncControlClient(demo.socket) as control:
+            assert (await control.failover("openai-fake"))["serving"] == "deepseek-fake"
+            await asyncio.sleep(0.5)
+            await control.node("openai-fake", "auto")
+            deadline = time.monotonic() + 5
+            while len(demo.by_hand) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+    finally:
+        demo.shutdown()
+        await asyncio.to_thread(thread.join, 10)
+    summary = demo.summary()
+    assert "  by hand (f, d, a in the monitor, or the failover and node commands):" in summary
+    assert re.search(r"\n    t=\d+\.\ds openai-fake drained \(out of rotation\)\n", summary), summary
+    assert re.search(r"\n    t=\d+\.\ds openai-fake given back to automatic health$", summary), summary
+    assert "outage: none yet" in summary  # a drain by hand is no outage the sidecar detected
+
+
+def test_a_drain_by_hand_is_not_the_outage_detected() -> None:
+    demo = Demo(45.0, 0, quiet=True)
+    demo.remove_dir()
+    demo.outages = [Outage(began=8.0)]
+    demo.note_health("healthy", "down", "manual down")
+    assert demo.outages[0].detected is None  # a drain by hand is not the outage detected
+    demo.note_health("healthy", "ejected", "http 503")
+    demo.note_health("ejected", "unhealthy", "probe http 503")
+    demo.note_health("unhealthy", "ejected", "probe http 200")
+    demo.note_health("ejected", "healthy", "trial request ok")
+    assert demo.outages[0].detected_how == "healthy -> ejected: http 503"
+    assert demo.outages[0].recovered_how == "ejected -> healthy: trial request ok"

@@ -24,19 +24,23 @@ def schema() -> SimpleNamespace:
         ActiveCheck,
         Budget,
         Checks,
+        Hedge,
         JournalConfig,
         Node,
         PassiveCheck,
         RetryPolicy,
         ServerConfig,
+        TelemetryConfig,
         Timeouts,
         UpstreamConfig,
     )
 
     return SimpleNamespace(
+        TelemetryConfig=TelemetryConfig,
         ActiveCheck=ActiveCheck,
         Budget=Budget,
         Checks=Checks,
+        Hedge=Hedge,
         JournalConfig=JournalConfig,
         Node=Node,
         PassiveCheck=PassiveCheck,
@@ -205,24 +209,27 @@ SECTIONS = {
     "[upstream]": "UpstreamConfig",
     "[upstream.timeout]": "Timeouts",
     "[upstream.retry]": "RetryPolicy",
+    "[upstream.hedge]": "Hedge",
     "[upstream.checks.active]": "ActiveCheck",
     "[upstream.checks.passive]": "PassiveCheck",
     "[[upstream.nodes]]": "Node",
     "[journal]": "JournalConfig",
     "[budget]": "Budget",
+    "[telemetry]": "TelemetryConfig",
 }
 # Fields with a section of their own instead of a row; checks are kept per node, read from [upstream.checks].
 OWN_SECTION = {
     ("UpstreamConfig", "nodes"): "[[upstream.nodes]]",
     ("UpstreamConfig", "timeout"): "[upstream.timeout]",
     ("UpstreamConfig", "retry"): "[upstream.retry]",
+    ("UpstreamConfig", "hedge"): "[upstream.hedge]",
     ("Checks", "active"): "[upstream.checks.active]",
     ("Checks", "passive"): "[upstream.checks.passive]",
 }
 # Fields the file does not set: derived from another key (which env variable a key came from, a dropped /v1).
-DERIVED = {("ServerConfig", "api_key_env"), ("Node", "api_key_env"), ("Node", "url_had_v1")}
+DERIVED = {("ServerConfig", "api_key_env"), ("Node", "api_key_env"), ("Node", "url_had_v1"), ("Hedge", "learned")}
 # A node's checks and timeouts are the upstream's unless it has its own.
-INHERITED = {("Node", "checks"), ("Node", "timeout")}
+INHERITED = {("Node", "checks"), ("Node", "timeout"), ("Node", "recovery")}
 TYPES = {
     "str": "string",
     "str | None": "string",
@@ -357,6 +364,7 @@ def test_the_full_file_holds_every_default_and_every_key() -> None:
     config = s.parse(tomllib.loads(block), REFERENCE.name, env=fake_env(block))
     assert config.server == s.ServerConfig()
     assert config.journal == s.JournalConfig() and config.budget == s.Budget()
+    assert config.telemetry == s.TelemetryConfig()
     upstream = config.upstream
     for field in dataclasses.fields(s.UpstreamConfig):
         if field.name != "nodes":

@@ -20,7 +20,7 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from sidecar.cli import main
-from sidecar.fakes.anthropic import ANTHROPIC_FAULT_MODELS, AnthropicFake, wanted_tool
+from sidecar.fakes.anthropic import ANTHROPIC_FAULT_MODELS, AnthropicFake
 from sidecar.fakes.core import (
     CANONICAL,
     CANONICAL_PIECES,
@@ -162,9 +162,6 @@ def test_fault_table_extends_openais() -> None:
     assert issubclass(AnthropicFake, FakeProvider)
     with pytest.raises(ValueError, match="api must be one of"):
         provider_class("gemini")
-    assert wanted_tool({"tools": TOOLS, "tool_choice": {"type": "auto"}}) is None
-    assert wanted_tool({"tools": TOOLS}) is None
-    assert wanted_tool({"tools": TOOLS, "tool_choice": {"type": "tool", "name": "nope"}}) == "get_weather"
 
 
 async def test_start_helper_serves_anthropic() -> None:

@@ -233,3 +233,23 @@ def test_per_model_states_are_bounded_and_know_when_other_models_succeed() -> No
     states.ok("broken", 1.0)
     assert states.others_fine("broken", 30.0, within=60) and not states.others_fine("broken", 100.0, within=60)
     assert not states.others_fine("fine", 30.0, within=0.5)
+
+
+def test_node_auto_trusts_the_node_now_whatever_held_it_out() -> None:
+    """`node auto` clears an ejection, a Retry-After hold (even the longest) and the failure counts."""
+    h = Health(ACTIVE, PASSIVE, now=0)
+    for t in range(PASSIVE.unhealthy_http_failures):
+        h.record_failure(Source.PASSIVE, Failure.HTTP, now=t, reason="http 503")
+    h.block(1e12, now=3)
+    h.record_failure(Source.ACTIVE, Failure.TCP, now=3, reason="probe connect refused")
+    assert h.state == "unhealthy" and not h.available(4)
+    t = h.set_manual(False, now=4)
+    assert t is not None and t.after == "healthy"
+    assert h.available(4) and h.blocked_until == 0.0 and h.ejected_until is None
+    assert all(
+        c.as_dict() == {"successes": 0, "http_failures": 0, "tcp_failures": 0, "timeouts": 0}
+        for c in h.counters.values()
+    )
+    # The checks then judge it afresh: one more failure does not eject it again at once.
+    h.record_failure(Source.PASSIVE, Failure.HTTP, now=5, reason="http 503")
+    assert h.available(5)

@@ -28,7 +28,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     # Spend sits on the nodes (it sets the budget gate) and feeds the journal.
     "sidecar.spend": {"sidecar.config", "sidecar.formats", "sidecar.observe", "sidecar.nodes", "sidecar.journal"},
     "sidecar.metrics": {"sidecar.nodes", "sidecar.config", "sidecar.formats", "sidecar.observe"},
+    "sidecar.telemetry": {
+        "sidecar.config",
+        "sidecar.formats",
+        "sidecar.metrics",  # a failure reason's category, for error.type
+        "sidecar.listener.bind",  # StartupError: a config that asks for traces the extra cannot send
+    },
     "sidecar.proxy": {
+        "sidecar.telemetry.context",  # a request's trace context: ids drawn on the hot path
         "sidecar.nodes",
         "sidecar.config",
         "sidecar.formats",
@@ -205,5 +212,23 @@ def test_run_does_not_import_textual_and_monitor_does_not_import_the_server() ->
         "import sidecar.cli, sidecar.server, sidecar.control.server, sidecar.proxy.app, sidecar.nodes.checker"
     )
     assert "textual" not in server and "tui" not in server
+    assert not any(name.startswith("opentelemetry.sdk") for name in server)  # only with traces on (telemetry/start.py)
     monitor = loaded_after("import tui.app, tui.command")
     assert not {"uvicorn", "sidecar.server", "sidecar.proxy.app", "sidecar.nodes.upstream"} & monitor
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject's package list finds every package of the tree: a subpackage it misses (tui.widgets
+    under a bare "tui") is absent from the installed wheel, and the monitor fails to import there."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = set(find_packages(str(ROOT), include=found["include"]))
+    tree = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for package in ("sidecar", "tui")
+        for p in (ROOT / package).rglob("__init__.py")
+    }
+    assert tree <= packages, sorted(tree - packages)

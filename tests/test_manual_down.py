@@ -107,7 +107,7 @@ async def test_routine_manual_changes_are_info_in_plain_words(control: Any, capl
     manual = [(rec.levelname, rec.getMessage()) for rec in caplog.records if "by hand" in rec.getMessage()]
     assert manual == [("INFO", "node backup: taken out of rotation by hand (was unhealthy)")]
     assert [(rec.levelname, rec.getMessage()) for rec in caplog.records if "automatic" in rec.getMessage()] == [
-        ("INFO", "node backup: back to automatic health checks (was manually down), now unhealthy")
+        ("INFO", "node backup: back to automatic health checks (was manually down), now healthy")  # trusted now
     ]
     assert all(rec.levelno < logging.WARNING for rec in caplog.records), caplog.text
 

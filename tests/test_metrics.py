@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import metrics
 from sidecar.config.load import parse
-from sidecar.metrics import BUCKETS, REASONS, Metrics, model_label, reason_category, status_class
+from sidecar.metrics import BUCKETS, MAX_SEEN_MODELS, REASONS, Metrics, model_label, reason_category, status_class
 from sidecar.nodes.runtime import Runtime
 from sidecar.observe.events import EventHub
 
@@ -118,7 +118,9 @@ def scraped(m: Metrics) -> Samples:
     return samples(body.decode())
 
 
-def test_a_thousand_client_model_names_make_three_model_labels() -> None:
+def test_a_thousand_client_model_names_make_a_bounded_set_of_model_labels() -> None:
+    """The names nodes answered are labelled as themselves up to MAX_SEEN_MODELS (first answered first),
+    the configured ones always, and the rest are `other`: inventing names fills the bound, nothing more."""
     rt = runtime()
     m = metrics.attach(rt)
     for i in range(1000):
@@ -127,10 +129,36 @@ def test_a_thousand_client_model_names_make_three_model_labels() -> None:
     rt.events.publish("request", **request_event(model=None))
     found = scraped(m)
     labels = {s["model"] for s in series(found, "llm_sidecar_requests_total")}
-    assert labels == {"gpt-4o", "other", "none"}
-    assert get(found, "llm_sidecar_requests_total", model="other") == 1000
-    assert get(found, "llm_sidecar_tokens_total", model="other", type="input") == 7000
-    assert "client-model-" not in m.exposition()[0].decode()
+    seen = {f"client-model-{i}" for i in range(MAX_SEEN_MODELS)}
+    assert labels == {"gpt-4o", "other", "none", *seen}
+    assert get(found, "llm_sidecar_requests_total", model="other") == 1000 - MAX_SEEN_MODELS
+    assert get(found, "llm_sidecar_tokens_total", model="other", type="input") == 7 * (1000 - MAX_SEEN_MODELS)
+    assert f"client-model-{MAX_SEEN_MODELS}" not in m.exposition()[0].decode()
+
+
+async def test_the_models_of_a_setup_without_models_tables_are_labelled_as_seen() -> None:
+    """The common setup (no node has a `models` table) labelled every request `model="other"`."""
+    nodes = [{"name": "a", "url": "http://a.invalid"}, {"name": "b", "url": "http://b.invalid", "priority": -1}]
+    rt = Runtime(parse({"upstream": {"nodes": nodes}}, "<test>", env={}), events=EventHub())
+    m = metrics.attach(rt)
+    rt.events.publish("request", **request_event(model="gpt-4o-mini"))
+    rt.events.publish("request", **request_event(model="gpt-4o-mini", stream=True))
+    rt.events.publish("request", **request_event(model="no-such-model", status=404))  # refused: not labelled
+    rt.events.publish("request", **request_event(model="no-such-model", node=None, status=502))
+    rt.events.publish("request", **request_event(model="x" * 101))  # too long for a label
+    rt.events.publish("request", **request_event(model="bad\nname"))
+    rt.apply(parse({"upstream": {"nodes": nodes[:1]}}, "<test>", env={}))  # a reload forgets nothing seen
+    rt.events.publish("request", **request_event(model="gpt-4o-mini"))
+    now = rt.upstream.clock()
+    rt.upstream.by_name["a"].models.get("gpt-4o-mini").rate_limited(now + 30, now, 300)
+    rt.events.publish("health", node="a", model="gpt-4o-mini", before="healthy", after="rate limited", reason="x")
+    found = scraped(m)
+    assert get(found, "llm_sidecar_requests_total", model="gpt-4o-mini") == 3
+    assert get(found, "llm_sidecar_requests_total", model="other") == 4
+    assert get(found, "llm_sidecar_models_out", node="a", model="gpt-4o-mini") == 1
+    assert get(found, "llm_sidecar_model_health_events_total", node="a", model="gpt-4o-mini") == 1
+    assert {s["model"] for s in series(found, "llm_sidecar_requests_total")} == {"gpt-4o-mini", "other"}
+    await rt.close()
 
 
 def test_failed_attempts_become_retries_failovers_waits_and_continuations() -> None:
@@ -306,7 +334,8 @@ async def test_real_traffic_is_counted_exactly_by_node_model_status_and_stream(
     found = await scrape(client, car.url + "/metrics")
     requests = "llm_sidecar_requests_total"
     assert get(found, requests, node="primary", model="gpt-4o", status="2xx", stream="false") == 3
-    assert get(found, requests, node="primary", model="other", status="2xx", stream="false") == 2
+    # a name outside the models table, answered by a node: labelled as seen (bounded: MAX_SEEN_MODELS)
+    assert get(found, requests, node="primary", model="my-private-model-xyz", status="2xx", stream="false") == 2
     assert get(found, requests, node="primary", model="none", status=no_model_status, stream="false") == 1
     assert get(found, requests, node="primary", model="gpt-4o", status="2xx", stream="true") == 2
     assert get(found, requests) == 8
@@ -325,7 +354,7 @@ async def test_real_traffic_is_counted_exactly_by_node_model_status_and_stream(
     assert get(found, "llm_sidecar_in_flight_requests", node="primary") == 0
     assert get(found, "llm_sidecar_info") == 1
     text = (await client.get(car.url + "/metrics", timeout=10)).text
-    assert "my-private-model-xyz" not in text
+    assert 'model="my-private-model-xyz"' in text  # answered by a node: its own series (issue 24)
     # The control socket's /metrics has the same figures (the scrape above added nothing to them).
     _, over_control = await control_scrape(car)
     for name in (requests, "llm_sidecar_tokens_total", "llm_sidecar_request_duration_seconds_count"):

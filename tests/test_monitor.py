@@ -18,7 +18,7 @@ from sidecar.nodes.mock import Script
 from sidecar.nodes.transport import Request
 from sidecar.observe.stats import NodeStats
 from tui.app import ConfirmScreen, MonitorApp
-from tui.widgets import HeaderBar, HealthLog, NodesTable, TrafficTable, error_share
+from tui.widgets import Disconnected, HeaderBar, HealthLog, NodesTable, TrafficTable, error_share, event_line
 
 from .conftest import chat, two_node_config
 from .inproc import Harness
@@ -71,7 +71,7 @@ async def test_rows_traffic_and_failover_with_f(fakes, sidecar, client) -> None:
         for _ in range(3):
             await client.post(car.url + CHAT, json=chat())
         assert (primary.stats.chat, backup.stats.chat) == (before[0], before[1] + 3)
-        await until(pilot, lambda: "primary: manual down" in log_text(app.query_one(HealthLog)))
+        await until(pilot, lambda: "primary down (drained by hand)" in log_text(app.query_one(HealthLog)))
 
 
 async def test_failover_refused_shows_the_reason(fakes, sidecar) -> None:
@@ -198,7 +198,7 @@ async def test_err_pct_is_the_last_minute_not_the_process_life() -> None:
             return Script(503, body=[b'{"error": {"message": "busy"}}'])
         return Script(body=[b'{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'])
 
-    harness = Harness(handler, inproc_config())
+    harness = Harness(handler, inproc_config(recovery="trial"))  # back by a trial after the ejection time
     harness.runtime.upstream.clock = lambda: time.monotonic() + skew
     for _ in range(4):
         await harness.request({"model": "m", "messages": []})
@@ -401,3 +401,88 @@ async def test_a_failover_toast_names_the_nodes_of_one_format() -> None:
         before = next(n["name"] for n in first["nodes"] if n["api"] == "openai" and n["serving"])
         after = next(n["name"] for n in second["nodes"] if n["api"] == "openai" and n["serving"])
         assert toasts == [f"{before} → {after}"]  # not a node of the other format
+
+
+# ---------------------------------------------------------------------------- the first hour (issue 24)
+
+
+async def test_with_no_sidecar_it_says_which_socket_it_watches_and_how_to_fix_it(fakes, sidecar, tmp_path) -> None:
+    """`monitor` with nothing running waits (a sidecar started later is picked up), and says so on screen:
+    the socket it watches, how to start a sidecar there, how to watch another one."""
+    sock = tmp_path / "later.sock"
+    app = MonitorApp(sock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        notice = app.query_one(Disconnected)
+        await until(pilot, lambda: notice.display)
+        said = str(notice.render())
+        assert f"No llm-sidecar answers on control socket {sock}; waiting for one." in said
+        assert "llm-sidecar run" in said and "-c CONFIG" in said and "--control-socket PATH" in said
+        assert notice.region.height >= 3 and app.query_one(NodesTable).row_count == 0
+        config = two_node_config(await fakes("primary"), await fakes("backup"))
+        await sidecar({**config, "server": {"control_socket": str(sock)}})
+        nodes = app.query_one(NodesTable)
+        await until(pilot, lambda: nodes.row_count == 2, seconds=15)
+        assert not notice.display  # attached: the dashboard has the room
+
+
+async def test_one_failover_is_one_toast_and_one_health_event(fakes, sidecar) -> None:
+    """`f` once: one toast and one line in the health events (it was two of each: the serving node
+    changing, the action's answer; the `manual` event, the `health` event)."""
+    car = await sidecar(two_node_config(await fakes("primary"), await fakes("backup")))
+    app = MonitorApp(car.socket)
+    async with app.run_test(size=(120, 40)) as pilot:
+        nodes = app.query_one(NodesTable)
+        await until(pilot, lambda: nodes.row_count == 2)
+        await pilot.pause(0.5)  # attached to the event stream
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: cell(nodes, "primary", "state") == "down")
+        await pilot.pause(2.5)  # the status polls that follow see the change too
+        toasts = [(n.title, str(n.message)) for n in app._notifications]
+        assert toasts == [("Failover", "primary is down; backup serves now (a on its row undoes it)")], toasts
+        log = app.query_one(HealthLog)
+        assert [t[9:] for t in log.texts] == ["primary down (drained by hand)"], log.texts
+        await pilot.press("a")  # the cursor is on the primary, the first row
+        await until(pilot, lambda: cell(nodes, "primary", "state") == "healthy")
+        await pilot.pause(1.5)
+        toasts = [(n.title, str(n.message)) for n in app._notifications]
+        assert toasts[1:] == [("Node auto", "primary is back to automatic health (healthy); primary serves")], toasts
+        assert log.texts[0][9:] == "primary healthy (back to auto by hand)"
+
+
+def test_a_health_event_says_what_it_means() -> None:
+    """`openai-fake ejected (probe http 200)` read as an ejection because of a 200: probes passing again
+    while failed requests still hold the node out."""
+    back = {"type": "health", "seq": 1, "time": NOW, "node": "openai-fake", "before": "unhealthy",
+            "after": "ejected", "reason": "probe http 200"}  # fmt: skip
+    line = event_line(back)
+    assert line is not None
+    assert (
+        line.plain[9:]
+        == "openai-fake ejected (probes pass (probe http 200); still ejected until a request of the kind that failed succeeds)"
+    )
+    out = {**back, "before": "healthy", "reason": "http 503"}
+    assert event_line(out).plain[9:] == "openai-fake ejected (http 503)"  # type: ignore[union-attr]
+    assert event_line({"type": "manual", "seq": 2, "time": NOW, "node": "a", "manual": "down"}) is None
+
+
+async def test_a_model_out_on_the_serving_node_shows_where_its_requests_go() -> None:
+    """▶ stays on the primary (it serves every other model), while gpt-4o, rate-limited there, goes to
+    the backup: its state says so, and the backup is marked ▷."""
+    data = copy.deepcopy(STATUS)
+    serving = next(n for n in data["nodes"] if n["serving"] and n["api"] == "openai")
+    serving["models"] = [{"model": "gpt-4o", "state": "rate limited", "reason": "rate limited", "until": NOW + 12,
+                          "instead": "openai"}]  # fmt: skip
+    app = canned_app()
+    async with app.run_test(size=(200, 50)) as pilot:  # wide enough for the whole state (narrower: cut with …)
+        app.show_status(data)
+        await pilot.pause()
+        nodes = app.query_one(NodesTable)
+        assert cell(nodes, serving["name"], "node").strip() == f"▶ {serving['name']}"
+        assert cell(nodes, "openai", "node").strip() == "▷ openai"
+        assert cell(nodes, serving["name"], "state") == "healthy · gpt-4o: rate limited 12s → openai"
+        assert "▷ serving a model" in str(nodes.border_title)
+        app.show_status(STATUS)
+        await pilot.pause()
+        assert cell(nodes, "openai", "node").strip() == "openai" and "▷" not in str(nodes.border_title)

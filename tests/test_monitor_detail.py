@@ -10,8 +10,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.app import MonitorApp
-from tui.detail import RequestScreen, detail_text
-from tui.widgets import HeaderBar, HealthLog, NodesTable, TrafficTable
+from tui.widgets import HeaderBar, HealthLog, NodesTable, RequestScreen, TrafficTable, detail_text
 
 from .conftest import chat, two_node_config
 from .test_monitor import until
@@ -78,3 +77,33 @@ def test_the_detail_is_inert_text() -> None:
     text = detail_text(detail)
     assert isinstance(text, Text) and "\x1b" not in text.plain and "[bold]x[/]" in text.plain
     assert "then waited 1000 ms" in text.plain
+
+
+def test_the_detail_shows_what_the_request_met_beyond_its_attempts() -> None:
+    """Hedges, a translation, a node passed over, request-caused failures and the trace, as the journal marks
+    them; an attempt moved on is told from a failed one. Hostile values stay inert."""
+    hostile = "[bold]x[/]\x1b[31m"
+    step = {"kind": "first", "fault": None, "wait_ms": None, "ms": 2.0}
+    detail: Any = {
+        "id": "r1", "client_id": None, "time": 0.0, "method": "POST", "path": "/v1/messages", "api": "anthropic",
+        "api_upstream": "openai", "model": "m", "model_served": None, "node": "gpt", "status": 200,
+        "stream": True, "attempts": 3, "failovers": 1, "ttfb_ms": 1.0, "ttft_ms": 1.0, "total_ms": 3.0,
+        "tokens_in": None, "tokens_out": None, "tokens_cached": None, "tokens_cache_write": None,
+        "tokens_reasoning": None, "cost_usd": None, "error": None, "bodies": False, "source": "recent",
+        "marks": {"request_caused": "500", "hedged": [{"node": "gpt", "over": hostile, "won": True}],
+                  "translated": "messages to chat", "form": "messages",
+                  "skipped": [{"node": "x", "reason": "cannot translate: tool"}], "trace_id": "ab" * 16,
+                  "span_id": "cd" * 8},
+        "steps": [{**step, "node": "claude", "outcome": "moved", "reason": "moved on: claude ejected",
+                   "request_caused": False},
+                  {**step, "node": "claude", "outcome": "failed", "reason": "http 500", "request_caused": True},
+                  {**step, "node": "gpt", "kind": "hedge", "outcome": "answered", "reason": None,
+                   "request_caused": False}],
+    }  # fmt: skip
+    text = detail_text(detail).plain
+    assert "\x1b" not in text and "hedged   gpt over [bold]x[/]\\x1b[31m (won)" in text
+    assert "format   messages to chat" in text and "skipped  x: cannot translate: tool" in text
+    assert "caused   by the request itself (500" in text and f"trace    {'ab' * 16} span {'cd' * 8}" in text
+    assert "1. claude  first  moved: moved on: claude ejected" in text
+    assert "2. claude  first  failed: http 500 (caused by the request)" in text
+    assert "3. gpt  hedge  answered" in text

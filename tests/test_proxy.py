@@ -278,10 +278,33 @@ async def test_failed_probes_mark_unhealthy_and_passing_probes_restore(fakes, si
     assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "primary"
 
 
-async def test_passive_only_node_recovers_through_a_trial_request(fakes, sidecar, client) -> None:
+async def test_passive_only_node_recovers_through_a_probe_and_no_user_request_is_a_trial(
+    fakes, sidecar, client
+) -> None:
     primary, backup = await fakes("primary", fail_rate=1.0), await fakes("backup")
     checks = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0.5}}
     car = await sidecar(two_node_config(primary, backup, checks=checks))
+    assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
+    assert (await car.node("primary"))["state"] == "ejected"
+    chats = primary.stats.chat
+    await asyncio.sleep(0.6)  # past the ejection time: with probes, still no trial by a user request
+    for _ in range(3):
+        assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
+    primary.set(fail_rate=0.0)
+    deadline = time.monotonic() + 10
+    while (await car.node("primary"))["state"] != "healthy" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    node = await car.node("primary")
+    assert node["state"] == "healthy" and node["reason"] == "recovered (probe gpt-4o ok)"
+    probes = primary.stats.chat - chats
+    assert probes >= 1 and node["traffic"]["probes"] == probes  # every chat the primary saw since was a probe
+    assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "primary"
+
+
+async def test_passive_only_node_recovers_through_a_trial_request(fakes, sidecar, client) -> None:
+    primary, backup = await fakes("primary", fail_rate=1.0), await fakes("backup")
+    checks = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0.5}}
+    car = await sidecar(two_node_config(primary, backup, checks=checks, recovery="trial"))
     assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
     assert (await car.node("primary"))["state"] == "ejected"
     primary.set(fail_rate=0.0)

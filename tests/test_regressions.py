@@ -82,7 +82,9 @@ async def test_ejected_node_whose_trial_stream_client_leaves_gets_another_trial_
 ) -> None:
     primary = await fakes("primary", fail_rate=1.0, chunks=40, chunk_delay=0.1)
     backup = await fakes("backup")
-    car = await sidecar(two_node_config(primary, backup, checks=PASSIVE_ONLY))
+    car = await sidecar(
+        two_node_config(primary, backup, checks=PASSIVE_ONLY, recovery="trial")
+    )  # trials: this is about them
     first = await client.post(car.url + CHAT, json=chat())
     assert first.headers["x-llm-sidecar-node"] == "backup"
     assert (await car.node("primary"))["state"] == "ejected"
@@ -112,7 +114,7 @@ async def test_trial_request_with_a_broken_json_body_gets_400_and_the_trial_come
         node("primary", primary.url, 0, models={"*": "gpt-4o-mini"}),
         node("backup", backup.url, -1, key="${BACKUP_KEY}"),
     ]
-    car = await sidecar(two_node_config(primary, backup, checks=PASSIVE_ONLY, nodes=nodes))
+    car = await sidecar(two_node_config(primary, backup, checks=PASSIVE_ONLY, nodes=nodes, recovery="trial"))
     assert (await client.post(car.url + CHAT, json=chat())).headers["x-llm-sidecar-node"] == "backup"
     assert (await car.node("primary"))["state"] == "ejected"
     primary.set(fail_rate=0.0)

@@ -32,18 +32,18 @@ from sidecar.observe.shapes import RequestJSON, StatusJSON
 from sidecar.observe.stats import WINDOW as STATS_WINDOW
 from sidecar.observe.stats import percentile
 
-from .detail import RequestScreen
-from .widgets import HeaderBar, HealthLog, NodesTable, RatePlot, TrafficTable, clean
+from .widgets import Disconnected, HeaderBar, HealthLog, NodesTable, RatePlot, RequestScreen, TrafficTable, clean
 
 FLUSH_EVERY = 0.25
 STATUS_EVERY = 1.0
 TRAFFIC_TITLE = "live traffic, newest first · ttft: a stream's first token"
 
 
-def nodes_title(window: float | None) -> str:
-    """What the nodes table's figures cover (None: the sidecar did not say, an older one)."""
+def nodes_title(window: float | None, stand_in: bool = False) -> str:
+    """What the nodes table's figures cover (None: the sidecar did not say, an older one); `stand_in`: a
+    node is marked ▷, serving a model that is out on the ▶ node."""
     span = f"last {window:g} s" if window is not None else "the sidecar's window"
-    return f"nodes · req/s, err%, p50, p95: {span} · ▶ serving"
+    return f"nodes · req/s, err%, p50, p95: {span} · ▶ serving" + (" · ▷ serving a model" if stand_in else "")
 
 
 def from_file(config_path: str) -> bool:
@@ -54,11 +54,13 @@ def from_file(config_path: str) -> bool:
 @dataclass
 class StatusArrived(Message):
     status: StatusJSON
+    ours: bool = False  # the answer after an action of this monitor, which says itself what changed
 
 
 @dataclass
 class ConnectionChanged(Message):
     connected: bool
+    problem: str | None = None  # why attaching failed when something answered (None: nothing did)
 
 
 @dataclass
@@ -143,11 +145,13 @@ class MonitorApp(App[None]):
         self.serving_by_api: dict[str, str] = {}
         self.seen = Seen()
         self.refused: str | None = None  # the last reason the event stream was refused, told once
+        self.acting = 0  # actions of this monitor under way: the serving node changing then is their doing
 
     def compose(self) -> ComposeResult:
         # Stacked at every size: the traffic table is the widest thing on screen and gets the full width;
         # the plot and the health events share the bottom row.
         yield HeaderBar(id="header")
+        yield Disconnected(str(self.socket), id="disconnected")
         nodes = NodesTable(id="nodes")
         nodes.border_title = nodes_title(STATS_WINDOW)
         yield nodes
@@ -165,6 +169,7 @@ class MonitorApp(App[None]):
 
     def on_mount(self) -> None:
         self.query_one(HeaderBar).show(None, False, str(self.socket))
+        self.query_one(Disconnected).display = False  # until an attempt to attach failed
         if self.connect:
             self.watch_events()
             self.set_interval(STATUS_EVERY, self.poll_status)
@@ -177,6 +182,7 @@ class MonitorApp(App[None]):
     async def watch_events(self) -> None:
         """Follow the event stream; reconnect by itself when the sidecar goes and comes back."""
         while True:
+            problem: str | None = None
             try:
                 async with AsyncControlClient(self.socket) as client:
                     status = await client.status()
@@ -190,9 +196,10 @@ class MonitorApp(App[None]):
                             self.pending.append(event)
             except ControlError as exc:
                 self.post_message(StreamRefused(str(exc)))
+                problem = str(exc)
             except (NotRunning, OSError):
                 pass
-            self.post_message(ConnectionChanged(False))
+            self.post_message(ConnectionChanged(False, problem))
             await asyncio.sleep(1.0)
 
     @work(exclusive=True, group="status")
@@ -205,12 +212,15 @@ class MonitorApp(App[None]):
 
     def on_status_arrived(self, message: StatusArrived) -> None:
         with contextlib.suppress(NoMatches):  # a worker's answer can land while the app is closing
-            self.show_status(message.status)
+            self.show_status(message.status, quiet=self.acting > 0)
+        if message.ours:
+            self.acting -= 1
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         self.connected = message.connected
         with contextlib.suppress(NoMatches):
             self.query_one(HeaderBar).show(self.status, self.connected, str(self.socket))
+            self.query_one(Disconnected).show(self.connected, ever=self.status is not None, problem=message.problem)
 
     def on_stream_refused(self, message: StreamRefused) -> None:
         if message.reason != self.refused:  # retried every second: say it once
@@ -223,20 +233,22 @@ class MonitorApp(App[None]):
         """A toast whose text is never read as markup: it quotes node names and the sidecar's messages."""
         self.notify(clean(message, 500), title=title, severity=severity, timeout=timeout, markup=False)
 
-    def show_status(self, status: StatusJSON) -> None:
-        """Draw a status answer (also the entry point for tests with canned data)."""
+    def show_status(self, status: StatusJSON, quiet: bool = False) -> None:
+        """Draw a status answer (also the entry point for tests with canned data). `quiet`: a change of the
+        serving node is this monitor's own doing, which its action's toast tells (one toast per action)."""
         self.status = status
         self.connected = True
         self.query_one(HeaderBar).show(status, True, str(self.socket))
+        self.query_one(Disconnected).show(True, ever=True)
         nodes = self.query_one(NodesTable)
         nodes.show(status["nodes"], self.clock())
         windows = {n["traffic"].get("window_s") for n in status["nodes"]} - {None}
-        nodes.border_title = nodes_title(windows.pop() if len(windows) == 1 else None)
+        nodes.border_title = nodes_title(windows.pop() if len(windows) == 1 else None, bool(nodes.stand_ins))
         # One serving node per format (a mixed config serves OpenAI and Anthropic requests apart).
         by_api: dict[str, str] = {n.get("api", "openai"): n["name"] for n in status["nodes"] if n["serving"]}
         for api, before in self.serving_by_api.items():
             after = by_api.get(api)
-            if after != before:
+            if after != before and not quiet:
                 self.tell(f"{before} → {after or 'nothing'}", title="Failover", severity="warning")
         self.serving_by_api = by_api
         self.serving = status["serving"]
@@ -257,7 +269,8 @@ class MonitorApp(App[None]):
     def flush(self) -> None:
         if self.pending:
             batch, self.pending = self.pending, []
-            self.show_events(batch)
+            with contextlib.suppress(NoMatches):  # a timer can fire while the app is closing
+                self.show_events(batch)
 
     def sample_second(self) -> None:
         requests, self.second = self.second, []
@@ -265,7 +278,8 @@ class MonitorApp(App[None]):
         totals = sorted(e["total_ms"] or 0.0 for e in requests)
         p95 = percentile(totals, 0.95) or 0.0
         names = [n["name"] for n in self.status["nodes"]] if self.status else []
-        self.query_one(RatePlot).sample(per_node, p95, names)
+        with contextlib.suppress(NoMatches):
+            self.query_one(RatePlot).sample(per_node, p95, names)
 
     @on(DataTable.RowSelected, "#traffic")
     def request_chosen(self, message: DataTable.RowSelected) -> None:
@@ -329,10 +343,13 @@ class MonitorApp(App[None]):
 
     @work(group="control")
     async def call_control(self, method: str, *args: str) -> None:
+        self.acting += 1  # until the status after it is drawn: a status polled meanwhile shows its effect quietly
+        posted = False
         try:
             async with AsyncControlClient(self.socket) as client:
                 answer = await getattr(client, method)(*args)
-                self.post_message(StatusArrived(await client.status()))
+                self.post_message(StatusArrived(await client.status(), ours=True))
+                posted = True
         except NotRunning as exc:
             self.tell(str(exc), title="Disconnected", severity="error")
             return
@@ -340,9 +357,20 @@ class MonitorApp(App[None]):
             title = "Reload failed" if method == "reload" else "Refused"
             self.tell(str(exc), title=title, severity="error", timeout=10)
             return
+        finally:
+            if not posted:
+                self.acting -= 1
         if method == "failover":
-            self.tell(f"{answer['down']} is down; {answer['serving']} serves now", title="Failover")
+            self.tell(
+                f"{answer['down']} is down; {answer['serving']} serves now (a on its row undoes it)", title="Failover"
+            )
         elif method == "node":
-            self.tell(f"{answer['node']}: manual {answer['manual']}", title="Node")
+            serving = f"; {answer['serving']} serves" if answer["serving"] else "; nothing serves"
+            if answer["manual"] == "down":
+                self.tell(f"{answer['node']} is drained by hand{serving}", title="Node down")
+            else:
+                self.tell(
+                    f"{answer['node']} is back to automatic health ({answer['state']}){serving}", title="Node auto"
+                )
         else:
             self.tell(f"reloaded {answer['config_path']}", title="Reload")

@@ -18,8 +18,10 @@ from typing import Any
 from sidecar.config.costs import budget, prices
 from sidecar.config.journal import journal_config
 from sidecar.config.server import server_config
+from sidecar.config.telemetry import telemetry_config
 from sidecar.config.upstream import NO_NODES, upstream_config
 
+from .envfile import Environment, parse_env, path_of
 from .problems import ConfigError, Problems
 from .schema import (
     Config,
@@ -34,18 +36,42 @@ def parse(data: Mapping[str, Any], file: str = "<memory>", env: Mapping[str, str
     env = os.environ if env is None else env
     problems = Problems(file)
     root = Table(data, "", problems)
-    server = server_config(root.table_or_empty("server"), env)
+    server_table = root.table_or_empty("server")
+    env_file, env = _env_file(server_table, file, env)
+    server = server_config(server_table, env, env_file)
     up = root.table("upstream")
     upstream = None if up is None else upstream_config(up, env)
     if up is None and root.ok("upstream"):
-        root.error("upstream", NO_NODES, key="upstream.nodes")
+        root.missing("upstream", NO_NODES, key="upstream.nodes")
     journal = journal_config(root.table_or_empty("journal"))
     caps = budget(root.table("budget"))
     priced = prices(root, "prices")
+    telemetry = telemetry_config(root.table_or_empty("telemetry"))
     root.done()
     problems.check()  # raises if anything at all was wrong: a Config is only made from a file without problems
     assert upstream is not None
-    return Config(server=server, upstream=upstream, path=file, journal=journal, budget=caps, prices=priced)
+    return Config(
+        server=server, upstream=upstream, path=file, journal=journal, budget=caps, prices=priced, telemetry=telemetry
+    )
+
+
+def _env_file(server: Table, file: str, env: Mapping[str, str]) -> tuple[str, Mapping[str, str]]:
+    """`[server] env_file`, read: its path, and where `${VAR}` keys come from (its values over `env`'s)."""
+    raw: str = server.get("env_file", str, "")
+    if not raw:
+        return "", env
+    if not raw.isprintable():
+        server.error("env_file", "must not contain control characters (NUL, newline, ...)")
+        return "", env
+    path = str(path_of(raw, file))
+    try:
+        values, bad = parse_env(read_text(path))
+    except ConfigError as exc:
+        server.error("env_file", f"{path}: {exc.message}")
+        return path, env
+    for message in bad:
+        server.error("env_file", f"{path}: {message}")
+    return path, (env if isinstance(env, Environment) else Environment(env)).with_file(values, path)
 
 
 def _dangling(path: str | Path) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sidecar.formats.dialect import Api
+from sidecar.formats.translate.ir import CHAT, MESSAGES, RESPONSES, Form
 
 CONFIG_ENV = "LLM_SIDECAR_CONFIG"
 CONFIG_NAME = "llm-sidecar.toml"
@@ -21,6 +22,10 @@ DEFAULT_RETRY_STATUSES = (401, 402, 403, 429, 500, 502, 503, 504, 529)
 # message; "prefix" / "partial", the same marked `"prefix": true` / `"partial": true`;
 # "continue_final_message", the same with vLLM's `continue_final_message` request fields.
 CONTINUATIONS = ("none", "prefill", "prefix", "partial", "continue_final_message")
+# How a node out for a failure of real traffic comes back: "probe", the smallest real request of the kind
+# that failed, sent by the sidecar every few seconds (a one-token answer: it costs tokens); "trial", the
+# next user request after the ejection time (costs no tokens, but that request pays if the node still fails).
+RECOVERIES = ("probe", "trial")
 # Bounds keep every value printable (Python refuses str() of ints past 4300 digits) and the
 # arithmetic on them sane; they are far past any useful setting.
 SECONDS_MAX = 1_000_000.0
@@ -39,6 +44,9 @@ class Timeouts:
     # not count): a silent node costs this, not `read`. 60 s covers a long prompt's prefill and
     # models that stream their reasoning; raise it (and read) for models that think in silence.
     first_token: float = 60.0
+    # The first-token limit learns from each (node, model)'s own recent first tokens (nodes/ttft.py) and
+    # never goes below this; set it to first_token to pin the limit.
+    first_token_min: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,17 @@ class PassiveCheck:
     # again, so it gets a trial request after this cool-down (doubling, capped).
     base_ejection_time: float = 10.0
     max_ejection_time: float = 300.0
+
+
+@dataclass(frozen=True)
+class Hedge:
+    """[upstream.hedge]: a stream with no first token after `after` seconds (or, `learned`, after its
+    (node, model)'s own p95) is also sent to the next usable node; the first real token wins. At most
+    `budget` of the requests of the last minute are hedged."""
+
+    after: float = 1.0
+    learned: bool = False  # after = "p95"
+    budget: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -132,7 +151,10 @@ class Node:
     checks: Checks = field(default_factory=Checks)
     timeout: Timeouts = field(default_factory=Timeouts)  # the upstream's, with this node's overrides
     continuation: str = "none"  # how this node continues a broken stream: CONTINUATIONS
-    api: Api = "openai"  # the request format it speaks (formats/dialect.py): a request goes only to nodes of its own
+    api: Api = "openai"  # the request format it speaks (formats/dialect.py)
+    recovery: str = "probe"  # RECOVERIES: how it comes back after real traffic ejected it
+    translate: bool = False  # it also serves requests of the other formats, translated (docs/translation.md)
+    responses: bool = True  # an "openai" node implements the Responses API itself (false: translated to chat)
     price: Price | None = None  # what everything it serves costs, unless `prices` names the model
     prices: Mapping[str, Price] = field(default_factory=dict)  # per model (as asked or as sent to the node)
     budget: Budget | None = None  # past it the node is out (reason: budget) until the cap resets
@@ -141,6 +163,15 @@ class Node:
         """Whether requests for `model` may come here: no `models` table serves anything; a table serves
         its keys, and anything else only with a "*" entry."""
         return not self.models or model in self.models or "*" in self.models
+
+    def target(self, form: Form) -> Form | None:
+        """The format a request of `form` goes to this node in: `form` itself when the node speaks it, the
+        format it is translated to, or None when the node cannot take it."""
+        if self.api == "anthropic":
+            return MESSAGES if form == MESSAGES or self.translate else None
+        if form == CHAT or (form == RESPONSES and self.responses):
+            return form
+        return CHAT if self.translate else None
 
     def rewrite_model(self, model: str) -> str:
         """Exact match, else the "*" entry, else the model unchanged."""
@@ -164,6 +195,12 @@ class ServerConfig:
     max_event_subscribers: int = 64  # control API /v1/events readers at once; 503 past it
     metrics_path: str = "/metrics"  # Prometheus metrics on the proxy listener; "" = off (the control socket has them)
     watch: bool = True  # re-read the config file when it is saved
+    # A file of NAME=value lines (systemd's EnvironmentFile) whose values `${VAR}` keys are read from before the
+    # environment's; read again on every reload, so a new key needs no restart. "" = none. Resolved: relative
+    # paths are the config file's directory's.
+    env_file: str = ""
+    # Listening beyond loopback without api_key is refused unless this is true (a firewall closes the port).
+    allow_remote_without_key: bool = False
 
     @property
     def listen(self) -> str:
@@ -190,6 +227,18 @@ class UpstreamConfig:
     # needs itself it stays inside the README's Kubernetes limit (256Mi). In a file, at least
     # max_response_bytes (its default follows a larger one).
     max_held_bytes: int = 128 * 1024 * 1024
+    recovery: str = "probe"  # RECOVERIES: the nodes' default
+    hedge: Hedge | None = None  # off unless [upstream.hedge] is given
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """OpenTelemetry traces (docs/telemetry.md): on when an OTLP endpoint is named here or in the standard
+    OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables, unless `enabled` is false."""
+
+    enabled: bool = True
+    endpoint: str = ""  # the OTLP/HTTP base URL (the sidecar appends /v1/traces); "" = from the environment
+    content: bool = False  # export prompts and completions (gen_ai.input.messages, gen_ai.output.messages)
 
 
 @dataclass(frozen=True)
@@ -200,3 +249,4 @@ class Config:
     journal: JournalConfig = field(default_factory=JournalConfig)
     budget: Budget = field(default_factory=Budget)  # the whole sidecar's: past it, 429 until it resets
     prices: Mapping[str, Price] = field(default_factory=dict)  # by model, over the shipped table, for every node
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)

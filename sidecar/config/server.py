@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -59,7 +60,32 @@ def _control_socket(table: Table) -> str:
     return raw
 
 
-def server_config(t: Table, env: Mapping[str, str]) -> ServerConfig:
+def loopback(host: str) -> bool:
+    """Whether only this machine reaches `host`: a loopback address or `localhost`. Any other name may
+    resolve to an address others reach, so it counts as beyond loopback."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _remote_without_key(t: Table, server: ServerConfig) -> None:
+    """Listening beyond loopback with no client key lets anyone who reaches the port spend the nodes' keys:
+    refused unless the file says it means it (a firewall or a NetworkPolicy closes the port)."""
+    if loopback(server.host) or server.api_key is not None or server.allow_remote_without_key:
+        return
+    if t.ok("listen", "api_key", "allow_remote_without_key"):
+        t.error(
+            "listen",
+            f"{server.listen} is reachable from other machines and no api_key is set: anyone who reaches the port "
+            'would spend your providers\' keys. Set api_key = "${SIDECAR_CLIENT_KEY}" (clients then send that key), '
+            "or allow_remote_without_key = true if a firewall or a NetworkPolicy closes the port",
+        )
+
+
+def server_config(t: Table, env: Mapping[str, str], env_file: str = "") -> ServerConfig:
     host, port = _parse_listen(t, t.get("listen", str, DEFAULT_LISTEN))
     client_key, client_key_env = secret(t, "api_key", env)
     server = ServerConfig(
@@ -77,6 +103,9 @@ def server_config(t: Table, env: Mapping[str, str]) -> ServerConfig:
         max_event_subscribers=t.integer("max_event_subscribers", ServerConfig.max_event_subscribers, minimum=1),
         metrics_path=_metrics_path(t),
         watch=t.get("watch", bool, ServerConfig.watch),
+        env_file=env_file,
+        allow_remote_without_key=t.get("allow_remote_without_key", bool, ServerConfig.allow_remote_without_key),
     )
-    t.done()
+    _remote_without_key(t, server)
+    t.done()  # env_file was read first, for the keys (load.py)
     return server

@@ -48,6 +48,12 @@ class Table:
         order = self.position(name) if item is None else (*self.position(name), item)
         self.problems.add(order, self.key(name) if key is None else key, message)
 
+    def missing(self, name: str, message: str, *, key: str | None = None) -> None:
+        """A required `name` that is not there (at `key`, when given), reported after the table's own keys: a
+        typo of it (`[[upstreams.nodes]]`, with its did-you-mean) is what explains it, so it is read first."""
+        self.bad.add(name)
+        self.problems.add((*self.order, len(self.data)), self.key(name) if key is None else key, message)
+
     def ok(self, *names: str) -> bool:
         """None of `names` was bad (checks across keys use only good values)."""
         return not self.bad.intersection(names)

@@ -6,7 +6,7 @@ from typing import Any
 
 import tomli_w
 
-from .schema import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, RetryPolicy, ServerConfig, UpstreamConfig
+from .schema import DEFAULT_LISTEN, DEFAULT_RETRY_STATUSES, RetryPolicy, ServerConfig, TelemetryConfig, UpstreamConfig
 
 HEADER = """\
 # llm-sidecar configuration. Field names follow Apache APISIX's upstream object.
@@ -30,6 +30,9 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         "#   the control socket's GET /metrics stays.\n"
         "# watch: re-read this file when it is saved (a broken edit is refused, the running config stays);\n"
         "#   false = only on `llm-sidecar reload` or SIGHUP.\n"
+        "# env_file: a file of NAME=value lines (systemd's EnvironmentFile) the ${VAR} keys are read from first;\n"
+        '#   read again on every reload, so a new node\'s key needs no restart. "" = none.\n'
+        "# allow_remote_without_key: a listen other machines reach (0.0.0.0) needs api_key unless this is true.\n"
         "# Changes to listen, control_socket, max_header_bytes, the three timeouts and max_connections need a restart.",
         {
             "server": {
@@ -44,6 +47,8 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
                 "max_event_subscribers": ServerConfig.max_event_subscribers,
                 "metrics_path": ServerConfig.metrics_path,
                 "watch": ServerConfig.watch,
+                "env_file": ServerConfig.env_file,
+                "allow_remote_without_key": ServerConfig.allow_remote_without_key,
             }
         },
     ),
@@ -110,7 +115,9 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
         '#   gpt-4o only; "*" serves any other name; no table serves anything.\n'
         "# continuation: how this node continues a stream another node broke mid-answer (docs/failover.md lists\n"
         '#   providers): "none", "prefill", "prefix", "partial" or "continue_final_message". DeepSeek takes\n'
-        '#   "prefix" on url = "https://api.deepseek.com/beta".',
+        '#   "prefix" on url = "https://api.deepseek.com/beta".\n'
+        "# translate = true would let it serve Anthropic clients (Claude Code) too, and Responses clients (Codex)\n"
+        "#   with responses = false, as DeepSeek has no Responses API: see docs/translation.md.",
         {
             "upstream": {
                 "nodes": [
@@ -166,6 +173,12 @@ SECTIONS: list[tuple[str, dict[str, Any]]] = [
                 }
             }
         },
+    ),
+    (
+        "# OpenTelemetry traces, a span per request and attempt (pip install 'llm-sidecar[otel]'; docs/telemetry.md).\n"
+        '# endpoint: the collector\'s OTLP/HTTP base URL; "" = $OTEL_EXPORTER_OTLP_ENDPOINT, and without it no traces.\n'
+        "# content: true exports prompts and completions too. enabled = false: no traces, whatever the environment.",
+        {"telemetry": {"enabled": TelemetryConfig.enabled, "endpoint": "", "content": TelemetryConfig.content}},
     ),
 ]
 

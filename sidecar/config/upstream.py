@@ -15,8 +15,10 @@ from sidecar.formats.dialect import APIS_SPOKEN
 from .schema import (
     BYTES_MAX,
     CONTINUATIONS,
+    RECOVERIES,
     ActiveCheck,
     Checks,
+    Hedge,
     Node,
     PassiveCheck,
     RetryPolicy,
@@ -117,11 +119,15 @@ def _timeouts(t: Table | None, inherited: Timeouts) -> Timeouts:
             t.error("first_token", f"must be <= read ({read:g}): read bounds every silence, the first too")
     else:
         first_token = min(inherited.first_token, read)
+    floor = t.number("first_token_min", min(inherited.first_token_min, first_token), minimum=0.001)
+    if floor > first_token and t.ok("first_token_min", "first_token"):
+        t.error("first_token_min", f"must be <= first_token ({first_token:g}): the learned limit lies between them")
     timeouts = Timeouts(
         connect=t.number("connect", inherited.connect, minimum=0.001),
         send=t.number("send", inherited.send, minimum=0.001),
         read=read,
         first_token=first_token,
+        first_token_min=min(floor, first_token),
     )
     t.done(known=("first_token",))
     return timeouts
@@ -162,7 +168,22 @@ def _node_name(t: Table, names: set[str]) -> str:
     return ""
 
 
-def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], names: set[str]) -> Node:
+def _hedge(t: Table | None) -> Hedge | None:
+    """[upstream.hedge]: `after` in seconds, or "p95" (each node and model's own); `budget` a share."""
+    if t is None:
+        return None
+    d = Hedge()
+    raw = t.get("after", (int, float, str), d.after)
+    learned = raw == "p95"
+    if isinstance(raw, str) and not learned:
+        t.error("after", f'expected seconds or "p95", got {show(raw)}')
+    after = d.after if isinstance(raw, str) else t.number("after", d.after, minimum=0.01)
+    hedge = Hedge(after=after, learned=learned, budget=t.number("budget", d.budget, minimum=0.0, maximum=1.0))
+    t.done()
+    return hedge
+
+
+def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], names: set[str], recovery: str) -> Node:
     name = _node_name(t, names)
     url = t.get("url", str, None)
     if url is None and "url" not in t.bad:
@@ -181,6 +202,9 @@ def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], 
         timeout=_timeouts(t.table("timeout"), timeouts),
         continuation=_choice(t, "continuation", CONTINUATIONS),
         api="anthropic" if _choice(t, "api", APIS_SPOKEN) == "anthropic" else "openai",
+        recovery=_choice(t, "recovery", RECOVERIES, recovery),
+        translate=t.get("translate", bool, False),
+        responses=t.get("responses", bool, True),
         price=price_of(t, "price"),
         prices=prices(t, "prices"),
         budget=budget(t.table("budget")) if "budget" in t.data else None,
@@ -189,11 +213,12 @@ def _node(t: Table, checks: Checks, timeouts: Timeouts, env: Mapping[str, str], 
     return node
 
 
-def _choice(t: Table, name: str, choices: tuple[str, ...]) -> str:
-    value: str = t.get(name, str, choices[0])
+def _choice(t: Table, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    fallback = choices[0] if default is None else default
+    value: str = t.get(name, str, fallback)
     if value not in choices:
         t.error(name, f"expected one of {', '.join(map(repr, choices))}, got {show(value)}")
-        return choices[0]
+        return fallback
     return value
 
 
@@ -205,11 +230,14 @@ def upstream_config(up: Table, env: Mapping[str, str]) -> UpstreamConfig:
     if kind != "roundrobin":
         up.error("type", f'only "roundrobin" (smooth weighted round-robin) is supported, got {show(kind)}')
     timeouts = _timeouts(up.table_or_empty("timeout"), Timeouts())
-    checks = _checks(up.table("checks"), Checks())
+    # Passive checks are on unless turned off (`passive = false`): with none, nothing would judge a node
+    # that fails every request, and each request would pay a same-node retry on it forever.
+    checks = _checks(up.table("checks"), Checks(passive=PassiveCheck()))
+    recovery = _choice(up, "recovery", RECOVERIES)
 
     raw_nodes = up.get("nodes", list, [])
     if not raw_nodes and up.ok("nodes"):
-        up.error("nodes", NO_NODES)
+        up.missing("nodes", NO_NODES)
     nodes: list[Node] = []
     names: set[str] = set()
     for i, raw in enumerate(raw_nodes):
@@ -217,7 +245,8 @@ def upstream_config(up: Table, env: Mapping[str, str]) -> UpstreamConfig:
         if not isinstance(raw, dict):
             up.error("nodes", f"expected a table, got {describe(raw)}", item=i, key=key)
             continue
-        nodes.append(_node(Table(raw, key, up.problems, (*up.position("nodes"), i)), checks, timeouts, env, names))
+        table = Table(raw, key, up.problems, (*up.position("nodes"), i))
+        nodes.append(_node(table, checks, timeouts, env, names, recovery))
 
     max_response = up.integer("max_response_bytes", UpstreamConfig.max_response_bytes, minimum=1024, maximum=BYTES_MAX)
     # An old file that raised max_response_bytes past the default budget still loads: the budget follows it.
@@ -232,6 +261,8 @@ def upstream_config(up: Table, env: Mapping[str, str]) -> UpstreamConfig:
         max_response_bytes=max_response,
         max_held_bytes=up.integer("max_held_bytes", held_default, minimum=1024, maximum=BYTES_MAX),
         timeout=timeouts,
+        recovery=recovery,
+        hedge=_hedge(up.table("hedge")),
     )
     if upstream.max_held_bytes < max_response and up.ok("max_held_bytes", "max_response_bytes"):
         up.error("max_held_bytes", "must be >= max_response_bytes: what all answers hold at once must fit one whole")

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from .envfile import Environment
 from .table import Table, show
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -29,7 +30,7 @@ def secret(table: Table, name: str, env: Mapping[str, str]) -> tuple[str | None,
     var = match.group(1)
     value = env.get(var)
     if value is None:
-        table.error(name, f"environment variable {var} is not set")
+        table.error(name, env.unset(var) if isinstance(env, Environment) else f"environment variable {var} is not set")
     elif not value.strip():
         table.error(name, f"environment variable {var} is empty")
     # Sent in a header: a newline would inject headers, and non-ASCII fails every request.

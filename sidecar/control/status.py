@@ -14,6 +14,7 @@ from sidecar.observe.shapes import ManualJSON, NodeJSON, StatusJSON
 if TYPE_CHECKING:
     from sidecar.nodes.node import NodeState
     from sidecar.nodes.runtime import Runtime
+    from sidecar.nodes.upstream import Upstream
 
 
 def _wall(monotonic_at: float | None) -> float | None:
@@ -23,7 +24,22 @@ def _wall(monotonic_at: float | None) -> float | None:
     return round(time.time() - (time.monotonic() - monotonic_at), 3)
 
 
-def node_status(node: NodeState, serving: bool, now: float, uptime: float, budget: str | None = None) -> NodeJSON:
+def instead(upstream: Upstream, node: NodeState, model: str, now: float) -> str | None:
+    """The node requests for `model` go to while it is out on `node` (the serving node may still be `node`
+    for every other model); None when it is out everywhere it is served (then it is tried anyway)."""
+    skip = (
+        upstream.other_api[node.config.api]
+        | upstream.not_serving(model)
+        | (upstream.models_out(model, now) or set())
+        | upstream.spent()
+    )
+    index = upstream.balancer.serving(now, frozenset(skip))
+    return None if index is None else upstream.nodes[index].name
+
+
+def node_status(
+    node: NodeState, serving: bool, now: float, uptime: float, upstream: Upstream, budget: str | None = None
+) -> NodeJSON:
     health = node.health
     cfg = node.config
     return {
@@ -56,10 +72,12 @@ def node_status(node: NodeState, serving: bool, now: float, uptime: float, budge
                 "model": model,
                 "state": "rate limited" if state.reason == "rate limited" else "ejected",
                 "reason": state.reason,
-                "until": _wall(state.out_until),
+                "until": None if state.recovery is not None else _wall(state.out_until),
+                "instead": instead(upstream, node, model, now),
             }
             for model, state in node.models.out(now)
         ],
+        "first_token_limits": node.first_tokens.limits(now, cfg.timeout.first_token, cfg.timeout.first_token_min),
         "budget": budget,
     }
 
@@ -88,7 +106,7 @@ def status(runtime: Runtime) -> StatusJSON:
         },
         "serving": serving.name if serving else None,
         "nodes": [
-            node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime, budget(n.name))
+            node_status(n, n is upstream.serving(n.config.api), now, runtime.uptime, upstream, budget(n.name))
             for n in upstream.nodes
         ],
     }

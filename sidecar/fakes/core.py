@@ -7,15 +7,17 @@ while it runs: `POST /_fake/behaviour` with a JSON object of the fields below.
 Besides those provider-wide settings, a request can pick its own fault by model
 name (see FAULT_MODELS): `fault-500-once-t7` gets fault `500-once`, and the whole
 model string is the key for "once" state, so every test can use a fresh key.
-Those answers always carry CANONICAL, so a test can check exactly what a proxy
-in front stitched together. A request whose last message is from the assistant
-asks to continue it (see `Behaviour.continuation`). With `Behaviour.prompt_cache` on, the
-fake also simulates a per-node prompt cache (see `FakeProvider.prompt_usage`), so a test can tell
-whether a proxy keeps a conversation on the node that has already seen its prefix.
+Those answers carry CANONICAL (unless the request's tools or tool results make them a tool call or a quote of
+the results: plan.py), so a test can check exactly what a proxy in front stitched together. A request whose
+last message is from the assistant asks to continue it (see `Behaviour.continuation`). With
+`Behaviour.prompt_cache` on, the fake also simulates a per-node prompt cache (see `FakeBase.prompt_cache`), so a
+test can tell whether a proxy keeps a conversation on the node that has already seen its prefix.
 
 This module is what every format's fake shares: the behaviour, stats, fault tables and canonical answer;
-openai.py serves OpenAI's API, anthropic.py Anthropic's Messages API on the same footing, and serve.py
-picks one by its api name and runs it.
+base.py the flow from a request to its answer or fault, plan.py (with tools.py) what an answer holds (text,
+tool calls from the request's tool schemas, reasoning) and stream.py how it is sent or broken. openai.py serves
+OpenAI's API (chat.py, responses.py, embeddings.py), anthropic.py Anthropic's Messages API (messages.py) on the
+same footing, and serve.py picks one by its api name and runs it.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ CANONICAL_PIECES = [CANONICAL_WORDS[0], *(" " + w for w in CANONICAL_WORDS[1:])]
 
 FAULT_MODEL_PREFIX = "fault-"
 # Faults chosen per request by model `fault-<name><tag>`; "first" means the first request for the full model string
-# on this provider. The stream faults (cut, stall, malformed, error-event, no-done) send the role chunk and the first
-# `cut_after` words before failing; without "stream", cut sends part of the JSON body (short of its Content-Length)
+# on this provider. The stream faults (cut, stall, malformed, error-event, no-done) send the opening events and the
+# first `cut_after` deltas (words, reasoning pieces or argument fragments: stream.py) before failing; without
+# "stream", cut sends part of the JSON body (short of its Content-Length)
 # and aborts, stall sends the headers and goes silent, and malformed, error-event and no-done answer normally.
 # A continuation request (see Behaviour.continuation) ignores the fault, except for context and policy.
 FAULT_MODELS: dict[str, str] = {
@@ -138,7 +141,7 @@ def fault_for_model(model: str, table: dict[str, str] = FAULT_MODELS) -> str | N
     return max((name for name in table if rest.startswith(name)), key=len, default=None)
 
 
-# What FakeProvider.pick_fault says besides a fault model's name.
+# What FakeBase.pick_fault says besides a fault model's name.
 ANSWER = "answer"  # a "once" fault already spent: answer normally
 CONTINUE = "continue"  # a continuation, which skips the fault
 REFUSE_PREFILL = "refuse-prefill"  # a continuation asked of a reject-prefill model
@@ -151,6 +154,8 @@ class Behaviour:
     status: int = 500  # for fault "error"
     retry_after: float = 1.0  # for fault "rate_limit"
     latency: float = 0.0  # seconds before the first byte of every answer
+    tail_rate: float = 0.0  # share of chat answers that wait tail_latency instead (a first-token tail)
+    tail_latency: float = 0.0
     chunks: int = 5  # SSE chunks per streamed answer
     chunk_delay: float = 0.0  # seconds between chunks
     drop_after: int = 2  # for fault "drop": SSE chunks sent before the connection is cut
@@ -160,6 +165,7 @@ class Behaviour:
     cut_after: int = 8  # for the model stream faults (cut, stall, ...): words sent before the fault
     continuation: str = "prefill"  # how a trailing assistant message must look to be continued, one of CONTINUATIONS
     prompt_cache: bool = False  # simulate a per-node prompt cache: estimated prompt tokens, cached_tokens in usage
+    responses: bool = True  # the OpenAI fake serves the Responses API (/v1/responses); off, it is chat-only (404)
 
     def __post_init__(self) -> None:
         if self.continuation not in CONTINUATIONS:
@@ -183,7 +189,9 @@ class Behaviour:
 @dataclass
 class Stats:
     requests: int = 0
-    chat: int = 0
+    chat: int = 0  # requests to the chat endpoint (/v1/chat/completions, Anthropic's /v1/messages)
+    responses: int = 0  # requests to POST /v1/responses
+    embeddings: int = 0  # requests to POST /v1/embeddings
     models: int = 0
     failed: int = 0
     models_seen: list[str] = field(default_factory=list)
@@ -197,6 +205,11 @@ class Stats:
     # so a test can compute a node's cached share as cached_tokens / prompt_tokens.
     prompt_tokens: int = 0
     cached_tokens: int = 0
+
+
+def listed(value: Any) -> list[Any]:
+    """`value` if it is a list, else none: a request's lists as the fake reads them, whatever a client sent."""
+    return value if isinstance(value, list) else []
 
 
 def trailing_assistant(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ APIS = APIS_SPOKEN
 
 
 def provider_class(api: str = "openai") -> type[FakeProvider]:
-    """The fake for API dialect `api`, one of APIS: FakeProvider, or fake_anthropic.AnthropicFake."""
+    """The fake for API dialect `api`, one of APIS: FakeProvider, or anthropic.AnthropicFake."""
     if api == "openai":
         return FakeProvider
     if api == "anthropic":

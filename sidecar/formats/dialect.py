@@ -1,10 +1,10 @@
 """The two request formats the sidecar speaks, and the little that differs between them.
 
 OpenAI's API (`/v1/chat/completions` and the rest) and Anthropic's Messages API
-(`/v1/messages`). A request goes only to nodes of its own format: nothing is
-translated. What differs is the node's key header, the sidecar's own error
-shape (so each SDK raises its own typed exceptions), how a stream ends, and how
-usage is counted.
+(`/v1/messages`). A request goes to nodes of its own format, and to nodes that
+translate it (translate/). What differs is the node's key header, the sidecar's
+own error shape (so each SDK raises its own typed exceptions), how a stream
+ends, and how usage is counted.
 """
 
 from __future__ import annotations

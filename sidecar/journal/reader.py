@@ -18,9 +18,10 @@ from sidecar.observe.shapes import RequestJSON, StepJSON
 from sidecar.observe.stats import percentile
 
 from .bodies import REQUEST_CUT, RESPONSE_CUT, readable, unpack
-from .schema import COLUMNS, failovers, rowid_at
+from .schema import COLUMNS, failovers, marks_of, rowid_at
 
 CONTINUATION = "continuation: "
+MOVED = "moved on: "
 
 
 class NoJournal(Exception):
@@ -43,9 +44,12 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def steps(failed: list[dict[str, Any]], continued: list[dict[str, Any]], node: str | None,
-          total_ms: float | None) -> list[StepJSON]:  # fmt: skip
-    """Each attempt in order: failed ones, the one that answered, then continuations (failed, then those
-    that went on). `kind` says how it followed the one before."""
+          total_ms: float | None, answer_ms: float | None = None,
+          hedged: list[dict[str, Any]] | None = None) -> list[StepJSON]:  # fmt: skip
+    """Each attempt in order: failed ones (or moved on: their node was judged out while they waited), the one
+    that answered, then continuations (failed, then those that went on). `kind` says how it followed the one
+    before; a hedge that won is `hedge`. The answering attempt's time is its own when the event says it
+    (`answer_ms`), else the rest of the request."""
     out: list[StepJSON] = []
     previous: str | None = None
     later: list[StepJSON] = []
@@ -55,9 +59,10 @@ def steps(failed: list[dict[str, Any]], continued: list[dict[str, Any]], node: s
         step: StepJSON = {
             "node": str(a.get("node")),
             "kind": "",
-            "outcome": "failed",
+            "outcome": "moved" if reason.startswith(MOVED) else "failed",
             "reason": reason,
             "fault": a.get("kind"),
+            "request_caused": bool(a.get("request_caused")),
             "wait_ms": a.get("wait_ms"),
             "ms": a.get("ms"),
         }
@@ -72,12 +77,16 @@ def steps(failed: list[dict[str, Any]], continued: list[dict[str, Any]], node: s
     answered = continued[0]["from"] if continued else node
     if answered is not None:
         kind = "first" if previous is None else "retry" if answered == previous else "failover"
+        if any(isinstance(h, dict) and h.get("won") and h.get("node") == answered for h in hedged or ()):
+            kind = "hedge"
         rest = None if total_ms is None or any(s["ms"] is None for s in out) else round(max(total_ms - spent, 0), 1)
         out.append({"node": answered, "kind": kind, "outcome": "answered", "reason": None, "fault": None,
-                    "wait_ms": None, "ms": rest})  # fmt: skip
+                    "request_caused": False, "wait_ms": None,
+                    "ms": answer_ms if answer_ms is not None else rest})  # fmt: skip
     for c in continued:
         later.append({"node": str(c.get("to")), "kind": "continuation", "outcome": "answered",
-                      "reason": str(c.get("reason")), "fault": None, "wait_ms": None, "ms": None})  # fmt: skip
+                      "reason": str(c.get("reason")), "fault": None, "request_caused": False, "wait_ms": None,
+                      "ms": None})  # fmt: skip
     return out + later
 
 
@@ -85,6 +94,9 @@ def detail(record: Mapping[str, Any], source: Literal["recent", "journal"], bodi
     """A `request` event, or a journal row read as one, in detail."""
     failed = record.get("failed") or []
     continued = record.get("continued") or []
+    marks = record.get("marks") or marks_of(dict(record))  # a journal row has them, an event its fields
+    hedged = marks.get("hedged")
+    hedges = hedged if isinstance(hedged, list) else None
     return {
         "id": record["id"],
         "client_id": record.get("client_id"),
@@ -110,8 +122,8 @@ def detail(record: Mapping[str, Any], source: Literal["recent", "journal"], bodi
         "tokens_reasoning": record.get("tokens_reasoning"),
         "cost_usd": record.get("cost_usd"),
         "error": record["error"],
-        "steps": steps(failed, continued, record["node"], record["total_ms"]),
-        "marks": record.get("marks") or {},
+        "steps": steps(failed, continued, record["node"], record["total_ms"], record.get("answer_ms"), hedges),
+        "marks": marks,
         "bodies": bodies,
         "source": source,
     }
@@ -127,7 +139,12 @@ def as_event(row: sqlite3.Row) -> dict[str, Any]:
     """A journal row with its `detail` spread out as the event had it."""
     record = {name: row[name] for name in COLUMNS if name != "detail"}
     extra = json.loads(row["detail"]) if row["detail"] else {}
-    record.update(failed=extra.get("failed") or [], continued=extra.get("continued") or [], marks=extra.get("marks"))
+    record.update(
+        failed=extra.get("failed") or [],
+        continued=extra.get("continued") or [],
+        marks=extra.get("marks"),
+        answer_ms=extra.get("answer_ms"),
+    )
     return record
 
 

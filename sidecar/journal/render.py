@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sidecar.config.problems import one_line
+from sidecar.observe.display import mark_lines
 from sidecar.observe.shapes import RequestJSON
 
 from .reader import Group, StoredBodies
@@ -171,8 +172,7 @@ def show(d: RequestJSON, price_note: str | None = None) -> list[str]:
     lines.append(f"cost     {cost}" + (f"  ({price_note})" if price_note else ""))
     if d["error"]:
         lines.append(f"error    {one_line(d['error'])}")
-    if d["marks"]:
-        lines.append(f"marks    {one_line(', '.join(f'{k}={v}' for k, v in d['marks'].items()))}")
+    lines += [f"{label:<8} {one_line(words)}" for label, words in mark_lines(d["marks"])]
     lines.append("attempts:")
     if not d["steps"]:
         lines.append("  none (answered by the sidecar itself)")
@@ -180,6 +180,8 @@ def show(d: RequestJSON, price_note: str | None = None) -> list[str]:
         what = s["outcome"] if s["reason"] is None else f"{s['outcome']}: {one_line(s['reason'])}"
         if s["fault"]:
             what += f" [{s['fault']}]"
+        if s.get("request_caused"):
+            what += " (caused by the request)"
         took = f"  {dur(s['ms'])}" if s["ms"] is not None else ""
         wait = f", then waited {dur(s['wait_ms'])}" if s["wait_ms"] else ""
         lines.append(f"  {i}. {one_line(s['node'])}  {s['kind']}  {what}{took}{wait}")

@@ -1,10 +1,11 @@
 """The journal's tables, and how a `request` event becomes a row. Pure.
 
 One row per finished request. The columns are what `log`, `log stats` and budgets query; what a request met
-on the way (its failed attempts, continuations, and the marks later features add: hedged, moved, probe,
-translated, request-caused) is kept as the event has it, as JSON in `detail`, NULL for a request answered at
-its first attempt, so a new kind of mark needs no new column. `api_upstream` is the format sent upstream when
-the sidecar translated (NULL: the client's own). Bodies, when kept, are in their own table.
+on the way (its failed attempts, moved on or caused by the request among them, continuations, the answering
+attempt's own time, and marks: request-caused, hedges, translation, nodes skipped, the trace) is kept as the
+event has it, as JSON in `detail`, NULL for a plain request answered at its first attempt, so a new kind of mark
+needs no new column. `api_upstream` is the answering node's format when the sidecar translated (NULL: the
+client's own). Bodies, when kept, are in their own table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ FROM_EVENT = (
     "tokens_reasoning", "cost_usd", "error",
 )  # fmt: skip
 COLUMNS = (*FROM_EVENT, "sidecar", "api_upstream", "failovers", "detail")
+# The event's fields kept as marks when set: how the request caused its failure, its hedges, its translation
+# (the x-llm-sidecar-translated header) and the nodes passed over, the trace that recorded it.
+MARKS = ("request_caused", "hedged", "translated", "skipped", "trace_id", "span_id")
 
 DDL = (
     """CREATE TABLE IF NOT EXISTS requests (
@@ -44,7 +48,7 @@ DDL = (
         sidecar TEXT,                -- the listen address of the sidecar that wrote the row
         api_upstream TEXT,           -- the format sent upstream when it is not the client's (NULL: the same)
         failovers INTEGER,           -- moves from one node to another
-        detail TEXT                  -- JSON: {"failed": [...], "continued": [...], "marks": {...}}
+        detail TEXT                  -- JSON: {"failed": [...], "continued": [...], "marks": {...}, "answer_ms"}
     )""",
     """CREATE TABLE IF NOT EXISTS bodies (
         request INTEGER PRIMARY KEY, -- requests.rowid
@@ -101,14 +105,24 @@ def failovers(failed: list[dict[str, Any]], node: str | None) -> int:
 _FIELDS = itemgetter(*FROM_EVENT)
 
 
+def marks_of(e: dict[str, Any]) -> dict[str, Any]:
+    """The marks of a `request` event: MARKS that are set (the client's format with them when it was translated
+    or a node was skipped), over any `marks` it carries."""
+    marks = {name: value for name in MARKS if (value := e.get(name))}
+    if marks and ("translated" in marks or "skipped" in marks) and e.get("form"):
+        marks["form"] = e["form"]
+    extra = e.get("marks")
+    return {**extra, **marks} if extra else marks
+
+
 def row_of(e: dict[str, Any], sidecar: str) -> tuple[Any, ...]:
     """The row of one `request` event (called per request, in the writer thread: one C call for the event's
     fields, JSON only for a request that met something on the way)."""
     failed = e["failed"]
     continued = e["continued"]
-    marks = e.get("marks")
+    marks = marks_of(e)
     if not (failed or continued or marks):
         return (*_FIELDS(e), sidecar, e.get("api_upstream"), 0, None)
-    detail = json.dumps({"failed": failed, "continued": continued, "marks": marks or {}})
+    detail = json.dumps({"failed": failed, "continued": continued, "marks": marks, "answer_ms": e.get("answer_ms")})
     moves = failovers(failed, continued[0]["from"] if continued else e["node"])
     return (*_FIELDS(e), sidecar, e.get("api_upstream"), moves, detail)

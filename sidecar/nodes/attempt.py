@@ -23,7 +23,8 @@ from types import TracebackType
 from typing import Protocol
 
 from .held import Budget
-from .node import NodeState
+from .node import Blame, NodeState
+from .recovery import ProbeSpec
 from .transport import Request, Response, Transport, UpstreamError
 
 
@@ -49,7 +50,8 @@ class Owner(Protocol):
         trial: bool,
         started: float,
         model: str | None = None,
-    ) -> None: ...
+        spec: ProbeSpec | None = None,
+    ) -> Blame | None: ...
 
 
 class Attempt:
@@ -59,9 +61,17 @@ class Attempt:
     nothing can run between the balancer's offer of a trial and its taking.
     """
 
-    __slots__ = ("failure", "held", "model", "node", "response", "started", "trial", "upstream")
+    __slots__ = (
+        "blame", "ended", "failure", "held", "lost", "model", "node", "response", "spec", "started", "trial",
+        "upstream",
+    )  # fmt: skip
 
-    def __init__(self, upstream: Owner, node: NodeState, trial: bool, model: str | None = None) -> None:
+    def __init__(
+        self, upstream: Owner, node: NodeState, trial: bool, model: str | None = None, spec: ProbeSpec | None = None
+    ) -> None:
+        self.spec = spec  # what a recovery probe would repeat if this attempt's failure ejects the node
+        self.blame: Blame | None = None  # what its failure did to the node's health (set on exit)
+        self.lost = False  # a hedge's first token came first: no verdict, whatever else happened
         self.upstream = upstream
         self.node = node
         self.trial = trial
@@ -69,6 +79,7 @@ class Attempt:
         self.response: Response | None = None
         self.failure: UpstreamError | None = None
         self.started = 0.0
+        self.ended = 0.0  # when its outcome was recorded (the journal tells each attempt's own time)
         self.held = upstream.held.share()  # what the attempt holds of its answer (held.py)
 
     def __enter__(self) -> Attempt:
@@ -87,9 +98,15 @@ class Attempt:
         """Record a failure without raising (the relay already told the client)."""
         self.failure = error
 
+    def lose(self) -> None:
+        """Another attempt of the same request won the race to a first token (proxy/hedge.py)."""
+        self.lost = True
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         failure = exc if isinstance(exc, UpstreamError) else self.failure
-        if failure is not None:
+        if self.lost:
+            failure, outcome = None, Outcome.NEUTRAL
+        elif failure is not None:
             outcome = Outcome.FAILURE if failure.kind is not None else Outcome.NEUTRAL
         else:
             outcome = Outcome.SUCCESS if exc is None else Outcome.NEUTRAL
@@ -101,4 +118,5 @@ class Attempt:
                 response.close()  # the node stops generating what nobody will read
         self.held.give_back()
         self.node.stats.in_flight -= 1
-        self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model)
+        self.ended = self.upstream.clock()
+        self.blame = self.upstream.record(self.node, outcome, failure, self.trial, self.started, self.model, self.spec)

@@ -96,14 +96,26 @@ async def probe(upstream: Upstream, node: NodeState) -> None:
     upstream.events.note("probe", node=node.name, ok=kind is None, seconds=time.monotonic() - started)
 
 
-def found(node: NodeState) -> str:
-    """What start-up learnt of one node, for the log."""
-    if node.config.checks.active is None:
-        return f"{node.name}: no active checks, judged by its traffic"
+def found(node: NodeState, upstream: Upstream) -> str:
+    """What start-up learnt of one node, for the log. An unhealthy node still gets requests while no other
+    node of its format is usable (panic mode): said so, rather than promising it no traffic."""
+    checks = node.config.checks
+    if checks.active is None:
+        if checks.passive is None:
+            return f"{node.name}: no checks at all: nothing takes it out"
+        back = "recovery probes" if node.config.recovery == "probe" else "a trial request"
+        return f"{node.name}: no active checks, judged by its traffic (ejected after failures, back by {back})"
     probe = node.last_probe
     if probe is None:
         return f"{node.name}: no probe answer yet"
-    verdict = "ok" if node.health.active_healthy else "UNHEALTHY, no traffic until it answers"
+    now = upstream.clock()
+    others = [n for n in upstream.nodes if n is not node and n.config.api == node.config.api]
+    if node.health.active_healthy:
+        verdict = "ok"
+    elif any(n.health.available(now) for n in others):
+        verdict = "UNHEALTHY, no traffic until it answers (other nodes of its format serve)"
+    else:
+        verdict = "UNHEALTHY, but no other node of its format is usable: it gets requests anyway (panic mode)"
     return f"{node.name}: {verdict} ({probe['result']}, {probe['latency_ms']:.0f} ms)"
 
 
@@ -141,7 +153,7 @@ class ActiveChecker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(c.timeout for c in checks) + 1.0):
                     await asyncio.gather(*waits)
-        log.info("start-up found: %s", "; ".join(found(node) for node in upstream.nodes))
+        log.info("start-up found: %s", "; ".join(found(node, upstream) for node in upstream.nodes))
 
     async def _loop(self, upstream: Upstream, node: NodeState) -> None:
         check = node.config.checks.active

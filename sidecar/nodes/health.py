@@ -27,6 +27,8 @@ from enum import StrEnum
 from sidecar.config.schema import ActiveCheck, PassiveCheck
 from sidecar.observe.shapes import CountersJSON
 
+from .recovery import Recovery
+
 # A 429's Retry-After at least this long is the whole verdict: the node (or the model on it) is held that
 # long and nothing is counted, since many requests hitting one short limit at once must not eject it. A
 # shorter one ("Retry-After: 0", a few retry-after-ms) holds nothing (the next request comes after it), so
@@ -65,6 +67,18 @@ class Counters:
     http_failures: int = 0
     tcp_failures: int = 0
     timeouts: int = 0
+
+    def clear(self) -> None:
+        self.successes = self.http_failures = self.tcp_failures = self.timeouts = 0
+
+    def undo(self, kind: Failure) -> None:
+        """Take back one failure of `kind` (it was the request's, not the node's)."""
+        if kind is Failure.HTTP:
+            self.http_failures = max(0, self.http_failures - 1)
+        elif kind is Failure.TCP:
+            self.tcp_failures = max(0, self.tcp_failures - 1)
+        else:
+            self.timeouts = max(0, self.timeouts - 1)
 
     def success(self) -> None:
         self.successes += 1
@@ -114,6 +128,8 @@ class Health:
         self.ejections = 0
         self.restored_at = now
         self.trial_in_flight = False
+        # Ejected with recovery probes on (recovery.py): no user request is a trial; a probe ends it.
+        self.probing = False
         self.reason = "start"
         self.changed_at = now
         self.counters = {Source.ACTIVE: Counters(), Source.PASSIVE: Counters()}
@@ -141,6 +157,7 @@ class Health:
         """An ejected node whose ejection time has passed may take one trial request."""
         return (
             self.ejected_until is not None
+            and not self.probing
             and now >= self.ejected_until
             and not self.trial_in_flight
             and self.active_healthy
@@ -163,8 +180,19 @@ class Health:
         self.blocked_until = max(self.blocked_until, until)
 
     def set_manual(self, down: bool, now: float) -> Transition | None:
+        """`down`: drained by hand. Back to automatic (`node auto`) is "trust it now": every verdict
+        against the node is cleared (ejection, Retry-After hold, failure counts, a failed probe), and
+        the checks then judge it afresh, as at start."""
         before = self.state
         self.manual_down = down
+        if not down:
+            self.active_healthy = True
+            self.ejected_until = None
+            self.probing = False
+            self.blocked_until = 0.0  # a trial under way keeps its lease: its attempt gives it back
+            self.restored_at = now
+            for counters in self.counters.values():
+                counters.clear()
         return self._changed(before, "manual down" if down else "manual auto", now)
 
     def record_success(self, source: Source, now: float, reason: str = "ok", trial: bool = False) -> Transition | None:
@@ -182,6 +210,7 @@ class Health:
         if self.ejected_until is not None and self.passive is not None:
             if counters.successes >= self.passive.healthy_successes:
                 self.ejected_until = None
+                self.probing = False
                 self.restored_at = now
             else:
                 self.ejected_until = now  # more successes needed: the next trial may go now
@@ -213,6 +242,29 @@ class Health:
             self._eject(now)
         return self._changed(before, reason, now)
 
+    def recovered(self, now: float, reason: str) -> Transition | None:
+        """A recovery probe succeeded: the ejection ends at once (the node is judged afresh from here)."""
+        before = self.state
+        self.probing = False
+        if self.ejected_until is not None:
+            self.ejected_until = None
+            self.restored_at = now
+            self.counters[Source.PASSIVE].clear()
+        return self._changed(before, reason, now)
+
+    def take_back(self, kind: Failure, ejected_until: float | None, now: float, reason: str) -> Transition | None:
+        """Undo one passive failure: the request caused it (proxy/poison.py). If it began the ejection that
+        still stands (`ejected_until`), the ejection ends; else its count goes back."""
+        before = self.state
+        if ejected_until is not None and self.ejected_until == ejected_until:
+            self.ejected_until = None
+            self.probing = False
+            self.ejections = max(0, self.ejections - 1)
+            self.counters[Source.PASSIVE].clear()
+        else:
+            self.counters[Source.PASSIVE].undo(kind)
+        return self._changed(before, reason, now)
+
     def ejection_time(self) -> float:
         """How long the next ejection lasts."""
         assert self.passive is not None
@@ -241,16 +293,31 @@ class ModelHealth:
     model): out for a Retry-After, or ejected after failures of that model alone, back by its timer.
     The node's own health is untouched, so its other models keep flowing."""
 
-    __slots__ = ("ejections", "failures", "out_until", "reason")
+    __slots__ = ("ejections", "failures", "out_until", "reason", "recovery")
 
     def __init__(self) -> None:
         self.out_until = 0.0
         self.failures = 0
         self.ejections = 0
         self.reason = ""
+        self.recovery: Recovery | None = None  # out until a recovery probe succeeds (recovery.py)
 
     def available(self, now: float) -> bool:
-        return now >= self.out_until
+        return self.recovery is None and now >= self.out_until
+
+    def recovered(self) -> None:
+        self.recovery = None
+        self.out_until = 0.0
+        self.failures = 0
+
+    def take_back(self, ejected_until: float | None) -> bool:
+        """Undo one failure the request caused; True when that ends the ejection it began."""
+        if ejected_until is not None and self.out_until == ejected_until:
+            self.recovered()
+            self.ejections = max(0, self.ejections - 1)
+            return True
+        self.failures = max(0, self.failures - 1)
+        return False
 
     def rate_limited(self, until: float, now: float, cap: float) -> None:
         self.out_until = max(self.out_until, min(until, now + cap))
@@ -270,6 +337,7 @@ class ModelHealth:
     def succeeded(self) -> None:
         self.failures = 0
         self.ejections = 0
+        self.recovery = None  # a real answer of the model here: no probe needed any more
 
 
 class ModelStates:
@@ -310,5 +378,12 @@ class ModelStates:
         state = self.health.get(model)
         return state is None or state.available(now)
 
+    def clear(self) -> None:
+        """Forget every per-model verdict (the node is trusted again by hand)."""
+        self.health.clear()
+
     def out(self, now: float) -> list[tuple[str, ModelHealth]]:
         return [(m, s) for m, s in self.health.items() if not s.available(now)]
+
+    def probing(self) -> list[tuple[str, Recovery]]:
+        return [(m, s.recovery) for m, s in self.health.items() if s.recovery is not None]

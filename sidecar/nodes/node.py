@@ -13,7 +13,10 @@ from sidecar.formats.dialect import ANTHROPIC, ANTHROPIC_VERSION
 from sidecar.observe.shapes import ProbeJSON
 from sidecar.observe.stats import NodeStats
 
-from .health import Health, ModelStates
+from .health import Failure, Health, ModelStates
+from .recovery import Recovery
+from .ttft import FirstTokenHistory
+from .waiting import Waiting
 
 MODEL_STATES = 64  # per node: configured models and recent others; model names come from clients
 
@@ -32,6 +35,15 @@ class NodeState:
 
     # Per-model health, where a failure is one model's (see health.ModelHealth).
     models: ModelStates = field(default_factory=lambda: ModelStates(MODEL_STATES))
+    # Attempts that have sent nothing to their client yet: moved on when the node is judged out (waiting.py).
+    waiting: Waiting = field(default_factory=Waiting)
+    # Recent first tokens per model: the learned first-token limit (ttft.py).
+    first_tokens: FirstTokenHistory = field(default_factory=FirstTokenHistory)
+    # Out for failing real traffic and probed back (recovery.py); None when not.
+    recovery: Recovery | None = None
+    # When (upstream clock) an attempt last succeeded here: a node serving other requests is not blamed
+    # for a failure the request caused (proxy/poison.py).
+    last_ok: float = float("-inf")
 
     @property
     def name(self) -> str:
@@ -52,3 +64,15 @@ def auth_headers(node: Node) -> tuple[tuple[str, str], ...]:
     if node.api == ANTHROPIC:
         return (("x-api-key", node.api_key),)
     return (("Authorization", f"Bearer {node.api_key}"),)
+
+
+@dataclass(slots=True)
+class Blame:
+    """What one failure did to a node's health, so that it can be taken back when the request turns out
+    to have caused it (proxy/poison.py): counted against the node, or against `model` on it, and the
+    ejection it began, if it began one."""
+
+    node: NodeState
+    kind: Failure
+    model: str | None = None
+    ejected_until: float | None = None

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from sidecar import __version__
+from sidecar.config.envfile import Environment
 from sidecar.config.load import load, read_text
 from sidecar.config.problems import ConfigError
 from sidecar.config.schema import Config
@@ -93,7 +94,9 @@ class Runtime:
         """Switch to a new generation; the old one closes when its last request ends."""
         old = self.upstream
         transport = self.transport(config, self.send_watch)
-        new = Upstream(config, self.events, transport, old.nodes, self.clock, old.pins, old.held, self.budgets)
+        new = Upstream(
+            config, self.events, transport, old.nodes, self.clock, old.pins, old.held, old.owners, self.budgets
+        )
         self.upstream = new
         self.config = config
         self.config_loaded_at = time.time()
@@ -117,7 +120,8 @@ class Runtime:
         # from this one and loads it again (never the other way round, a change it would skip).
         self.config_digest = file_digest(path)
         try:
-            config = load(path)
+            # A variable missing here is missing from the environment the sidecar started with: its error says so.
+            config = load(path, Environment(os.environ, running=True))
         except ConfigError as exc:
             self.events.publish("config", ok=False, path=path, error=exc.to_dict())
             # One line whatever the file holds: the first problem, and how many more (`check` lists them).
@@ -131,6 +135,8 @@ class Runtime:
         later = [key for key in at_start.split() if getattr(was, key) != getattr(now, key)]
         if later:
             log.warning("reload: changes to [server] %s take effect on restart", ", ".join(later))
+        if self.config.telemetry != config.telemetry:
+            log.warning("reload: changes to [telemetry] take effect on restart")
         new = self.apply(config)
         self.events.publish("config", ok=True, path=config.path, nodes=[n.name for n in new.nodes])
         log.info("config reloaded from %s (%d nodes)", config.path, len(new.nodes))

@@ -49,6 +49,8 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         code: str | None = None,
         local: bool = False,
+        moved: bool = False,
+        quoted: str = "",
     ) -> None:
         super().__init__(reason)
         # None: no health verdict: the sidecar's own trouble (`local`, out of file descriptors), or a
@@ -61,6 +63,9 @@ class UpstreamError(Exception):
         self.body = body
         self.retry_after = retry_after
         self.code = code  # the client's error code when this is the last failure (default upstream_unavailable)
+        self.moved = moved  # no failure: the node was judged out while this attempt waited (nodes/waiting.py)
+        # The node's own words `reason` ends with, "(...)": a key is taken out of these, never of the sidecar's.
+        self.quoted = quoted
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from sidecar.config.schema import Config, PassiveCheck
 from sidecar.formats.dialect import APIS_SPOKEN, Api
+from sidecar.formats.translate.ir import FORMS
 from sidecar.observe.events import EventHub
 
 from .affinity import Pins
 from .attempt import Attempt, Outcome
 from .balancer import Balancer, Choice
 from .budget import Budgets
-from .health import MIN_RETRY_AFTER, Failure, Health, Source, State, Transition
+from .health import MIN_RETRY_AFTER, Failure, Health, ModelHealth, Source, State, Transition
 from .held import Budget
-from .node import NodeState, auth_headers
+from .node import Blame, NodeState, auth_headers
+from .owners import Owners
+from .recovery import ProbeSpec, Recovery
 from .transport import Transport, UpstreamError
 
 log = logging.getLogger("llm_sidecar")
@@ -45,6 +48,7 @@ class Upstream:
         clock: Callable[[], float] = time.monotonic,
         pins: Pins | None = None,
         held: Budget | None = None,
+        owners: Owners | None = None,
         budgets: Budgets | None = None,
     ) -> None:
         self.config = config
@@ -52,6 +56,7 @@ class Upstream:
         # One budget for the answers held by every generation's requests (held.py); a reload sets its limit.
         self.held = held if held is not None else Budget(config.upstream.max_held_bytes)
         self.held.limit = config.upstream.max_held_bytes
+        self.owners = owners if owners is not None else Owners()  # stateful ids -> the node that made them
         self.events = events
         self.transport = transport
         self.clock = clock
@@ -70,6 +75,9 @@ class Upstream:
                 state.stats = old.stats
                 state.upstream_models, state.upstream_models_at = old.upstream_models, old.upstream_models_at
                 state.last_probe = old.last_probe
+                state.waiting = old.waiting  # attempts of the old generation still wait on this node
+                state.first_tokens = old.first_tokens
+                state.recovery = old.recovery
             state.auth = auth_headers(node)
             self.nodes.append(state)
         self.by_name = {n.name: n for n in self.nodes}
@@ -81,6 +89,12 @@ class Upstream:
         # The nodes a request of each format must not go to: those speaking the other one.
         self.other_api: dict[Api, frozenset[int]] = {
             api: frozenset(i for i, n in enumerate(self.nodes) if n.config.api != api) for api in APIS_SPOKEN
+        }
+        # Per client format: the nodes that cannot take its requests, and those that take them translated.
+        targets = {form: [n.config.target(form) for n in self.nodes] for form in FORMS}
+        self.unable = {form: frozenset(i for i, t in enumerate(ts) if t is None) for form, ts in targets.items()}
+        self.translated = {
+            form: frozenset(i for i, t in enumerate(ts) if t not in (None, form)) for form, ts in targets.items()
         }
         # Affinity only matters where one level holds several nodes to spread over.
         ttl = config.upstream.affinity_ttl
@@ -97,9 +111,14 @@ class Upstream:
     async def close(self) -> None:
         await self.transport.aclose()
 
+    def spent(self) -> set[int]:
+        """The nodes out for their budget now (budget.py): never chosen (in panic mode neither), never probed,
+        never somewhere a waiting request could move on to."""
+        return self.budgets.excluded(self.index, time.time()) if self.budgets.nodes else set()
+
     def choose(self, tried: set[int], prefer: int | None = None) -> Choice | None:
-        if self.budgets.nodes:  # a node out for budget is never chosen, in panic mode neither
-            tried = tried | self.budgets.excluded(self.index, time.time())
+        if self.budgets.nodes:
+            tried = tried | self.spent()
         return self.balancer.choose(tried, self.clock(), prefer)
 
     def not_serving(self, model: str) -> frozenset[int]:
@@ -120,14 +139,15 @@ class Upstream:
             return None
         return self.balancer.plain[index] if health.healthy and not health.manual_down else None
 
-    def attempt(self, choice: Choice, model: str | None = None) -> Attempt:
-        return Attempt(self, self.nodes[choice.index], choice.trial, model)
+    def attempt(self, choice: Choice, model: str | None = None, spec: ProbeSpec | None = None) -> Attempt:
+        """`spec`: what a recovery probe would repeat, should this attempt's failure eject the node."""
+        return Attempt(self, self.nodes[choice.index], choice.trial, model, spec)
 
     def serving(self, api: Api | None = None) -> NodeState | None:
         """The node new requests go to now: of any format, or of `api`'s (a mixed config serves one of each)."""
         excluded = self.other_api[api] if api is not None else frozenset()
         if self.budgets.nodes:
-            excluded = excluded | self.budgets.excluded(self.index, time.time())
+            excluded = excluded | self.spent()
         index = self.balancer.serving(self.clock(), excluded)
         return None if index is None else self.nodes[index]
 
@@ -139,25 +159,31 @@ class Upstream:
         trial: bool,
         started: float,
         model: str | None = None,
-    ) -> None:
-        """The one place an attempt's outcome reaches health and figures."""
+        spec: ProbeSpec | None = None,
+    ) -> Blame | None:
+        """The one place an attempt's outcome reaches health and figures; what a failure was blamed for,
+        so that it can be taken back if the request turns out to have caused it."""
         now = self.clock()
         if outcome is not Outcome.NEUTRAL:  # an abandoned attempt says nothing of the node's speed
             node.stats.finished(now, now - started, outcome is Outcome.SUCCESS)
         if outcome is Outcome.SUCCESS:
             reason = "trial request ok" if trial else "ok"
             self._transition(node, node.health.record_success(Source.PASSIVE, now, reason, trial=trial))
+            if node.recovery is not None and node.health.ejected_until is None:
+                node.recovery = None  # a real success ended the ejection (panic mode, or a request sent before it)
             if model is not None:
                 node.models.ok(model, now)
-            return
+            node.last_ok = now
+            return None
         if outcome is Outcome.NEUTRAL or failure is None or failure.kind is None:
             if trial:
                 node.health.end_trial()
-            return
-        if model is not None and self._model_failure(node, model, failure, now):
+            return None
+        by_model = self._model_failure(node, model, failure, now, spec) if model is not None else False
+        if by_model is not False:
             if trial:
                 node.health.end_trial()
-            return
+            return by_model if isinstance(by_model, Blame) else None
         if failure.status == 429 and failure.retry_after is not None and failure.retry_after >= MIN_RETRY_AFTER:
             # The provider said when to come back: that wait is the whole verdict. Counting it as a
             # failure too would eject a node for a one-second limit that many requests hit at once.
@@ -165,13 +191,39 @@ class Upstream:
             if trial:
                 node.health.end_trial()
             node.health.block(now + failure.retry_after, now)
-            return
-        self._transition(node, node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial))
+            return None
+        transition = node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial)
+        ejected = transition is not None and transition.after == State.EJECTED
+        if ejected and spec is not None and node.config.recovery == "probe":
+            node.recovery = Recovery.start(spec, now, node.health.blocked_until)
+            node.health.probing = True
+        self._transition(node, transition)
+        if node.config.checks.passive is None:
+            return None  # nothing was counted
+        return Blame(node, failure.kind, None, node.health.ejected_until if ejected else None)
 
-    def _model_failure(self, node: NodeState, model: str, failure: UpstreamError, now: float) -> bool:
+    def take_back(self, blame: Blame, why: str) -> None:
+        """Undo what `blame` did: the request caused that failure, not the node (proxy/poison.py)."""
+        node = blame.node
+        if blame.model is not None:
+            state = node.models.health.get(blame.model)
+            if state is not None and state.take_back(blame.ejected_until):
+                log.info("node %s, model %s: back (%s)", node.name, blame.model, why)
+                self.events.publish(
+                    "health", node=node.name, model=blame.model, before="ejected", after="healthy", reason=why
+                )
+            return
+        self._transition(node, node.health.take_back(blame.kind, blame.ejected_until, self.clock(), why))
+        if node.recovery is not None and node.health.ejected_until is None:
+            node.recovery = None
+
+    def _model_failure(
+        self, node: NodeState, model: str, failure: UpstreamError, now: float, spec: ProbeSpec | None = None
+    ) -> Blame | bool:
         """Count a failure against (node, model) when it is the model's: a 429 always (providers limit
         per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
-        auth failures are the node's."""
+        auth failures are the node's. False: not the model's; a Blame when it was counted; True when
+        it only holds the model out (a rate limit's wait)."""
         passive = node.config.checks.passive
         if failure.status == 429:  # with passive checks off too: a rate limit is never a verdict on the node
             passive = passive or PassiveCheck()
@@ -179,9 +231,10 @@ class Upstream:
             if wait is not None and wait < MIN_RETRY_AFTER:  # holds nothing: counted, as a 5xx of the model is
                 state = node.models.get(model)
                 base, cap = passive.base_ejection_time, passive.max_ejection_time
-                if state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason):
-                    self._model_event(node, model, "ejected", failure.reason)
-                return True
+                ejected = state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason)
+                if ejected:
+                    self._model_ejected(node, model, state, failure.reason, spec, now)
+                return Blame(node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None)
             until = now + (wait if wait is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
             self._model_event(node, model, "rate limited", failure.reason)
@@ -191,13 +244,70 @@ class Upstream:
             return False
         threshold = passive.unhealthy_timeouts if failure.kind is Failure.TIMEOUT else passive.unhealthy_http_failures
         state = node.models.get(model)
-        if state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason):
-            self._model_event(node, model, "ejected", failure.reason)
-        return True
+        ejected = state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason)
+        if ejected:
+            self._model_ejected(node, model, state, failure.reason, spec, now)
+        return Blame(node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None)
+
+    def _model_ejected(
+        self, node: NodeState, model: str, state: ModelHealth, reason: str, spec: ProbeSpec | None, now: float
+    ) -> None:
+        if spec is not None and spec.model == model and node.config.recovery == "probe":
+            state.recovery = Recovery.start(spec, now)
+        self._model_event(node, model, "ejected", reason)
+
+    def probe_result(self, node: NodeState, model: str | None, ok: bool, reason: str) -> None:
+        """A recovery probe's result (prober.py): success ends the ejection of the node (`model` None) or
+        of the model on it at once; a failure schedules the next probe, later."""
+        now = self.clock()
+        node.stats.probed(ok)
+        if model is None:
+            recovery = node.recovery
+            if recovery is None:
+                return
+            if ok:
+                node.recovery = None
+                self._transition(node, node.health.recovered(now, f"recovered ({reason})"))
+            else:
+                recovery.failed(now, reason, node.health.blocked_until)
+            return
+        state = node.models.health.get(model)
+        if state is None or state.recovery is None:
+            return
+        if ok:
+            state.recovered()
+            log.info("node %s, model %s: recovered (%s)", node.name, model, reason)
+            self.events.publish(
+                "health", node=node.name, model=model, before="ejected", after="healthy", reason=f"recovered ({reason})"
+            )
+        else:
+            state.recovery.failed(now, reason)
 
     def _model_event(self, node: NodeState, model: str, after: str, reason: str) -> None:
         log.warning("node %s, model %s: %s (%s)", node.name, model, after, reason)
         self.events.publish("health", node=node.name, model=model, before="healthy", after=after, reason=reason)
+        if after == "ejected":
+            self.move_waiting(node, f"{node.name} {after} for {model} ({reason})", model)
+
+    def move_waiting(self, node: NodeState, why: str, model: str | None = None) -> None:
+        """The node (or `model` on it) is out: its waiting attempts go on to the next node now."""
+        moved = node.waiting.move(why, model)
+        if moved:
+            log.info("node %s: %d waiting request(s) moved on to other nodes (%s)", node.name, moved, why)
+
+    def usable_beyond(self, excluded: Collection[int], model: str | None) -> bool:
+        """Whether a node not in `excluded` could take the request now (not in panic): a waiting attempt
+        moves on only when it has somewhere to go. Reads health only: the balancer's wheel does not turn."""
+        now = self.clock()
+        out = self.models_out(model, now) if model is not None else None
+        spent = self.spent()
+        return any(
+            i not in excluded
+            and (out is None or i not in out)
+            and i not in spent
+            and (n.health.available(now) or n.health.trial_ready(now))
+            for i, n in enumerate(self.nodes)
+        )
 
     def models_out(self, model: str, now: float) -> set[int] | None:
         """Nodes where `model` itself is out (rate-limited or ejected) while the node may be fine; None
@@ -219,15 +329,17 @@ class Upstream:
     def set_manual(self, node: NodeState, down: bool) -> bool:
         """A change by hand: routine, so logged at INFO in plain words; published as any health change."""
         transition = node.health.set_manual(down, self.clock())
+        if not down:
+            node.models.clear()  # its per-model holds and probes too: trusted means trusted
+            node.recovery = None
         self.events.publish("manual", node=node.name, manual="down" if down else "auto")
         if transition is None:
             return False
         if down:
             log.info("node %s: taken out of rotation by hand (was %s)", node.name, transition.before)
         else:
-            log.info(
-                "node %s: back to automatic health checks (was manually down), now %s", node.name, transition.after
-            )
+            was = "manually down" if transition.before == State.DOWN else transition.before
+            log.info("node %s: back to automatic health checks (was %s), now %s", node.name, was, transition.after)
         self._publish(node, transition)
         return True
 
@@ -246,3 +358,5 @@ class Upstream:
             after=str(transition.after),
             reason=transition.reason,
         )
+        if transition.after != State.HEALTHY:
+            self.move_waiting(node, f"{node.name} {transition.after} ({transition.reason})")

@@ -57,6 +57,8 @@ class TrafficJSON(TypedDict):
     tokens_cached: int
     retries: int
     continuations: int
+    probes: int  # recovery probes sent to the node (each a tiny real request: it costs tokens)
+    probes_failed: int
 
 
 class ModelStateJSON(TypedDict):
@@ -66,6 +68,7 @@ class ModelStateJSON(TypedDict):
     state: Literal["rate limited", "ejected"]
     reason: str
     until: float | None
+    instead: NotRequired[str | None]  # the node requests for this model go to meanwhile (None: none is left)
 
 
 class NodeJSON(TypedDict):
@@ -84,6 +87,9 @@ class NodeJSON(TypedDict):
     passive: PassiveJSON
     traffic: TrafficJSON
     models: list[ModelStateJSON]
+    # The first-token limit in force per model seen ("" for requests naming none), in seconds: learned from
+    # the model's own recent first tokens on this node, between timeout.first_token_min and first_token.
+    first_token_limits: dict[str, float]
     # While the node is out for budget: which budget, what was spent, when it resets (newer sidecars).
     budget: NotRequired[str | None]
 
@@ -187,12 +193,13 @@ class StepJSON(TypedDict):
     """One attempt of a request, as the journal and GET /v1/requests/{id} show it."""
 
     node: str
-    kind: str  # first | retry (the same node again) | failover (another node) | continuation
-    outcome: str  # failed | answered
+    kind: str  # first | retry (the same node again) | failover (another node) | hedge (won) | continuation
+    outcome: str  # failed | moved (its node was judged out while it waited: no verdict) | answered
     reason: str | None  # what the attempt met (failed), what broke the stream (a continuation)
     fault: str | None  # http | tcp | timeout, for a failure that counts against the node
+    request_caused: bool  # the request caused that failure (no node blamed: docs/failover.md)
     wait_ms: float | None  # waited after it, before the next attempt
-    ms: float | None  # the attempt's own time (the answering one: the rest of the request)
+    ms: float | None  # the attempt's own time
 
 
 class RequestJSON(TypedDict):
@@ -223,6 +230,6 @@ class RequestJSON(TypedDict):
     cost_usd: float | None
     error: str | None
     steps: list[StepJSON]
-    marks: dict[str, object]  # what later features mark a request with (hedged, moved, ...)
+    marks: dict[str, object]  # request_caused, hedged, translated, form, skipped, trace_id, span_id (when set)
     bodies: bool  # the journal holds its bodies (`llm-sidecar log show`, `replay`)
     source: Literal["recent", "journal"]  # the sidecar's memory of its last events, or the journal's file

@@ -31,8 +31,15 @@ class NodeStats:
     tokens_cached: int = 0
     retries: int = 0  # same-node retries the retry policy made here (after a 5xx, a reset, a short Retry-After)
     continuations: int = 0  # broken streams this node went on with
+    probes: int = 0  # recovery probes sent (nodes/recovery.py): each one a real, if tiny, request
+    probes_failed: int = 0
     # (finished at, seconds, ok) of recent attempts on this node
     window: deque[tuple[float, float, bool]] = field(default_factory=deque)
+
+    def probed(self, ok: bool) -> None:
+        self.probes += 1
+        if not ok:
+            self.probes_failed += 1
 
     def finished(self, now: float, seconds: float, ok: bool) -> None:
         self.requests += 1
@@ -73,4 +80,6 @@ class NodeStats:
             "tokens_cached": self.tokens_cached,
             "retries": self.retries,
             "continuations": self.continuations,
+            "probes": self.probes,
+            "probes_failed": self.probes_failed,
         }

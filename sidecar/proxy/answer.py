@@ -211,13 +211,15 @@ async def first_bytes(
         return await first_event(response, first_event_within)
     is_json = media == "application/json" or media.endswith("+json")
     if json_api and not is_json and media and 200 <= status < 300:
-        raise UpstreamError(Failure.HTTP, f"bad content-type ({printable(media)})")
+        quoted = printable(media)
+        raise UpstreamError(Failure.HTTP, f"bad content-type ({quoted})", quoted=quoted)
     if is_json or (json_api and not media):
         length = response.header("content-length")
         if not (length and length.isdigit() and int(length) > max_bytes):
             ready = await whole(response, max_bytes, held)
             if ready.kind is Body.WHOLE and json_api and 200 <= status < 300 and ERROR_IN_200.match(ready.body):
-                raise UpstreamError(Failure.HTTP, f"error in a {status} answer ({error_text(ready.body)})")
+                quoted = error_text(ready.body)
+                raise UpstreamError(Failure.HTTP, f"error in a {status} answer ({quoted})", quoted=quoted)
             return ready
     # Nothing in it needs inspecting: hand it on as it comes, holding nothing.
     data = await response.chunk()
@@ -271,7 +273,8 @@ async def first_event(response: Response, within: float = math.inf) -> Ready:
             if signal is Signal.TOKEN:
                 return Ready(response, Body.EVENTS, bytes(held), first_byte, now())
             if signal is Signal.ERROR:
-                raise UpstreamError(Failure.HTTP, f"error event before any token ({error_text(data)})")
+                quoted = error_text(data)
+                raise UpstreamError(Failure.HTTP, f"error event before any token ({quoted})", quoted=quoted)
             if signal is Signal.MALFORMED:
                 raise UpstreamError(Failure.HTTP, "malformed event before any token")
         if len(held) > SSE_HOLD_LIMIT:

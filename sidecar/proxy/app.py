@@ -22,16 +22,21 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from sidecar import metrics
-from sidecar.formats.dialect import VERSION_HEADER, api_of, stream_error
+from sidecar.formats.dialect import ANTHROPIC, OPENAI, VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
+from sidecar.formats.translate.ir import form_of
 from sidecar.nodes.runtime import Runtime
 from sidecar.nodes.upstream import Upstream
+from sidecar.telemetry.context import Tracing
 
+from . import estimate
 from . import models as catalog
 from .capture import Capture
 from .exchange import MODEL_RE, STREAM_RE, Exchange
 from .forward import forward
+from .hedge import HedgeBudget
 from .interrupt import Interrupt, Reason
+from .poison import Suspects
 
 access_log = logging.getLogger("llm_sidecar.access")
 log = logging.getLogger("llm_sidecar")
@@ -63,6 +68,7 @@ NOT_HEADERS = frozenset({b"", b"close", b"keep-alive"})  # Connection tokens nam
 URL_CACHE_SIZE = 1024
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
+DOUBLED_V1 = "/v1/v1/"  # a base URL with /v1 under a client that adds /v1: no API has this path
 
 
 class ClientGone(Exception):
@@ -136,13 +142,16 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
 
 
 class ProxyApp:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, tracing: Tracing | None = None) -> None:
         self.runtime = runtime
+        self.tracing = tracing  # None with traces off
         # Request ids: a random per-process prefix and a counter (no syscall per request).
         self.id_prefix = secrets.token_hex(4)
         self.id_counter = itertools.count(1)
         self.urls: dict[tuple[str, str], URL] = {}
         self.inflight: set[Interrupt] = set()
+        self.suspects = Suspects()  # request fingerprints found to cause their own failures (poison.py)
+        self.hedges = HedgeBudget()  # hedged first tokens over the last minute (hedge.py)
         self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (sidecar/metrics.py)
 
     def next_id(self) -> str:
@@ -278,7 +287,14 @@ class ProxyApp:
             started=time.monotonic(),
             api=api,
             client_id=client_id,
+            form=form_of(scope["method"], path, api == OPENAI),
         )
+        if self.tracing is not None:
+            ex.trace = self.tracing.begin(scope["headers"], ex.started, body)
+        if path.startswith(DOUBLED_V1):
+            await self.doubled_v1(send, ex, rid_header, anthropic_client)
+            self.finish(ex)  # logged and shown: Claude Code itself shows only a generic 404 message
+            return
         interrupt = Interrupt(send)
         interrupt.watch(receive, scope)
         self.inflight.add(interrupt)
@@ -294,7 +310,16 @@ class ProxyApp:
             drop = request_drop(connection)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in drop]
             headers.append(("X-Request-Id", ex.rid))
-            await forward(upstream, scope, capture or interrupt.send, body, ex, headers, self.url, interrupt.task)
+            counted = estimate.here(upstream, ex)  # a count no node of its format can give (estimate.py)
+            reply: Send = capture or interrupt.send
+            if counted is not None:
+                await estimate.answer(reply, ex, counted, body)
+            else:
+                if ex.trace is not None:
+                    reply = ex.trace.watch(reply)
+                await forward(
+                    upstream, scope, reply, body, ex, headers, self.url, interrupt.task, self.suspects, self.hedges
+                )
         except asyncio.CancelledError:
             if interrupt.reason is None or interrupt.task is None:
                 raise  # not ours to handle
@@ -316,6 +341,22 @@ class ProxyApp:
             interrupt.close()
             self.inflight.discard(interrupt)
             self.finish(ex, capture)
+
+    async def doubled_v1(self, send: Send, ex: Exchange, rid_header: tuple[bytes, bytes], anthropic: bool) -> None:
+        """A base URL that ends in /v1 under a client that adds /v1 itself (Anthropic's SDKs and Claude Code
+        do; an OpenAI client given .../v1/v1): answered here, saying which base URL to set, rather than sent on
+        for the provider's bare 404."""
+        ex.api = api_of(ex.path[len("/v1") :], anthropic)
+        base = f"http://{self.runtime.config.server.listen}"
+        if ex.api == ANTHROPIC:
+            fix = f"set ANTHROPIC_BASE_URL (or the SDK's base_url) to {base}, without /v1: the client adds it"
+        else:
+            fix = f"set OPENAI_BASE_URL (or the SDK's base_url) to {base}/v1, with /v1 once"
+        ex.status, ex.error = 404, "the client's base URL ends in /v1 and it added /v1 again"
+        await send_error(
+            send, 404, f"unknown path {ex.path[:200]!r}: {ex.error}; {fix}", "invalid_request_error", "wrong_base_url",
+            [rid_header], ex.api,
+        )  # fmt: skip
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         """The request carries the sidecar's own key (bearer or x-api-key), or none is set."""
@@ -370,6 +411,8 @@ class ProxyApp:
 
     def finish(self, ex: Exchange, capture: Capture | None = None) -> None:
         record = ex.record(time.monotonic())
+        if ex.trace is not None:
+            ex.trace.end(record)  # it names the trace (trace_id, span_id): the journal keeps them too
         if capture is None:
             self.runtime.events.emit(record)
         else:  # the recorder, observing the event, takes the bodies from the desk (observe/record.py)
@@ -384,10 +427,14 @@ class ProxyApp:
 
 
 async def refuse_over_budget(upstream: Upstream, ex: Exchange, send: Send) -> bool:
-    """429 in the client's format when the sidecar's budget is spent, or every node of the request's format
-    is out for its own; True when it answered."""
+    """429 in the client's format when the sidecar's budget is spent, or every node that takes the request's
+    format (natively or translated) is out for its own; True when it answered."""
     now = time.time()
-    out = upstream.budgets.refusal([n.name for n in upstream.nodes if n.config.api == ex.api], now)
+    if ex.form is not None:  # the nodes that take its format, natively or translated
+        names = [n.name for i, n in enumerate(upstream.nodes) if i not in upstream.unable[ex.form]]
+    else:
+        names = [n.name for n in upstream.nodes if n.config.api == ex.api]
+    out = upstream.budgets.refusal(names, now)
     if out is None:
         return False
     ex.status, ex.error = 429, out.message(now)

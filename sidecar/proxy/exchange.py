@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.formats.dialect import ANTHROPIC, COUNT, OPENAI, AnthropicUsage, Api, count_of
+from sidecar.formats.translate.ir import Form
 from sidecar.nodes.node import NodeState
+from sidecar.telemetry.context import Trace
 
 # Cheap peeks at the body, for the log only; the body is parsed only to rewrite it.
 MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
@@ -52,6 +54,19 @@ class Exchange:
     client_id: str | None = None  # the client's X-Request-Id, when it sent one (then also `rid`)
     error: str | None = None
     usage: AnthropicUsage | None = None  # an Anthropic answer's counts, gathered from its events
+    request_caused: str | None = None  # how the request failed on every node it caused to fail (proxy/poison.py)
+    hedged: list[dict[str, Any]] = field(default_factory=list)  # hedges: node, over (the node hedged), after_ms, won
+    trace: Trace | None = None  # with traces on (sidecar/telemetry/)
+    form: Form | None = None  # the format of a request that may be translated (formats/translate)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # nodes not asked: node, reason
+    translated: str | None = None  # the answer's x-llm-sidecar-translated header, when it was translated
+    api_upstream: Api | None = None  # the answering node's format, when not the client's (translated)
+    answer_ms: float | None = None  # the answering attempt's own time (the journal's last step)
+
+    @property
+    def trailing(self) -> bool:
+        """Something for the x-llm-sidecar-trail header: a failed attempt or a node passed over."""
+        return bool(self.attempts or self.skipped)
 
     def record(self, now: float) -> dict[str, Any]:
         """The `request` event (the event hub adds `seq` and `time`)."""
@@ -82,15 +97,24 @@ class Exchange:
             "tokens_cache_write": self.tokens_cache_write,
             "tokens_reasoning": self.tokens_reasoning,
             "error": self.error,
+            "request_caused": self.request_caused,
+            "hedged": self.hedged,
+            "form": self.form,
+            "skipped": self.skipped,
+            "translated": self.translated,
+            "api_upstream": self.api_upstream,
+            "answer_ms": self.answer_ms,
         }
 
 
 def trail(ex: Exchange) -> bytes:
     """The `x-llm-sidecar-trail` header: each failed attempt, its reason and the wait after it."""
-    steps = []
+    steps = [f"{s['node']}: skipped ({s['reason']})" for s in ex.skipped]
     for a in ex.attempts:
         wait = a.get("wait_ms")
         steps.append(f"{a['node']}: {a['reason']}" + (f", waited {wait} ms" if wait is not None else ""))
+    if ex.request_caused is not None:
+        steps.append("request-caused: the same failure on nodes that serve other requests; no node blamed")
     return "; ".join(steps).encode("ascii", "replace")
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 from yarl import URL
 
+from sidecar.config.schema import Hedge as HedgeConfig
 from sidecar.formats.dialect import ANTHROPIC, ANTHROPIC_VERSION, NAMES, VERSION_HEADER
 from sidecar.formats.errors import Send, send_error
 from sidecar.nodes.affinity import SESSION_HEADER, conversation_key
@@ -24,15 +27,21 @@ from sidecar.nodes.attempt import Attempt
 from sidecar.nodes.balancer import Choice
 from sidecar.nodes.health import Failure
 from sidecar.nodes.node import NodeState
+from sidecar.nodes.recovery import ProbeSpec
 from sidecar.nodes.transport import Request, UpstreamError
 from sidecar.nodes.upstream import Upstream
 
 from .answer import Body, Ready, first_bytes, is_json_api
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
 from .exchange import BadBody, BodyRewriter, Exchange, dump
-from .redact import redact, redact_headers, redact_text
+from .hedge import HEDGED_PATHS, Hedge, HedgeBudget, race
+from .poison import SERVING_WITHIN, Culprit, Suspects, fingerprint
+from .redact import redact, redact_headers, redact_quote
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
+from .sticky import remember
+from .transcode import relay_translated
+from .translation import Adapter, Prepared, prepare, refuse
 
 log = logging.getLogger("llm_sidecar")
 
@@ -50,10 +59,12 @@ class Route(NamedTuple):
     prefer: int | None = None
 
 
-def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange) -> Route:
+def route_of(
+    upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, ex: Exchange, prepared: Prepared | None = None
+) -> Route:
     """The body is parsed only when a `models` table routes or a pin may apply. A body that does not parse
     still goes, byte for byte, to nodes that need no rewrite (one that does answers 400 then)."""
-    format_skip = upstream.other_api[ex.api]
+    format_skip = upstream.other_api[ex.api] if prepared is None else prepared.skip
     if not upstream.routes and upstream.pins is None:
         return Route(ex.model, format_skip)
     model = ex.model
@@ -76,6 +87,10 @@ def route_of(upstream: Upstream, scope: dict[str, Any], rewriter: BodyRewriter, 
 NO_ROUTE = Route()
 
 
+def never() -> bool:
+    return False
+
+
 @dataclass(slots=True)
 class Trip:
     """What every attempt of one request shares."""
@@ -89,16 +104,34 @@ class Trip:
     url: Callable[[str, str], URL]
     task: asyncio.Task[Any] | None
     route: Route = NO_ROUTE
+    translate: Prepared | None = None  # what translated attempts need (translation.py); None: no node translates
+
+    def serving(self, index: int) -> bool:
+        """Whether node `index` answered another request lately (so a failure here may be the request's)."""
+        return self.upstream.clock() - self.upstream.nodes[index].last_ok <= SERVING_WITHIN
+
+    def fingerprint(self) -> str:
+        try:
+            parsed = self.rewriter.parse()
+        except BadBody:
+            parsed = None
+        return fingerprint(self.ex.path, self.rewriter.body, parsed)
 
     def request(self, node: NodeState, body: bytes) -> Request:
         headers = [*self.headers, *node.auth] if node.auth else self.headers
+        if self.ex.trace is not None:  # the node is told the attempt's span (sidecar/telemetry/context.py)
+            headers = self.ex.trace.attempt(node.config, headers, self.ex)
         return Request(self.ex.method, self.url(node.config.url, self.suffix), headers, body, self.task)
 
-    async def first(self, attempt: Attempt, request: Request) -> Ready:
-        """Send, and wait for what may go to the client: a stream's first token within `first_token`.
+    async def first(self, attempt: Attempt, request: Request, can_move: Callable[[], bool] = never) -> Ready:
+        """Send, and wait for what may go to the client: a stream's first token within its (node, model)'s
+        first-token limit (learned: nodes/ttft.py), a non-stream answer whole.
 
-        A node's error answer may quote the key it was sent ("invalid x-api-key sk-..."): it is taken out
-        before a failure can reach the client, the log or the monitor (the relay redacts the answers it sends)."""
+        Until then the attempt waits on the node (nodes/waiting.py): if the node is judged out meanwhile
+        and `can_move` says the request has somewhere else to go, the wait ends at once with a `moved`
+        error (no verdict on the node). A node's error answer may quote the key it was sent ("invalid
+        x-api-key sk-..."): it is taken out before a failure can reach the client, the log or the monitor
+        (the relay redacts the answers it sends)."""
         node = attempt.node
         config = self.upstream.config.upstream
         statuses = node.config.checks.retry_statuses
@@ -106,22 +139,38 @@ class Trip:
         json_api = is_json_api(self.ex.path)
         timeouts = node.config.timeout
         key = node.config.api_key
+        stream = self.ex.stream
+        history = node.first_tokens.get(self.route.model) if stream else None
+        within = (
+            history.limit(self.upstream.clock(), timeouts.first_token, timeouts.first_token_min) if history else None
+        )
+        sent = time.monotonic()
         try:
-            if not self.ex.stream:
-                # A GET may ask for a stream in its query (/v1/responses/{id}?stream=true); a POST asks in its body.
-                may_stream = self.ex.method != "POST"
-                response = await attempt.send(request)
-                ready = await first_bytes(response, statuses, limit, attempt.held, json_api, timeouts.read, may_stream)
-            else:
-                try:
-                    async with asyncio.timeout(timeouts.first_token):
-                        ready = await first_bytes(await attempt.send(request), statuses, limit, attempt.held, json_api)
-                except TimeoutError:
-                    raise UpstreamError(Failure.TIMEOUT, f"no first token in {timeouts.first_token:g}s") from None
+            try:
+                async with asyncio.timeout(within) as scope:
+                    with node.waiting.waiter(scope, self.route.model, can_move) as waiter:
+                        response = await attempt.send(request)
+                        if stream:
+                            ready = await first_bytes(response, statuses, limit, attempt.held, json_api)
+                        else:
+                            # A GET may ask for a stream in its query (/v1/responses/{id}?stream=true); a POST in its body.
+                            may_stream = self.ex.method != "POST"
+                            ready = await first_bytes(
+                                response, statuses, limit, attempt.held, json_api, timeouts.read, may_stream
+                            )
+            except TimeoutError:
+                if waiter.reason is not None:
+                    raise UpstreamError(None, f"moved on: {waiter.reason}", moved=True) from None
+                assert history is not None and within is not None  # only a stream's wait has a limit
+                history.timed_out(within, timeouts.first_token)
+                learned = " (learned)" if within < timeouts.first_token else ""
+                raise UpstreamError(Failure.TIMEOUT, f"no first token in {within:g}s{learned}") from None
         except UpstreamError as exc:
-            exc.body, exc.reason = redact(exc.body, key), redact_text(exc.reason, key)
+            exc.body, exc.reason = redact(exc.body, key), redact_quote(exc.reason, exc.quoted, key)
             exc.headers = redact_headers(exc.headers, key)
             raise
+        if history is not None and ready.first_token is not None:
+            history.observe(self.upstream.clock(), ready.first_token - sent)
         return ready
 
 
@@ -134,8 +183,11 @@ async def forward(
     headers: list[tuple[str, str]],
     url: Callable[[str, str], URL],
     task: asyncio.Task[Any] | None = None,
+    suspects: Suspects | None = None,
+    hedges: HedgeBudget | None = None,
 ) -> None:
-    """Try nodes until one answers, the retry plan gives up, or the client leaves."""
+    """Try nodes until one answers, the retry plan gives up, the request turns out to cause its own
+    failures (`suspects`: fingerprints found so lately, see poison.py), or the client leaves."""
     config = upstream.config.upstream
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     query: bytes = scope["query_string"]
@@ -151,79 +203,221 @@ async def forward(
         retry_timeout=config.retry_timeout,
         retries=config.retries,
     )
-    trip.route = route = route_of(upstream, scope, trip.rewriter, ex)
+    trip.translate = prepare(upstream, trip.rewriter, ex)
+    trip.route = route = route_of(upstream, scope, trip.rewriter, ex, trip.translate)
     if route.skip and len(route.skip) == len(upstream.nodes):
-        if len(upstream.other_api[ex.api]) == len(upstream.nodes):
+        if trip.translate is not None and trip.translate.covers(len(upstream.nodes)):
+            await refuse(send, ex, trip.translate)
+        elif len(upstream.other_api[ex.api]) == len(upstream.nodes):
             await no_node_speaks(send, ex)
         else:
             await not_served(send, ex, route.model, upstream.served)
         return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
+    spec = ProbeSpec.of(ex.path, route.model, ex.stream)  # what a recovery probe would repeat
+    culprit = Culprit(suspects if suspects is not None else Suspects())
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
-    same: int | None = None
-    while not plan.exhausted:
-        choice = upstream.again(same) if same is not None else None
-        same = None
-        if choice is None:
-            now = upstream.clock()
-            excluded = plan.excluded(now) | route.skip
-            out = upstream.models_out(route.model, now) if route.model is not None else None
-            choice = upstream.choose(excluded | out if out else excluded, route.prefer)
-            if choice is None and out:  # the model is out on every node left: try anyway, as in panic
-                choice = upstream.choose(excluded, route.prefer)
-        if choice is None:
-            wait = plan.round_wait(upstream.clock())
-            if wait is None:
-                break
-            if ex.attempts:  # added up: a round may wait twice after one failure
-                ex.attempts[-1]["wait_ms"] = ex.attempts[-1].get("wait_ms", 0) + round(wait * 1000)
-            await asyncio.sleep(wait)
-            continue
-        node = upstream.nodes[choice.index]
-        try:
-            request = trip.request(node, trip.rewriter.for_node(node))
-            transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
-        except BadBody as exc:
-            await bad_body(send, ex, exc)
-            return
-        began = upstream.clock()
-        plan.start(choice.index, began)
-        try:
-            with upstream.attempt(choice, route.model) as attempt:
-                ready = await trip.first(attempt, request)
-                broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
-            if broken is not None and transcript is not None:
-                await carry_on(trip, choice.index, broken, transcript)
-            node.stats.tokens_in += ex.tokens_in or 0
-            node.stats.tokens_out += ex.tokens_out or 0
-            node.stats.tokens_cached += ex.tokens_cached or 0
-            if route.key is not None and upstream.pins is not None and ex.status < 500:
-                upstream.pins.pin(route.key, ex.node or node.name, upstream.clock())
-            return
-        except UpstreamError as exc:
-            if exc.local:  # the sidecar's own trouble: another node would fare no better
-                ex.status, ex.error = 503, exc.reason
-                log.error("request %s: %s", ex.rid, exc.reason)
-                await send_error(
-                    send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
-                    "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
-                )  # fmt: skip
-                return
-            ms = round((upstream.clock() - began) * 1000, 1)  # the attempt's own time, for the journal
-            ex.attempts.append({"node": node.name, "reason": exc.reason, "kind": exc.kind, "ms": ms})
-            if exc.kind is None and exc.status and refusal is None:
-                refusal = exc
-            last = exc
-            decision = plan.failed(choice.index, fault_of(exc), exc.retry_after, upstream.clock())
-            if decision.same and upstream.again(choice.index) is not None:  # not ejected by this failure
+    same: int | None = None  # the node a same-node retry goes to next, after `same_wait` seconds
+    same_wait = 0.0
+    racing: list[Hedge] = []  # a hedge still racing after the attempt it hedged failed
+    hedging = hedges is not None and config.hedge is not None and ex.stream and ex.path in HEDGED_PATHS
+    if hedging:
+        assert hedges is not None
+        hedges.counted(upstream.clock())
+
+    def failed(exc: UpstreamError, index: int, attempt: Attempt) -> str | None:
+        """Account one failed attempt (normal, hedge or moved on); the way the request caused it, when it
+        did (then stop)."""
+        nonlocal last, refusal, same, same_wait
+        ms = round((attempt.ended - attempt.started) * 1000, 1)  # the attempt's own time, for the journal
+        ex.attempts.append({"node": upstream.nodes[index].name, "reason": exc.reason, "kind": exc.kind, "ms": ms})
+        blame = attempt.blame
+        if exc.kind is None and exc.status and refusal is None:
+            refusal = exc
+        last = exc
+        now = upstream.clock()
+        caused = culprit.failed(index, exc, blame, ex.attempts[-1], trip.serving, trip.fingerprint, now)
+        if caused is None:
+            decision = plan.failed(index, fault_of(exc), exc.retry_after, now)
+            if decision.same and not racing and upstream.again(index) is not None:  # not ejected by this failure
                 ex.attempts[-1]["wait_ms"] = round(decision.wait * 1000)
-                await asyncio.sleep(decision.wait)
-                node.stats.retries += 1
-                same = choice.index
+                same, same_wait = index, decision.wait
+        return caused
+
+    def elsewhere(tried: int) -> Callable[[], bool]:
+        """Whether the request could go on to another node now (so its wait on `tried` may be ended)."""
+        return lambda: upstream.usable_beyond(plan.excluded(upstream.clock()) | route.skip | {tried}, route.model)
+
+    def hedge_for(index: int) -> Hedge | None:
+        """A second attempt on the next usable node serving the model, within the budget; None if none."""
+        assert hedges is not None and config.hedge is not None
+        now = upstream.clock()
+        excluded = plan.excluded(now) | route.skip | {index}
+        out = upstream.models_out(route.model, now) if route.model is not None else None
+        choice = upstream.choose(excluded | out if out else excluded)
+        if choice is None or choice.panic or not hedges.allows(config.hedge.budget, now):
+            return None
+        hedges.spent(now)
+        plan.start(choice.index, now)
+        node = upstream.nodes[choice.index]
+        if trip.translate is not None and trip.translate.adapter(choice.index, node, upstream.owners) is not None:
+            return None  # a hedge goes only where the request needs no translation
+        request = trip.request(node, trip.rewriter.for_node(node))
+        first = elsewhere(choice.index)
+        ex.hedged.append({"node": node.name, "over": upstream.nodes[index].name, "won": False})
+        return Hedge(
+            choice,
+            lambda attempt: trip.first(attempt, request, first),
+            upstream.attempt(choice, route.model, spec),
+            ex.hedged[-1],
+        )
+
+    async def serve(
+        attempt: Attempt, ready: Ready, index: int, transcript: Transcript | None, adapter: Adapter | None = None
+    ) -> None:
+        """Relay the winner's answer (translated for the client, with an adapter), continue it if it breaks,
+        and note what it served."""
+        node = attempt.node
+        broken = None
+        try:
+            if adapter is not None:
+                ex.translated = adapter.header().decode("ascii")  # for the journal, as the client was told
+                ex.api_upstream = node.config.api if node.config.api != ex.api else None
+                await relay_translated(send, attempt, ready, ex, plan.attempts, adapter)
+            else:
+                remember(upstream, ex, node.name, ready)  # the ids it made stick to it (sticky.py)
+                broken = await relay(send, attempt, ready, ex, plan.attempts, transcript)
+        finally:  # the answering attempt's own time, for the journal (a hedge began after the request did)
+            ex.answer_ms = round((upstream.clock() - attempt.started) * 1000, 1)
+        if broken is not None and transcript is not None:
+            await carry_on(trip, index, broken, transcript)
+        node.stats.tokens_in += ex.tokens_in or 0
+        node.stats.tokens_out += ex.tokens_out or 0
+        node.stats.tokens_cached += ex.tokens_cached or 0
+        if route.key is not None and upstream.pins is not None and ex.status < 500:
+            upstream.pins.pin(route.key, ex.node or node.name, upstream.clock())
+
+    try:
+        while not plan.exhausted or racing:
+            if racing:  # the attempt a hedge raced failed: the hedge goes on alone
+                alone = racing.pop()
+                await alone.settled.wait()
+                if alone.ready is not None:
+                    alone.entry["won"] = True
+                    transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+                    try:
+                        await serve(alone.attempt, alone.ready, alone.choice.index, transcript)
+                    finally:
+                        alone.finish(None)
+                        await alone.close()
+                    return
+                await alone.close()
+                assert alone.error is not None
+                if (caused := failed(alone.error, alone.choice.index, alone.attempt)) is not None:
+                    await request_caused(trip, culprit, caused, plan.attempts)
+                    return
+                continue
+            choice = None
+            if same is not None:  # a same-node retry the plan decided on, unless the node is out by now
+                await asyncio.sleep(same_wait)
+                upstream.nodes[same].stats.retries += 1
+                choice = upstream.again(same)
+            same = None
+            if choice is None:
+                now = upstream.clock()
+                excluded = plan.excluded(now) | route.skip
+                out = upstream.models_out(route.model, now) if route.model is not None else None
+                choice = upstream.choose(excluded | out if out else excluded, route.prefer)
+                if choice is None and out:  # the model is out on every node left: try anyway, as in panic
+                    choice = upstream.choose(excluded, route.prefer)
+            if choice is None:
+                wait = plan.round_wait(upstream.clock())
+                if wait is None:
+                    break
+                if ex.attempts:  # added up: a round may wait twice after one failure
+                    ex.attempts[-1]["wait_ms"] = ex.attempts[-1].get("wait_ms", 0) + round(wait * 1000)
+                await asyncio.sleep(wait)
+                continue
+            node = upstream.nodes[choice.index]
+            adapter = trip.translate.adapter(choice.index, node, upstream.owners) if trip.translate else None
+            try:
+                if adapter is not None:
+                    request, transcript = adapter.outbound(trip.headers, trip.url, trip.task), None
+                else:
+                    request = trip.request(node, trip.rewriter.for_node(node))
+                    transcript = Transcript() if continuable and request_fits(trip.rewriter.parse()) else None
+            except BadBody as exc:
+                await bad_body(send, ex, exc)
+                return
+            plan.start(choice.index, upstream.clock())
+            hedge: Hedge | None = None
+            try:
+                with upstream.attempt(choice, route.model, spec) as attempt:
+                    if not hedging or choice.panic or adapter is not None:
+                        ready = await trip.first(attempt, request, elsewhere(choice.index))
+                    else:
+                        assert config.hedge is not None
+                        after = hedge_after(config.hedge, node, route.model, upstream.clock())
+                        main = asyncio.ensure_future(trip.first(attempt, request, elsewhere(choice.index)))
+                        ready, hedge, beaten = await race(main, after, partial(hedge_for, choice.index), racing)
+                        if hedge is not None:
+                            attempt.lose()  # the hedge's first token came first: no verdict on this node
+                            hedge.entry["won"] = True
+                        if beaten is not None and beaten.error is not None:
+                            failed(beaten.error, beaten.choice.index, beaten.attempt)
+                    if hedge is None:
+                        await serve(attempt, ready, choice.index, transcript, adapter)
+                if hedge is not None:
+                    try:
+                        await serve(hedge.attempt, ready, hedge.choice.index, transcript)
+                    finally:
+                        hedge.finish(None)
+                        await hedge.close()
+                return
+            except UpstreamError as exc:
+                if exc.local:  # the sidecar's own trouble: another node would fare no better
+                    ex.status, ex.error = 503, exc.reason
+                    log.error("request %s: %s", ex.rid, exc.reason)
+                    await send_error(
+                        send, 503, f"llm-sidecar cannot reach upstreams: {exc.reason}", "server_error",
+                        "sidecar_overloaded", [(b"x-request-id", ex.rid.encode())], ex.api,
+                    )  # fmt: skip
+                    return
+                if adapter is not None:
+                    adapter.failed(exc)
+                if (caused := failed(exc, choice.index, attempt)) is not None:
+                    await request_caused(trip, culprit, caused, plan.attempts)
+                    return
+    finally:
+        for left in racing:
+            await left.close()
     answer = refusal or last
     timed_out = answer is not None and answer.kind is Failure.TIMEOUT
     await give_up(send, ex, answer, plan.attempts, timed_out)
+
+
+def hedge_after(hedge: HedgeConfig, node: NodeState, model: str | None, now: float) -> float | None:
+    """Seconds without a first token before a hedge: the configured `after`, or the (node, model)'s own
+    p95 (None, no hedge, until enough first tokens are known)."""
+    if not hedge.learned:
+        return hedge.after
+    return node.first_tokens.get(model).percentile(now, 0.95)
+
+
+async def request_caused(trip: Trip, culprit: Culprit, how: str, attempts: int) -> None:
+    """The request failed the same way on nodes that serve others: its own doing. No node is blamed (the
+    counts its failures added are taken back), no other node is tried, and the client gets the original
+    error, marked (log, trail header, metrics, the monitor)."""
+    ex, upstream = trip.ex, trip.upstream
+    why = f"request-caused ({'timeout' if how == 'timeout' else 'http ' + how})"
+    answer, blames = culprit.acquit(how)
+    for blame in blames:
+        upstream.take_back(blame, f"{why}: taken back")
+    ex.request_caused = how
+    log.warning("request %s: %s on %d node(s) that serve other requests: answered as is, no node blamed",
+                ex.rid, why, len({f["node"] for f in ex.attempts if f.get("request_caused")}))  # fmt: skip
+    await give_up(trip.send, ex, answer, attempts, how == "timeout")
 
 
 async def bad_body(send: Send, ex: Exchange, exc: BadBody) -> None:
@@ -264,6 +458,8 @@ async def carry_on(trip: Trip, index: int, broken: UpstreamError, transcript: Tr
     upstream, ex = trip.upstream, trip.ex
     broken_node = upstream.nodes[index].name
     unable = {i for i, n in enumerate(upstream.nodes) if n.config.continuation == "none"} | trip.route.skip
+    if ex.form is not None:  # a node that would need the stream translated cannot continue it
+        unable |= upstream.translated[ex.form]
     tried: set[int] = set()
     for _ in range(MAX_CONTINUATIONS):
         why_not = transcript.continuable()

@@ -78,9 +78,9 @@ def model_object(model: str, owned_by: str, api: Api = OPENAI) -> dict[str, Any]
 
 
 def of_api(nodes: Sequence[NodeState], api: Api) -> Sequence[NodeState]:
-    """The nodes a client of `api` can send requests to; all of them when none speaks it (a list of what
-    the sidecar serves is then more use than an empty one)."""
-    speaking = [n for n in nodes if n.config.api == api]
+    """The nodes a client of `api` can send requests to, natively or translated (`translate = true`); all of
+    them when none can (a list of what the sidecar serves is then more use than an empty one)."""
+    speaking = [n for n in nodes if n.config.api == api or n.config.translate]
     return speaking or nodes
 
 

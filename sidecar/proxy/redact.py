@@ -2,7 +2,8 @@
 
 A node may quote the key it was sent ("invalid x-api-key sk-..."): in an error body of any type, a header
 (`WWW-Authenticate`), an event mid-stream. What the node writes is redacted wherever it goes; the
-sidecar's own words never are, except a failure reason, which quotes the node, as a whole.
+sidecar's own words never are: a failure reason ("error in a 200 answer (<the node's words>)") is redacted
+only in the node's words it quotes, so a key that is also a word ("overloaded") leaves the sidecar's intact.
 
 A key shorter than MIN_KEY is never redacted: it is no secret (guessed in moments), and replacing it would
 garble answers and the sidecar's words ("a" in every "overloaded", or a key `"` in every JSON string).
@@ -26,8 +27,11 @@ def redact(data: bytes, key: str | None) -> bytes:
     return data.replace(needle, MASK) if needle is not None and needle in data else data
 
 
-def redact_text(text: str, key: str | None) -> str:
-    return text.replace(key, MASK.decode()) if key is not None and len(key) >= MIN_KEY else text
+def redact_quote(reason: str, quoted: str, key: str | None) -> str:
+    """`reason` with the key taken out of `quoted`, the node's words it ends with in parentheses."""
+    if not quoted or key is None or len(key) < MIN_KEY or not reason.endswith(f"({quoted})"):
+        return reason
+    return reason[: -len(quoted) - 1] + quoted.replace(key, MASK.decode()) + ")"
 
 
 def redact_headers(headers: Iterable[tuple[bytes, bytes]], key: str | None) -> list[tuple[bytes, bytes]]:

@@ -55,7 +55,7 @@ async def give_up(send: Send, ex: Exchange, last: UpstreamError | None, tried: i
         (b"x-llm-sidecar-attempts", str(tried).encode()),
         (b"x-should-retry", b"false"),
     ]
-    if ex.attempts:
+    if ex.trailing:
         extra.append((b"x-llm-sidecar-trail", trail(ex)))
     why = "; ".join(f"{a['node']}: {a['reason']}" for a in ex.attempts)
     if last is not None and last.status and not timed_out:
@@ -100,7 +100,7 @@ async def relay(
         (b"x-llm-sidecar-attempts", str(attempts).encode()),
         (b"x-request-id", ex.rid.encode("latin-1")),
     ]
-    if ex.attempts:
+    if ex.trailing:
         headers.append((b"x-llm-sidecar-trail", trail(ex)))
     if kind is Body.WHOLE:
         body = redact(ready.body, key)

@@ -14,10 +14,10 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from sidecar.observe.display import ms
+from sidecar.observe.display import mark_lines, ms
 from sidecar.observe.shapes import RequestJSON
 
-from .widgets import clean
+from .text import clean
 
 
 def dollars(value: float | None) -> str:
@@ -47,15 +47,19 @@ def detail_text(d: RequestJSON) -> Text:
     line("cost", dollars(d["cost_usd"]))
     if d["error"]:
         line("error", d["error"], "red")
+    for label, words in mark_lines(d["marks"]):
+        line(label, words)
     text.append("\nattempts\n", style="bold")
     for i, s in enumerate(d["steps"], 1):
-        style = "red" if s["outcome"] == "failed" else "green"
+        style = {"failed": "red", "moved": "yellow"}.get(s["outcome"], "green")
         text.append(f" {i}. ")
         text.append(clean(s["node"], 64), style="bold")
         text.append(f"  {s['kind']}  ")
         text.append(s["outcome"], style=style)
         if s["reason"]:
             text.append(f": {clean(s['reason'], 300)}")
+        if s.get("request_caused"):
+            text.append(" (caused by the request)", style="yellow")
         if s["ms"] is not None:
             text.append(f"  {ms(s['ms'])} ms", style="dim")
         if s["wait_ms"]:
