@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 from sidecar.config.schema import Config, PassiveCheck
 from sidecar.formats.dialect import APIS_SPOKEN, Api
 from sidecar.formats.translate.ir import FORMS
+from sidecar.observe.display import why_changed
 from sidecar.observe.events import EventHub
 
 from .affinity import Pins
@@ -329,8 +330,12 @@ class Upstream:
     def _transition(self, node: NodeState, transition: Transition | None) -> None:
         if transition is None:
             return
-        level = logging.INFO if transition.after in (State.HEALTHY, State.DOWN) else logging.WARNING
-        log.log(level, "node %s: %s -> %s (%s)", node.name, transition.before, transition.after, transition.reason)
+        # Worse is a WARNING; better (back to healthy, or probes passing while failed requests still hold it
+        # out: unhealthy -> ejected) is INFO, in words that cannot be read as the opposite (observe/display.py).
+        better = transition.after in (State.HEALTHY, State.DOWN) or transition.before == State.UNHEALTHY
+        why = why_changed(str(transition.after), transition.reason, str(transition.before))
+        log.log(logging.INFO if better else logging.WARNING, "node %s: %s -> %s (%s)", node.name,
+                transition.before, transition.after, why)  # fmt: skip
         self._publish(node, transition)
 
     def _publish(self, node: NodeState, transition: Transition) -> None:
