@@ -192,3 +192,34 @@ async def test_node_auto_ends_the_probing_and_a_drained_node_is_not_probed() -> 
     assert RecoveryProber(h.runtime).tick() == []
     upstream.set_manual(h.node("primary"), False)
     assert h.node("primary").recovery is None and h.node("primary").health.state == "healthy"
+
+
+async def test_one_bad_model_cannot_keep_a_whole_node_out() -> None:
+    """The node was ejected by requests for a model it no longer serves; every other probe asks for a model
+    it served lately, and that one brings the node back (the bad model then fails on its own)."""
+    clock = Clock()
+    asked: list[str] = []
+
+    def handler(node: str, request: Request) -> Script:
+        model = json.loads(request.body)["model"]
+        if node == "primary":
+            asked.append(model)
+            if model == "bad":
+                return Script(503, body=ERROR)
+        return Script(body=[OK])
+
+    h = Harness(handler, cfg(retry={"same_node": 0}), clock=clock)
+    assert (await h.request({**ASK, "model": "good"})).status == 200
+    clock.now += 120  # the good model's success is old enough that the bad model's failures are the node's
+    for _ in range(3):
+        await h.request({**ASK, "model": "bad"})
+    primary = h.node("primary")
+    assert primary.health.state == "ejected" and primary.recovery is not None
+    assert primary.recovery.alternate == "good"
+    prober = RecoveryProber(h.runtime)
+    for _ in range(2):
+        clock.now = primary.recovery.next_at if primary.recovery else clock.now
+        for task in prober.tick():
+            await task
+    assert primary.health.state == "healthy", primary.health.reason
+    assert asked[-2:] == ["bad", "good"] and primary.health.reason == "recovered (probe good ok)"

@@ -150,7 +150,8 @@ class RecoveryProber:
         upstream = self.runtime.acquire()  # a reload must not close the transport under a probe
         started = time.monotonic()
         try:
-            ok, found, first = await send_probe(upstream, node, recovery.spec, recovery.failures)
+            spec = recovery.next_spec()
+            ok, found, first = await send_probe(upstream, node, spec, recovery.failures)
         except Exception:
             log.exception("recovery probe of %s failed inside the sidecar", node.name)
             ok, found, first = None, "probe not sent (internal error)", None
@@ -164,7 +165,7 @@ class RecoveryProber:
             return
         log.log(logging.INFO if ok else logging.DEBUG, "node %s: recovery %s", node.name, found)
         if first is not None:
-            node.first_tokens.get(recovery.spec.model).observe(now, first)
+            node.first_tokens.get(spec.model).observe(now, first)
         current = self.runtime.upstream
         current.probe_result(node, model, ok, found)
         current.events.note("recovery_probe", node=node.name, ok=ok, seconds=time.monotonic() - started)

@@ -182,7 +182,7 @@ class Upstream:
         transition = node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial)
         ejected = transition is not None and transition.after == State.EJECTED
         if ejected and spec is not None and node.config.recovery == "probe":
-            node.recovery = Recovery.start(spec, now, node.health.blocked_until)
+            node.recovery = Recovery.start(spec, now, node.health.blocked_until, node.models.lately_ok(spec.model, now))
             node.health.probing = True
         self._transition(node, transition)
         if node.config.checks.passive is None:
