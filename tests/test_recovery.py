@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from sidecar.formats.probe import RESPONSES_MIN_OUTPUT, probe_body
 from sidecar.metrics import attach
-from sidecar.nodes.mock import Script
+from sidecar.nodes.mock import MockTransport, Script
 from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.recovery import FIRST, MAX_INTERVAL, ProbeSpec, Recovery
 from sidecar.nodes.transport import Request
@@ -20,6 +21,7 @@ from .inproc import Harness
 from .test_stream_failover import ASK, OK, SSE, cfg, chunk, stream
 
 ERROR = [b'{"error": {"message": "busy"}}']
+REQUEST = Request("POST", URL("http://n.invalid/v1/chat/completions"), [])
 
 
 class Clock:
@@ -223,3 +225,27 @@ async def test_one_bad_model_cannot_keep_a_whole_node_out() -> None:
             await task
     assert primary.health.state == "healthy", primary.health.reason
     assert asked[-2:] == ["bad", "good"] and primary.health.reason == "recovered (probe good ok)"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "streamed", "back"),
+    [
+        ((("content-type", "text/html"),), b"<html>portal</html>", False, False),
+        ((("content-type", "text/event-stream"),), b'data: {"choices": []}\n\n', False, False),
+        ((("content-type", "application/json"),), OK, False, True),
+        ((("content-type", "application/json"),), OK, True, True),  # a JSON answer to a stream: as for real requests
+    ],
+    ids=["a page", "a stream to a non-stream probe", "json", "json to a stream probe"],
+)
+async def test_a_probe_answer_is_judged_as_a_real_answer_would_be(
+    headers: tuple[tuple[str, str], ...], body: bytes, streamed: bool, back: bool
+) -> None:
+    from sidecar.nodes.prober import judge
+
+    response = await MockTransport(lambda n, r: Script(200, headers, [body])).send("n", REQUEST)
+    assert (await judge(response, streamed, frozenset({503})))[0] is back
+
+
+def test_the_probe_bounds_its_answer_the_way_the_failed_request_did() -> None:
+    body = probe_body("/v1/chat/completions", "o3", False, "max_completion_tokens")
+    assert body is not None and json.loads(body)["max_completion_tokens"] == 1 and b"max_tokens" not in body

@@ -26,10 +26,11 @@ class ProbeSpec:
     path: str
     model: str
     stream: bool
+    limit: str = "max_tokens"  # the chat field that bounds the answer (formats/probe.py)
 
     @staticmethod
-    def of(path: str, model: str | None, stream: bool) -> ProbeSpec | None:
-        return ProbeSpec(path, model, stream) if model and probeable(path) else None
+    def of(path: str, model: str | None, stream: bool, limit: str = "max_tokens") -> ProbeSpec | None:
+        return ProbeSpec(path, model, stream, limit) if model and probeable(path) else None
 
 
 @dataclass(slots=True)
@@ -53,7 +54,7 @@ class Recovery:
     def next_spec(self) -> ProbeSpec:
         """What the next probe asks: the failed request's kind, and every other time the alternate model."""
         if self.alternate is not None and self.failures % 2 == 1:
-            return ProbeSpec(self.spec.path, self.alternate, self.spec.stream)
+            return ProbeSpec(self.spec.path, self.alternate, self.spec.stream, self.spec.limit)
         return self.spec
 
     def due(self, now: float) -> bool:

@@ -211,7 +211,9 @@ async def forward(
             await not_served(send, ex, route.model, upstream.served)
         return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
-    spec = ProbeSpec.of(ex.path, route.model, ex.stream)  # what a recovery probe would repeat
+    # What a recovery probe would repeat: the same path and model, the answer bounded the way this one was.
+    limit = "max_completion_tokens" if b'"max_completion_tokens"' in body else "max_tokens"
+    spec = ProbeSpec.of(ex.path, route.model, ex.stream, limit)
     culprit = Culprit(suspects if suspects is not None else Suspects())
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
