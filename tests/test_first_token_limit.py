@@ -127,3 +127,12 @@ async def test_the_status_table_lists_the_learned_limits() -> None:
     line = next(line for line in text.splitlines() if line.startswith("  primary: "))
     assert line.startswith("  primary: gpt-4o ") and line.endswith("s")
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_model_named_twice_is_the_top_level_one() -> None:
+    """A client cannot pass a fast model's first tokens off as a slow model's by naming it in metadata first."""
+    from sidecar.proxy.exchange import model_of
+
+    assert model_of(b'{"metadata": {"model": "o-thinker"}, "model": "m-fast", "stream": true}') == "m-fast"
+    assert model_of(b'{"model": "m-fast", "messages": []}') == "m-fast"
+    assert model_of(b'{"messages": []}') is None

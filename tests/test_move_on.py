@@ -189,3 +189,27 @@ async def test_node_auto_puts_back_a_node_held_out_by_an_endless_retry_after(bod
     assert (await h.request(body)).status == 200
     assert h.calls("primary") == 2  # trusted now
     h.assert_nothing_held()
+
+
+async def test_a_request_moved_off_a_node_may_go_back_to_it_in_a_later_round() -> None:
+    """Moving on is no verdict: when every other node then fails, the next round may try the node again."""
+    state = {"silent": True}
+
+    def handler(node: str, request: Request) -> Script:
+        if node == "primary":
+            if state["silent"]:
+                return Script(200, SSE, [chunk(role=True), HANG])
+            return Script(200, SSE, stream("from primary"))
+        return Script(503, body=[b'{"error": {"message": "busy"}}'])
+
+    checks = {"active": {"interval": 3600}, "passive": {}}
+    h = Harness(handler, cfg(read=HANG + 5, first_token=HANG + 5, checks=checks))
+    task = asyncio.create_task(h.request(ask(True)))
+    await waiting(h, "primary", 1)
+    state["silent"] = False
+    h.runtime.upstream.probed(h.node("primary"), Failure.TCP, "probe connect refused")  # judged out: it moves on
+    answer = await task
+    assert answer.status == 200 and text_of(answer.body) == "from primary"
+    reasons = [f["reason"] for f in failed(h)]
+    assert reasons[0].startswith("moved on: primary") and "http 503" in reasons[1:]
+    h.assert_nothing_held()

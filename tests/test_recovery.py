@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from sidecar.formats.probe import RESPONSES_MIN_OUTPUT, probe_body
 from sidecar.metrics import attach
-from sidecar.nodes.mock import Script
+from sidecar.nodes.mock import MockTransport, Script
 from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.recovery import FIRST, MAX_INTERVAL, ProbeSpec, Recovery
 from sidecar.nodes.transport import Request
@@ -20,6 +21,7 @@ from .inproc import Harness
 from .test_stream_failover import ASK, OK, SSE, cfg, chunk, stream
 
 ERROR = [b'{"error": {"message": "busy"}}']
+REQUEST = Request("POST", URL("http://n.invalid/v1/chat/completions"), [])
 
 
 class Clock:
@@ -192,3 +194,58 @@ async def test_node_auto_ends_the_probing_and_a_drained_node_is_not_probed() -> 
     assert RecoveryProber(h.runtime).tick() == []
     upstream.set_manual(h.node("primary"), False)
     assert h.node("primary").recovery is None and h.node("primary").health.state == "healthy"
+
+
+async def test_one_bad_model_cannot_keep_a_whole_node_out() -> None:
+    """The node was ejected by requests for a model it no longer serves; every other probe asks for a model
+    it served lately, and that one brings the node back (the bad model then fails on its own)."""
+    clock = Clock()
+    asked: list[str] = []
+
+    def handler(node: str, request: Request) -> Script:
+        model = json.loads(request.body)["model"]
+        if node == "primary":
+            asked.append(model)
+            if model == "bad":
+                return Script(503, body=ERROR)
+        return Script(body=[OK])
+
+    h = Harness(handler, cfg(retry={"same_node": 0}), clock=clock)
+    assert (await h.request({**ASK, "model": "good"})).status == 200
+    clock.now += 120  # the good model's success is old enough that the bad model's failures are the node's
+    for _ in range(3):
+        await h.request({**ASK, "model": "bad"})
+    primary = h.node("primary")
+    assert primary.health.state == "ejected" and primary.recovery is not None
+    assert primary.recovery.alternate == "good"
+    prober = RecoveryProber(h.runtime)
+    for _ in range(2):
+        clock.now = primary.recovery.next_at if primary.recovery else clock.now
+        for task in prober.tick():
+            await task
+    assert primary.health.state == "healthy", primary.health.reason
+    assert asked[-2:] == ["bad", "good"] and primary.health.reason == "recovered (probe good ok)"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "streamed", "back"),
+    [
+        ((("content-type", "text/html"),), b"<html>portal</html>", False, False),
+        ((("content-type", "text/event-stream"),), b'data: {"choices": []}\n\n', False, False),
+        ((("content-type", "application/json"),), OK, False, True),
+        ((("content-type", "application/json"),), OK, True, True),  # a JSON answer to a stream: as for real requests
+    ],
+    ids=["a page", "a stream to a non-stream probe", "json", "json to a stream probe"],
+)
+async def test_a_probe_answer_is_judged_as_a_real_answer_would_be(
+    headers: tuple[tuple[str, str], ...], body: bytes, streamed: bool, back: bool
+) -> None:
+    from sidecar.nodes.prober import judge
+
+    response = await MockTransport(lambda n, r: Script(200, headers, [body])).send("n", REQUEST)
+    assert (await judge(response, streamed, frozenset({503})))[0] is back
+
+
+def test_the_probe_bounds_its_answer_the_way_the_failed_request_did() -> None:
+    body = probe_body("/v1/chat/completions", "o3", False, "max_completion_tokens")
+    assert body is not None and json.loads(body)["max_completion_tokens"] == 1 and b"max_tokens" not in body

@@ -67,7 +67,9 @@ async def test_a_body_that_fails_on_every_node_is_answered_as_is_and_blames_no_n
     h.assert_nothing_held()
 
 
-async def test_sent_again_it_costs_one_attempt_and_never_ejects_anything() -> None:
+async def test_sent_again_it_costs_one_attempt_per_node_and_never_ejects_anything() -> None:
+    """Remembered, it is spared the same-node retry; it is still judged on two nodes (a node down meanwhile
+    must not be taken for the request's fault), and its failures leave no node looking like a failing one."""
     h = Harness(providers, cfg())
     await warm(h)
     await h.request(poison())
@@ -75,7 +77,8 @@ async def test_sent_again_it_costs_one_attempt_and_never_ejects_anything() -> No
     for _ in range(5):  # an agent retrying the same conversation
         answer = await h.request(poison())
         assert answer.status == 500 and h.last_event()["request_caused"] == "500"
-    assert h.calls("primary") + h.calls("backup") == calls + 5
+        assert [f["node"] for f in h.last_event()["failed"]] == ["primary", "backup"]
+    assert h.calls("primary") + h.calls("backup") == calls + 10
     assert h.node("primary").health.state == "healthy" and h.node("backup").health.state == "healthy"
     assert (await h.request(ASK)).headers["x-llm-sidecar-node"] == "primary"
     h.assert_nothing_held()
@@ -143,3 +146,28 @@ async def test_a_request_that_succeeds_elsewhere_is_no_culprit() -> None:
     answer = await h.request(poison())
     assert answer.status == 200 and text_of(answer.body) == "" and h.last_event()["request_caused"] is None
     assert counts(h, "primary")["http_failures"] == 1
+
+
+async def test_a_remembered_culprit_is_not_blamed_for_a_node_that_went_down() -> None:
+    """Both nodes fail it once (a shared blip): remembered. Later the primary is down and the backup fine:
+    the same body is answered by the backup, not with the primary's error."""
+    state = {"blip": True, "primary_down": False}
+
+    def handler(node: str, request: Request) -> Script:
+        if state["blip"] or (node == "primary" and state["primary_down"]):
+            return Script(500, body=[BROKEN])
+        return Script(body=[OK])
+
+    h = Harness(handler, cfg())
+    await warm_with(h, state)
+    assert (await h.request(poison())).status == 500 and h.last_event()["request_caused"] == "500"
+    state.update(blip=False, primary_down=True)
+    answer = await h.request(poison())
+    assert answer.status == 200 and answer.headers["x-llm-sidecar-node"] == "backup"
+    assert h.last_event()["request_caused"] is None
+
+
+async def warm_with(h: Harness, state: dict[str, bool]) -> None:
+    blip, state["blip"] = state["blip"], False
+    await warm(h)
+    state["blip"] = blip

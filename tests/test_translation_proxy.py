@@ -417,3 +417,22 @@ async def test_the_model_list_shows_translating_nodes_to_every_client() -> None:
     harness = Harness(Nodes(gpt=[Script(200, JSON, [b'{"data":[]}'])]), cfg)
     got = await harness.request(b"", path="/v1/models", method="GET", headers=ANTHROPIC_CLIENT)
     assert [m["id"] for m in got.json()["data"]] == ["claude-sonnet-4-5"]
+
+
+async def test_a_key_the_node_quotes_in_pieces_never_reaches_a_responses_client_put_together() -> None:
+    """A chat node quotes its key split across two deltas; a Responses client's stream puts the text together
+    (output_text.done): the key is redacted there too."""
+    key = "sk-secret-abcdef123456"
+    pieces = [
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":"your key is sk-secr"}}]}\n\n',
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"et-abcdef123456 ok"}}]}\n\n',
+        b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    nodes = Nodes(local=[Script(200, (("content-type", "text/event-stream"),), pieces)])
+    config = {"upstream": {"timeout": {"connect": 0.05, "send": 1, "read": 0.3},
+                           "nodes": [{**node("local", 0, responses=False, translate=True), "api_key": "${K}"}]}}  # fmt: skip
+    harness = Harness(nodes, parse(config, "<test>", env={"K": key}))
+    got = await harness.request({"model": "m", "input": "hi", "stream": True}, path=RESPONSES)
+    assert got.status == 200 and b"response.output_text.done" in got.body
+    assert key.encode() not in got.body and b"[redacted]" in got.body

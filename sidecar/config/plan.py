@@ -53,7 +53,8 @@ def _retry(config: Config) -> str:
     budget = f"within {u.retry_timeout:g}s of arrival" if u.retry_timeout else "with no time limit"
     cap = f", at most {u.retries} retries" if u.retries is not None else ""
     return (
-        f"Retry-After up to {r.max_wait:g}s waited out on the same node; {r.same_node} same-node retry(ies) "
+        f"Retry-After up to {r.max_wait:g}s waited out on the same node; {r.same_node} same-node "
+        f"{'retry' if r.same_node == 1 else 'retries'} "
         f"after a 5xx or reset (backoff {r.backoff:g}s..{r.max_backoff:g}s); at most {r.attempts_per_node} "
         f"attempts per node; rounds {budget}{cap}"
     )

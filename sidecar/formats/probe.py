@@ -16,11 +16,14 @@ PROMPT = "Reply with one word: ok"
 RESPONSES_MIN_OUTPUT = 16  # the Responses API refuses max_output_tokens below 16
 
 
-def probe_body(path: str, model: str, stream: bool) -> bytes | None:
-    """The probe's JSON body for `path`, or None when the path has no probe."""
+def probe_body(path: str, model: str, stream: bool, limit: str = "max_tokens") -> bytes | None:
+    """The probe's JSON body for `path`, or None when the path has no probe. `limit`: the name of the chat
+    field that bounds the answer, as the failed request named it (OpenAI's reasoning models refuse
+    `max_tokens` and take `max_completion_tokens`)."""
     body: dict[str, Any]
-    if path == "/v1/chat/completions" or path == "/v1/messages":
-        body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1}
+    if path in ("/v1/chat/completions", "/v1/messages"):
+        field = limit if path == "/v1/chat/completions" else "max_tokens"
+        body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], field: 1}
     elif path == "/v1/responses":
         body = {"model": model, "input": PROMPT, "max_output_tokens": RESPONSES_MIN_OUTPUT, "store": False}
     elif path == "/v1/completions":

@@ -370,6 +370,11 @@ class ModelStates:
             if state is not None:
                 state.succeeded()
 
+    def lately_ok(self, besides: str, now: float, within: float = 600.0) -> str | None:
+        """The model that last succeeded here, other than `besides`, within `within` seconds; None if none."""
+        found = [(t, m) for m, t in self.succeeded.items() if m != besides and now - t <= within]
+        return max(found)[1] if found else None
+
     def others_fine(self, model: str, now: float, within: float) -> bool:
         """Another model on this node succeeded lately: a failure of `model` is the model's, not the node's."""
         return any(m != model and now - t <= within for m, t in self.succeeded.items())

@@ -44,6 +44,7 @@ class NodeState:
     # When (upstream clock) an attempt last succeeded here: a node serving other requests is not blamed
     # for a failure the request caused (proxy/poison.py).
     last_ok: float = float("-inf")
+    last_failed: float = float("-inf")  # when an attempt last failed here (its own fault or not)
 
     @property
     def name(self) -> str:
@@ -76,3 +77,5 @@ class Blame:
     kind: Failure
     model: str | None = None
     ejected_until: float | None = None
+    failed_at: float = float("-inf")  # the node's last_failed this failure set, and the one before it
+    failed_before: float = float("-inf")

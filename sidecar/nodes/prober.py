@@ -42,6 +42,12 @@ async def judge(response: Response, stream: bool, failover: frozenset[int]) -> t
     if not 200 <= status < 300:
         return True, f"answered {status}"
     media = (response.header("content-type") or "").partition(";")[0].strip().lower()
+    # Judged as a real request's answer is (proxy/answer.py): a 2xx that is neither JSON nor SSE is a page
+    # (a captive portal), and a stream answering a request that asked for none is the node's failure.
+    if media and media not in ("text/event-stream", "application/json") and not media.endswith("+json"):
+        return False, f"bad content-type ({media[:40]})"
+    if not stream and media == "text/event-stream":
+        return False, "stream answer to a non-stream request"
     if stream and media == "text/event-stream":
         held = bytearray()
         splitter = Splitter()
@@ -71,7 +77,7 @@ async def send_probe(
 ) -> tuple[bool | None, str, float | None]:
     """Send one probe: (back, not, or None when the sidecar could not tell; what it found; seconds to a
     stream's first token when it came)."""
-    body = probe_body(spec.path, node.config.rewrite_model(spec.model), spec.stream)
+    body = probe_body(spec.path, node.config.rewrite_model(spec.model), spec.stream, spec.limit)
     assert body is not None  # ProbeSpec.of admits only paths with a probe
     headers = [*node.own_headers(), ("content-type", "application/json")]
     request = Request("POST", URL(node.config.url + spec.path, encoded=True), headers, body)
@@ -153,7 +159,8 @@ class RecoveryProber:
         upstream = self.runtime.acquire()  # a reload must not close the transport under a probe
         started = time.monotonic()
         try:
-            ok, found, first = await send_probe(upstream, node, recovery.spec, recovery.failures)
+            spec = recovery.next_spec()
+            ok, found, first = await send_probe(upstream, node, spec, recovery.failures)
         except Exception:
             log.exception("recovery probe of %s failed inside the sidecar", node.name)
             ok, found, first = None, "probe not sent (internal error)", None
@@ -167,7 +174,7 @@ class RecoveryProber:
             return
         log.log(logging.INFO if ok else logging.DEBUG, "node %s: recovery %s", node.name, found)
         if first is not None:
-            node.first_tokens.get(recovery.spec.model).observe(now, first)
+            node.first_tokens.get(spec.model).observe(now, first)
         current = self.runtime.upstream
         current.probe_result(node, model, ok, found)
         current.events.note("recovery_probe", node=node.name, ok=ok, seconds=time.monotonic() - started)

@@ -26,10 +26,11 @@ class ProbeSpec:
     path: str
     model: str
     stream: bool
+    limit: str = "max_tokens"  # the chat field that bounds the answer (formats/probe.py)
 
     @staticmethod
-    def of(path: str, model: str | None, stream: bool) -> ProbeSpec | None:
-        return ProbeSpec(path, model, stream) if model and probeable(path) else None
+    def of(path: str, model: str | None, stream: bool, limit: str = "max_tokens") -> ProbeSpec | None:
+        return ProbeSpec(path, model, stream, limit) if model and probeable(path) else None
 
 
 @dataclass(slots=True)
@@ -42,10 +43,19 @@ class Recovery:
     failures: int = 0
     in_flight: int = 0  # probes under way: a second may go while one hangs, never more
     last: str | None = None  # the last probe's result, for status
+    # A model the node served well lately, other than the one that failed: every other probe asks for it,
+    # so one bad model (a client's, or one the provider dropped) cannot keep a whole node out.
+    alternate: str | None = None
 
     @staticmethod
-    def start(spec: ProbeSpec, now: float, not_before: float = 0.0) -> Recovery:
-        return Recovery(spec, max(now + FIRST, not_before))
+    def start(spec: ProbeSpec, now: float, not_before: float = 0.0, alternate: str | None = None) -> Recovery:
+        return Recovery(spec, max(now + FIRST, not_before), alternate=alternate)
+
+    def next_spec(self) -> ProbeSpec:
+        """What the next probe asks: the failed request's kind, and every other time the alternate model."""
+        if self.alternate is not None and self.failures % 2 == 1:
+            return ProbeSpec(self.spec.path, self.alternate, self.spec.stream, self.spec.limit)
+        return self.spec
 
     def due(self, now: float) -> bool:
         return self.in_flight < MAX_IN_FLIGHT and now >= self.next_at

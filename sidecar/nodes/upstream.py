@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 from sidecar.config.schema import Config, PassiveCheck
 from sidecar.formats.dialect import APIS_SPOKEN, Api
 from sidecar.formats.translate.ir import FORMS
+from sidecar.observe.display import why_changed
 from sidecar.observe.events import EventHub
 
 from .affinity import Pins
@@ -179,7 +180,8 @@ class Upstream:
             if trial:
                 node.health.end_trial()
             return None
-        by_model = self._model_failure(node, model, failure, now, spec) if model is not None else False
+        failed_before, node.last_failed = node.last_failed, now
+        by_model = self._model_failure(node, model, failure, now, spec, failed_before) if model is not None else False
         if by_model is not False:
             if trial:
                 node.health.end_trial()
@@ -195,16 +197,18 @@ class Upstream:
         transition = node.health.record_failure(Source.PASSIVE, failure.kind, now, failure.reason, trial)
         ejected = transition is not None and transition.after == State.EJECTED
         if ejected and spec is not None and node.config.recovery == "probe":
-            node.recovery = Recovery.start(spec, now, node.health.blocked_until)
+            node.recovery = Recovery.start(spec, now, node.health.blocked_until, node.models.lately_ok(spec.model, now))
             node.health.probing = True
         self._transition(node, transition)
         if node.config.checks.passive is None:
             return None  # nothing was counted
-        return Blame(node, failure.kind, None, node.health.ejected_until if ejected else None)
+        return Blame(node, failure.kind, None, node.health.ejected_until if ejected else None, now, failed_before)
 
     def take_back(self, blame: Blame, why: str) -> None:
         """Undo what `blame` did: the request caused that failure, not the node (proxy/poison.py)."""
         node = blame.node
+        if node.last_failed == blame.failed_at:  # no other request failed there since
+            node.last_failed = blame.failed_before
         if blame.model is not None:
             state = node.models.health.get(blame.model)
             if state is not None and state.take_back(blame.ejected_until):
@@ -218,7 +222,13 @@ class Upstream:
             node.recovery = None
 
     def _model_failure(
-        self, node: NodeState, model: str, failure: UpstreamError, now: float, spec: ProbeSpec | None = None
+        self,
+        node: NodeState,
+        model: str,
+        failure: UpstreamError,
+        now: float,
+        spec: ProbeSpec | None = None,
+        failed_before: float = float("-inf"),
     ) -> Blame | bool:
         """Count a failure against (node, model) when it is the model's: a 429 always (providers limit
         per model), a 5xx or a timeout while another model on the node keeps succeeding. Connect and
@@ -234,7 +244,8 @@ class Upstream:
                 ejected = state.failed(now, passive.unhealthy_http_failures, base, cap, failure.reason)
                 if ejected:
                     self._model_ejected(node, model, state, failure.reason, spec, now)
-                return Blame(node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None)
+                until = state.out_until if ejected else None
+                return Blame(node, failure.kind or Failure.HTTP, model, until, now, failed_before)
             until = now + (wait if wait is not None else passive.base_ejection_time)
             node.models.get(model).rate_limited(until, now, passive.max_ejection_time)
             self._model_event(node, model, "rate limited", failure.reason)
@@ -247,7 +258,9 @@ class Upstream:
         ejected = state.failed(now, threshold, passive.base_ejection_time, passive.max_ejection_time, failure.reason)
         if ejected:
             self._model_ejected(node, model, state, failure.reason, spec, now)
-        return Blame(node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None)
+        return Blame(
+            node, failure.kind or Failure.HTTP, model, state.out_until if ejected else None, now, failed_before
+        )
 
     def _model_ejected(
         self, node: NodeState, model: str, state: ModelHealth, reason: str, spec: ProbeSpec | None, now: float
@@ -346,8 +359,12 @@ class Upstream:
     def _transition(self, node: NodeState, transition: Transition | None) -> None:
         if transition is None:
             return
-        level = logging.INFO if transition.after in (State.HEALTHY, State.DOWN) else logging.WARNING
-        log.log(level, "node %s: %s -> %s (%s)", node.name, transition.before, transition.after, transition.reason)
+        # Worse is a WARNING; better (back to healthy, or probes passing while failed requests still hold it
+        # out: unhealthy -> ejected) is INFO, in words that cannot be read as the opposite (observe/display.py).
+        better = transition.after in (State.HEALTHY, State.DOWN) or transition.before == State.UNHEALTHY
+        why = why_changed(str(transition.after), transition.reason, str(transition.before))
+        log.log(logging.INFO if better else logging.WARNING, "node %s: %s -> %s (%s)", node.name,
+                transition.before, transition.after, why)  # fmt: skip
         self._publish(node, transition)
 
     def _publish(self, node: NodeState, transition: Transition) -> None:

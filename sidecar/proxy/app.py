@@ -32,7 +32,7 @@ from sidecar.telemetry.context import Tracing
 from . import estimate
 from . import models as catalog
 from .capture import Capture
-from .exchange import MODEL_RE, STREAM_RE, Exchange
+from .exchange import STREAM_RE, Exchange, model_of
 from .forward import forward
 from .hedge import HedgeBudget
 from .interrupt import Interrupt, Reason
@@ -277,12 +277,11 @@ class ProxyApp:
         if model_id is not None:  # after the key check: the list is no business of keyless clients
             await catalog.answer(self.runtime, model_id, send, [rid_header], anthropic_client)
             return
-        match = MODEL_RE.search(body)
         ex = Exchange(
             rid=rid,
             method=scope["method"],
             path=path,
-            model=match.group(1).decode("utf-8", "replace") if match else None,
+            model=model_of(body),
             stream=STREAM_RE.search(body) is not None and streams(body),
             started=time.monotonic(),
             api=api,

@@ -25,6 +25,24 @@ CACHED_TOKENS_RE = re.compile(rb'"(?:cached_tokens|prompt_cache_hit_tokens|cache
 REASONING_TOKENS_RE = re.compile(rb'"reasoning_tokens"\s*:\s*' + COUNT)
 
 
+def model_of(body: bytes) -> str | None:
+    """The request's model: the top-level `"model"` of its JSON body. One peek finds it; a body naming a model
+    twice (`metadata.model` before the real one, say) is parsed, so a client cannot pass one model off as
+    another to the learned limits, per-model health and recovery probes."""
+    found = MODEL_RE.finditer(body)
+    first = next(found, None)
+    if first is None:
+        return None
+    if next(found, None) is not None:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        return model[:200] if isinstance(model, str) else None
+    return first.group(1).decode("utf-8", "replace")
+
+
 class BadBody(Exception):
     pass
 

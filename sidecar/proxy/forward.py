@@ -22,6 +22,7 @@ from yarl import URL
 from sidecar.config.schema import Hedge as HedgeConfig
 from sidecar.formats.dialect import ANTHROPIC, ANTHROPIC_VERSION, NAMES, VERSION_HEADER
 from sidecar.formats.errors import Send, send_error
+from sidecar.formats.translate.ir import PATHS
 from sidecar.nodes.affinity import SESSION_HEADER, conversation_key
 from sidecar.nodes.attempt import Attempt
 from sidecar.nodes.balancer import Choice
@@ -35,7 +36,7 @@ from .answer import Body, Ready, first_bytes, is_json_api
 from .continuation import MAX_CONTINUATIONS, Restamp, Transcript, continuation_body, request_fits
 from .exchange import BadBody, BodyRewriter, Exchange, dump
 from .hedge import HEDGED_PATHS, Hedge, HedgeBudget, race
-from .poison import SERVING_WITHIN, Culprit, Suspects, fingerprint
+from .poison import Culprit, Suspects, fingerprint
 from .redact import redact, redact_headers, redact_quote
 from .relay import end_stream, give_up, pump, relay
 from .retry import RetryPlan, fault_of
@@ -105,10 +106,6 @@ class Trip:
     task: asyncio.Task[Any] | None
     route: Route = NO_ROUTE
     translate: Prepared | None = None  # what translated attempts need (translation.py); None: no node translates
-
-    def serving(self, index: int) -> bool:
-        """Whether node `index` answered another request lately (so a failure here may be the request's)."""
-        return self.upstream.clock() - self.upstream.nodes[index].last_ok <= SERVING_WITHIN
 
     def fingerprint(self) -> str:
         try:
@@ -214,7 +211,9 @@ async def forward(
             await not_served(send, ex, route.model, upstream.served)
         return
     continuable = ex.stream and upstream.continuable and ex.path == CHAT_PATH
-    spec = ProbeSpec.of(ex.path, route.model, ex.stream)  # what a recovery probe would repeat
+    # What a recovery probe would repeat: the same path and model, the answer bounded the way this one was.
+    limit = "max_completion_tokens" if b'"max_completion_tokens"' in body else "max_tokens"
+    spec = ProbeSpec.of(ex.path, route.model, ex.stream, limit)
     culprit = Culprit(suspects if suspects is not None else Suspects())
     last: UpstreamError | None = None
     refusal: UpstreamError | None = None  # a context-window refusal: the answer if no node fits
@@ -237,10 +236,11 @@ async def forward(
             refusal = exc
         last = exc
         now = upstream.clock()
-        caused = culprit.failed(index, exc, blame, ex.attempts[-1], trip.serving, trip.fingerprint, now)
+        caused = culprit.failed(index, exc, blame, ex.attempts[-1], trip.fingerprint, now)
         if caused is None:
             decision = plan.failed(index, fault_of(exc), exc.retry_after, now)
-            if decision.same and not racing and upstream.again(index) is not None:  # not ejected by this failure
+            again = decision.same and not racing and not culprit.known(exc)  # a known culprit: try elsewhere
+            if again and upstream.again(index) is not None:  # not ejected by this failure
                 ex.attempts[-1]["wait_ms"] = round(decision.wait * 1000)
                 same, same_wait = index, decision.wait
         return caused
@@ -258,11 +258,12 @@ async def forward(
         choice = upstream.choose(excluded | out if out else excluded)
         if choice is None or choice.panic or not hedges.allows(config.hedge.budget, now):
             return None
-        hedges.spent(now)
-        plan.start(choice.index, now)
         node = upstream.nodes[choice.index]
         if trip.translate is not None and trip.translate.adapter(choice.index, node, upstream.owners) is not None:
-            return None  # a hedge goes only where the request needs no translation
+            return None  # a hedge goes only where the request needs no translation (nothing spent, nothing counted)
+        hedges.spent(now)
+        plan.start(choice.index, now)
+        culprit.reached(choice.index, node.last_ok, node.last_failed, now)
         request = trip.request(node, trip.rewriter.for_node(node))
         first = elsewhere(choice.index)
         ex.hedged.append({"node": node.name, "over": upstream.nodes[index].name, "won": False})
@@ -341,6 +342,8 @@ async def forward(
                 continue
             node = upstream.nodes[choice.index]
             adapter = trip.translate.adapter(choice.index, node, upstream.owners) if trip.translate else None
+            # What a recovery probe would repeat: the request as the node got it (its format's path).
+            probe = spec if adapter is None else ProbeSpec.of(PATHS[adapter.target], route.model, ex.stream)
             try:
                 if adapter is not None:
                     request, transcript = adapter.outbound(trip.headers, trip.url, trip.task), None
@@ -351,9 +354,10 @@ async def forward(
                 await bad_body(send, ex, exc)
                 return
             plan.start(choice.index, upstream.clock())
+            culprit.reached(choice.index, node.last_ok, node.last_failed, upstream.clock())
             hedge: Hedge | None = None
             try:
-                with upstream.attempt(choice, route.model, spec) as attempt:
+                with upstream.attempt(choice, route.model, probe) as attempt:
                     if not hedging or choice.panic or adapter is not None:
                         ready = await trip.first(attempt, request, elsewhere(choice.index))
                     else:
@@ -412,7 +416,7 @@ async def request_caused(trip: Trip, culprit: Culprit, how: str, attempts: int) 
     ex, upstream = trip.ex, trip.upstream
     why = f"request-caused ({'timeout' if how == 'timeout' else 'http ' + how})"
     answer, blames = culprit.acquit(how)
-    for blame in blames:
+    for blame in reversed(blames):  # latest first: each puts back what the node was before it
         upstream.take_back(blame, f"{why}: taken back")
     ex.request_caused = how
     log.warning("request %s: %s on %d node(s) that serve other requests: answered as is, no node blamed",

@@ -4,11 +4,12 @@ A body that makes every provider answer 5xx (a malformed tool schema some backen
 one of them cannot parse) or time out would otherwise count against each node it is sent to, and three
 such requests eject them all. So each failure is tagged by the request's fingerprint (its path and body,
 the model left out: each node gets its own) and the way it failed (timeout, or the status). When one
-fingerprint fails the same way on two nodes that both keep serving other requests, the request caused
-it: the client gets the original error, no further node is tried, and the health counts it added are
-taken back. A fingerprint found so is remembered for a while: sent again, it is tried on one node and,
-failing the same way, answered at once with no count. A node that serves nothing else is not cleared
-this way: a dead node still fails every request, and is ejected as ever.
+request fails the same way on two nodes that both served other requests when it reached them (their
+last outcome a success, within the last minute), the request caused it: the client gets the original
+error, no further node is tried, and the health counts it added are taken back. A fingerprint found so
+is remembered for a while, only to spare it same-node retries when sent again: it still needs two nodes
+to be judged so, since a node that went down meanwhile must not be taken for the request's fault. A node
+that fails other requests too is not cleared this way: a dead node is ejected as ever.
 """
 
 from __future__ import annotations
@@ -79,13 +80,23 @@ class Suspects:
 class Culprit:
     """One request's failures that it could have caused, and the verdict: did it?"""
 
-    __slots__ = ("failures", "key", "suspects")
+    __slots__ = ("failures", "key", "repeat", "serving", "suspects")
 
     def __init__(self, suspects: Suspects) -> None:
         self.suspects = suspects
         self.key: str | None = None  # the fingerprint, made on the first failure that needs it
+        self.repeat: str | None = None  # the way this fingerprint was found to fail lately, if it was
+        # Whether each node served others when this request first reached it: its last outcome then was a
+        # success, within SERVING_WITHIN. Taken before the attempt, so this request's own failures do not
+        # count, and a node failing everyone's requests (a dead one) never serves.
+        self.serving: dict[int, bool] = {}
         # (way, node index, error, what it was blamed for, its entry in the request's failed attempts)
         self.failures: list[tuple[str, int, UpstreamError, Blame | None, dict[str, Any]]] = []
+
+    def reached(self, index: int, last_ok: float, last_failed: float, now: float) -> None:
+        """An attempt on node `index` starts (its figures as they are before it)."""
+        if index not in self.serving:
+            self.serving[index] = last_ok >= last_failed and now - last_ok <= SERVING_WITHIN
 
     def failed(
         self,
@@ -93,26 +104,29 @@ class Culprit:
         error: UpstreamError,
         blame: Blame | None,
         entry: dict[str, Any],
-        serving: Callable[[int], bool],
         key: Callable[[], str],
         now: float,
     ) -> str | None:
-        """Record a failure; the way the request caused it, when it did (then answer with `first`):
-        it failed so on two nodes that keep serving others, or it is a fingerprint found so lately,
-        failing so again on a node that serves others."""
+        """Record a failure; the way the request caused it when it did (it failed so on two nodes that both
+        served others when it reached them; then answer with `acquit`), else None."""
         how = way(error)
         if how is None:
             return None
         self.failures.append((how, index, error, blame, entry))
         if self.key is None:
             self.key = key()
-        if self.suspects.known(self.key, now) == how and serving(index):
-            return how
-        nodes = {i for w, i, *_ in self.failures if w == how}
-        if len(nodes) >= 2 and all(serving(i) for i in nodes):
+            self.repeat = self.suspects.known(self.key, now)
+        nodes = {i for w, i, *_ in self.failures if w == how and self.serving.get(i, False)}
+        if len(nodes) >= 2:
             self.suspects.mark(self.key, how, now)
             return how
         return None
+
+    def known(self, error: UpstreamError) -> bool:
+        """This request was found to cause failures like `error` lately: no same-node retry is worth it
+        (a remembered fingerprint never short-cuts the two-node rule: a node down meanwhile must not be
+        taken for the request's fault)."""
+        return self.repeat is not None and self.repeat == way(error)
 
     def acquit(self, how: str) -> tuple[UpstreamError, list[Blame]]:
         """The first failure of that way (the client's answer), and what each such failure was blamed

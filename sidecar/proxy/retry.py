@@ -43,9 +43,12 @@ class Fault(Enum):
     UNREACHABLE = "unreachable"  # connect failed: the node may be back in a later round
     SILENT = "silent"  # a timeout: never again in this request
     FINAL = "final"  # this node will not do for this request (auth, context window, a broken answer)
+    MOVED = "moved"  # judged out while the attempt waited: not this attempt's fault; it may be back in a later round
 
 
 def fault_of(error: UpstreamError) -> Fault:
+    if error.moved:
+        return Fault.MOVED
     if error.status == 429:
         return Fault.RATE_LIMITED
     if error.kind is Failure.TIMEOUT:
@@ -126,6 +129,9 @@ class RetryPlan:
         if retry_after == 0.0:  # no wait named: an immediate same-node retry would only meet the limit again
             retry_after = None
         tries = self.tries(index)
+        if fault is Fault.MOVED:  # no attempt of its own counted: a later round may try it again
+            tries.ready_at = max(tries.ready_at, now)
+            return GO_ON
         tries.times.append(self.current)
         policy = self.policy
         count = len(tries.times)

@@ -99,8 +99,15 @@ async def stream(
 ) -> None:
     ex.stream = True
     node = attempt.node
-    redactor = Redactor(node.config.api_key)
+    key = node.config.api_key
+    redactor = Redactor(key)
     buffer = bytearray(redactor.feed(ready.body))
+
+    async def emit(data: bytes, more: bool) -> None:
+        # Redacted again after translation: a translated stream may put together what the node sent in
+        # pieces (a Responses client's output_text.done holds the whole text), a key split across events too.
+        await send({"type": "http.response.body", "body": redact(data, key), "more_body": more})
+
     splitter = Splitter()
     await send({"type": "http.response.start", "status": ready.response.status, "headers": headers})
     ended = False
@@ -115,19 +122,19 @@ async def stream(
         splitter.rebase(len(buffer))
         count(ex, coder.usage)
         if broken is None and coder.done:
-            await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
+            await emit(b"".join(out), False)
             return
         if broken is None and len(buffer) > MAX_PARTIAL_EVENT:
             broken = UpstreamError(Failure.HTTP, "event larger than 1 MiB")
         if broken is None and ended:
             last = coder.end()
             if last is not None:
-                await send({"type": "http.response.body", "body": b"".join(out) + last, "more_body": False})
+                await emit(b"".join(out) + last, False)
                 return
             broken = UpstreamError(Failure.TCP, "stream ended before its end")
         if broken is None:
             if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                await emit(b"".join(out), True)
                 out = []
             try:
                 chunk = await ready.response.chunk()
@@ -143,12 +150,12 @@ async def stream(
                     ended = True
                 continue
         if coder.writer.finished:  # a break after the answer said how it ended loses nothing
-            await send({"type": "http.response.body", "body": b"".join(out) + coder.writer.close(), "more_body": False})
+            await emit(b"".join(out) + coder.writer.close(), False)
             return
         attempt.fail(broken)
         ex.error = f"stream interrupted: {broken.reason}"
         out.append(coder.error(f"upstream {node.name} failed mid-stream: {broken.reason}", "stream_interrupted"))
-        await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
+        await emit(b"".join(out), False)
         return
 
 

@@ -169,7 +169,7 @@ def spans_of(trace: Trace, event: dict[str, Any], content: bool, cache: dict[str
         spans.append(Span(_name(op, sent), "client", step.span_id, ns(step.start), ns(end), attrs, error))
         if wait:
             after: Attributes = {"llm_sidecar.node": step.node.name, "llm_sidecar.wait_ms": round(wait * 1000)}
-            spans.append(Span("wait", "internal", new_span_id(), ns(end), ns(end) + round(wait * 1e9), after))
+            spans.append(Span("wait", "internal", new_span_id(), ns(end), ns(end + wait), after))
 
     request: Attributes = {
         **common,
