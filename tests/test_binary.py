@@ -212,6 +212,14 @@ def test_run_failover_status_and_monitor_from_the_binary(binary: Path, home: Pat
             monitor.kill()
         os.close(leader)
     print(f"\nrun: first request answered {to_first * 1000:.0f} ms after start")
-    # Nothing but the socket directory we named was written under HOME.
+    # Nothing but the socket directory we named and the journal (its default place) was written under HOME.
     written = {p.relative_to(home).parts[0] for p in home.rglob("*")}
-    assert written <= {"tmp", "run", "sidecar.toml", "llm-sidecar"}, written
+    assert written <= {"tmp", "run", "sidecar.toml", "llm-sidecar", ".local"}, written
+    journal = home / ".local" / "state" / "llm-sidecar" / "journal.db"
+    assert {p.relative_to(home / ".local") for p in (home / ".local").rglob("*") if p.is_file()} <= {
+        journal.relative_to(home / ".local"), Path(f"{journal}-wal").relative_to(home / ".local"),
+        Path(f"{journal}-shm").relative_to(home / ".local"),
+    }  # fmt: skip
+    shown = subprocess.run([str(binary), "log", "--json", "--journal", str(journal)], env=env, cwd=home,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert shown.returncode == 0 and len(shown.stdout.splitlines()) >= 3, shown.stderr  # the binary journals

@@ -189,6 +189,20 @@ STATUS = {
     },
     "serving": "a",
     "nodes": [],
+    "spend": {
+        "day": "2026-01-01",
+        "today_usd": 0.0,
+        "month_usd": 0.0,
+        "daily_usd": None,
+        "monthly_usd": None,
+        "day_ends_at": 0.0,
+        "month_ends_at": 0.0,
+        "over": None,
+        "unpriced_today": 0,
+        "prices_as_of": "x",
+        "nodes": [],
+        "models": [],
+    },
 }
 REPLIES = {
     "not JSON": http(200, b"hello\nworld", b"text/plain"),

@@ -77,7 +77,7 @@ async def test_status_fails_while_the_proxy_listener_does_not_answer(fakes, side
     assert alive.returncode == 0, alive.stderr
     shown = json.loads((await asyncio.to_thread(cli, "status", "--json", *sock)).stdout)
     assert shown["listener"] == {"address": f"127.0.0.1:{car.port}", "answering": True, "healthz": 200}
-    assert set(shown) == {"sidecar", "serving", "nodes", "listener"}  # GET /v1/status's shape, one field more
+    assert set(shown) == {"sidecar", "serving", "nodes", "spend", "listener"}  # GET /v1/status's shape, one field more
 
     holders = [socket.create_connection(("127.0.0.1", car.port), timeout=5) for _ in range(2)]
     try:
