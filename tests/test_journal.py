@@ -398,3 +398,56 @@ def test_put_costs_the_event_loop_an_append(tmp_path: Path) -> None:
         stuck.set()
         writer.join(10)
     assert rows(tmp_path / "j.db") == 1000
+
+
+# ---------------------------------------------------------------------------- stateful ids
+
+
+def test_stateful_ids_are_written_with_the_rows_and_read_back_newest_kept(tmp_path: Path) -> None:
+    j = journal(tmp_path / "j.db")
+    for i in range(5):
+        j.own(f"resp_{i}", "a" if i % 2 else "b", translated=i == 4)
+    j.own("resp_1", "c", translated=False)  # noted again: its newest owner, and now the newest id
+    j.flush()
+    assert j.store.owners("127.0.0.1:8787", 10) == [
+        ("resp_0", "b", False), ("resp_2", "b", False), ("resp_3", "a", False), ("resp_4", "b", True),
+        ("resp_1", "c", False),
+    ]  # fmt: skip
+    assert j.store.owners("127.0.0.1:8787", 2) == [("resp_4", "b", True), ("resp_1", "c", False)]
+    assert j.store.owners("127.0.0.1:9999", 10) == []  # another sidecar's nodes are not ours
+    j.store.prune(time.time() - 3600, 1 << 30, owners=3)
+    assert [made for made, _, _ in j.store.owners("127.0.0.1:8787", 10)] == ["resp_3", "resp_4", "resp_1"]
+    j.store.prune(time.time() + 1, 1 << 30)  # by age: all of them are older than that
+    assert j.store.owners("127.0.0.1:8787", 10) == []
+    j.close()
+
+
+def test_a_journal_an_earlier_version_wrote_gains_the_owners_table(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with sqlite3.connect(path) as db:  # version 1: requests and bodies, no owners
+        db.execute("CREATE TABLE requests (time REAL NOT NULL, id TEXT NOT NULL)")
+        db.execute("INSERT INTO requests VALUES (1.0, 'kept')")
+        db.execute("PRAGMA user_version = 1")
+    j = journal(path)
+    assert j.store.owners("127.0.0.1:8787", 10) == [] and rows(path) == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    j.close()
+
+
+def test_stateful_ids_wait_out_a_locked_file_and_are_written_after(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = journal(path)
+    j.store.busy_ms = 50
+    j.store.close()
+    j.store.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    j.own("file_1", "a", translated=False)
+    j.flush()
+    assert j.trouble is not None and j.trouble.kind == "locked" and j.pending_owned
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    j.flush()
+    assert j.trouble is None and j.store.owners("127.0.0.1:8787", 10) == [("file_1", "a", False)]
+    j.close()

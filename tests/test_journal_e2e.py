@@ -255,3 +255,42 @@ async def test_a_reload_turns_bodies_on_and_off(fakes: Any, sidecar: Any, client
     assert await journaled(car.journal, 3)
     kept = ["request body" in log_cli(car, "log", "show", rid).stdout for rid in ids]
     assert kept == [False, True, False]
+
+
+async def test_a_stored_response_finds_its_node_after_a_restart(
+    fakes: Any, sidecar: Any, client: httpx.AsyncClient
+) -> None:
+    """The node that made a stored response is remembered in the journal: after a restart, with a new
+    preferred node in front of it, a request naming the response still goes to the node that holds it."""
+    keeper, newcomer = await fakes("keeper"), await fakes("newcomer")
+    first = two_node_config(keeper, "http://127.0.0.1:9")
+    first["upstream"]["nodes"] = first["upstream"]["nodes"][:1]  # the keeper alone
+    car = await sidecar(first)
+    made = await client.post(f"{car.url}/v1/responses", json={"model": "gpt-4o", "input": "remember me"})
+    assert made.status_code == 200 and made.headers["x-llm-sidecar-node"] == "primary"
+    held = made.json()["id"]
+    assert car.stop() == 0  # a clean stop writes what is queued
+
+    second = two_node_config(keeper, newcomer)
+    ahead, kept = second["upstream"]["nodes"][1], second["upstream"]["nodes"][0]
+    ahead.update(name="newcomer", priority=1)  # preferred over the keeper from now on
+    ahead.pop("models")
+    assert kept["name"] == "primary" and kept["url"] == keeper.url
+    car = await sidecar(second, port=car.port)
+    assert "1 stateful ids read back" in car.log()
+    follow = await client.post(
+        f"{car.url}/v1/responses", json={"model": "gpt-4o", "input": "and?", "previous_response_id": held}
+    )
+    assert follow.status_code == 200, follow.text
+    assert follow.headers["x-llm-sidecar-node"] == "primary"  # not the preferred newcomer, which would 404
+    plain = await client.post(f"{car.url}/v1/responses", json={"model": "gpt-4o", "input": "new"})
+    assert plain.headers["x-llm-sidecar-node"] == "newcomer"
+    assert newcomer.stats.requests == 1
+
+    async with car.control() as control:  # the keeper taken out by hand: a clear error naming it
+        assert (await control.post("/v1/nodes/primary/down")).status_code == 200
+    out = await client.post(
+        f"{car.url}/v1/responses", json={"model": "gpt-4o", "input": "and?", "previous_response_id": held}
+    )
+    assert out.status_code == 503 and out.json()["error"]["code"] == "state_holder_out"
+    assert newcomer.stats.requests == 1

@@ -5,7 +5,8 @@ on the way (its failed attempts, moved on or caused by the request among them, c
 attempt's own time, and marks: request-caused, hedges, translation, nodes skipped, the trace) is kept as the
 event has it, as JSON in `detail`, NULL for a plain request answered at its first attempt, so a new kind of mark
 needs no new column. `api_upstream` is the answering node's format when the sidecar translated (NULL: the
-client's own). Bodies, when kept, are in their own table.
+client's own). Bodies, when kept, are in their own table; so are the stateful ids nodes made (`owners`), so a
+request naming a stored response still finds its node after a restart.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sqlite3
 from operator import itemgetter
 from typing import Any
 
-VERSION = 1  # PRAGMA user_version of a journal this code writes
+VERSION = 2  # PRAGMA user_version of a journal this code writes (2: the owners table)
 
 # The event's own fields first (taken in one C call, see row_of), then what the writer adds.
 FROM_EVENT = (
@@ -59,7 +60,15 @@ DDL = (
         cut INTEGER,                 -- 1: the request was longer than [journal] max_body_bytes, 2: the answer, 3: both
         headers TEXT                 -- JSON: content-type, anthropic-version, anthropic-beta, content-encoding
     )""",
+    """CREATE TABLE IF NOT EXISTS owners (
+        id TEXT PRIMARY KEY,         -- a stateful id a node's answer made: a stored response, a file, a batch ...
+        node TEXT NOT NULL,          -- the node that made it, the only one that can serve a request naming it
+        translated INTEGER NOT NULL, -- 1: made by a translated answer, so the node keeps no state under it
+        sidecar TEXT,                -- the listen address of the sidecar whose node it is
+        time REAL NOT NULL           -- Unix time it was made; a new row (a higher rowid) each time it is noted
+    )""",
 )
+OWNER = "INSERT OR REPLACE INTO owners (id, node, translated, sidecar, time) VALUES (?, ?, ?, ?, ?)"
 
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # No index on `time`: it would cost the writer a quarter more per row. Rows are appended in the order their

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .bodies import Packed
-from .schema import DDL, INSERT, SLACK, VERSION, rowid_at
+from .schema import DDL, INSERT, OWNER, SLACK, VERSION, rowid_at
 
 BUSY_MS = 1000  # how long a write waits for another process's transaction (two sidecars on one file)
 PRUNE_CHUNK = 5000  # rows deleted per transaction, so another writer never waits long
@@ -115,7 +115,7 @@ class Store:
                 db.execute("PRAGMA synchronous = NORMAL")  # WAL: a crash of the process loses nothing committed
                 db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
+                if version < VERSION:  # a new file, or one an earlier version made: its tables are kept
                     db.execute("BEGIN IMMEDIATE")
                     for statement in DDL:
                         db.execute(statement)
@@ -160,8 +160,13 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, rows: list[tuple[Any, ...]], bodies: Iterable[tuple[int, Packed]] = ()) -> None:
-        """`rows` in one transaction; `bodies`: (index in rows, packed bodies)."""
+    def write(
+        self,
+        rows: list[tuple[Any, ...]],
+        bodies: Iterable[tuple[int, Packed]] = (),
+        owned: list[tuple[str, str, int, str, float]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """`rows` in one transaction; `bodies`: (index in rows, packed bodies); `owned`: owners rows."""
         db = self.db
         assert db is not None
         with named_trouble():
@@ -180,6 +185,8 @@ class Store:
                                 (rowid, packed.request, packed.response, packed.request_size,
                                  packed.response_size, packed.cut, packed.headers),
                             )  # fmt: skip
+                if owned:
+                    db.executemany(OWNER, owned)
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -195,13 +202,17 @@ class Store:
         pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages) * int(db.execute("PRAGMA page_size").fetchone()[0])
 
-    def prune(self, older_than: float, max_bytes: int) -> int:
+    def prune(self, older_than: float, max_bytes: int, owners: int | None = None) -> int:
         """Delete rows older than `older_than` (Unix time), then the oldest until the file is under
-        `max_bytes` (to 90% of it); give the pages back. Returns the rows deleted."""
+        `max_bytes` (to 90% of it); give the pages back. Of the stateful ids, those older than `older_than`
+        go, and all but the newest `owners` (None: no bound). Returns the request rows deleted."""
         db = self.db
         assert db is not None
         deleted = 0
         with named_trouble():
+            db.execute("DELETE FROM owners WHERE time < ?", (older_than,))
+            if owners is not None:  # a REPLACE gives a row a new rowid: the newest are the highest
+                db.execute("DELETE FROM owners WHERE rowid <= (SELECT max(rowid) FROM owners) - ?", (owners,))
             bound = rowid_at(db, older_than + SLACK)  # about the first row not older: later ones are pruned later
             while True:
                 cur = db.execute(
@@ -249,3 +260,18 @@ class Store:
                 (day_start, rowid_at(db, month_start), month_start, sidecar, day_start),
             ).fetchall()
         return [(node, model, float(cost), bool(today)) for node, model, today, cost in rows]
+
+    # ------------------------------------------------------------------ reading stateful ids back
+
+    def owners(self, sidecar: str, limit: int) -> list[tuple[str, str, bool]]:
+        """The newest `limit` ids the nodes of `sidecar` made, oldest first."""
+        db = self.db
+        assert db is not None
+        with named_trouble():
+            rows = db.execute(
+                "SELECT id, node, translated FROM "
+                "(SELECT rowid, id, node, translated FROM owners WHERE sidecar = ? ORDER BY rowid DESC LIMIT ?) "
+                "ORDER BY rowid",
+                (sidecar, limit),
+            ).fetchall()
+        return [(made, node, bool(translated)) for made, node, translated in rows]

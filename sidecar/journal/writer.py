@@ -39,6 +39,7 @@ PRUNE_EVERY = 300.0
 KEEP_FOR_RETRY = frozenset({"locked", "disk_full", "read_only", "cannot_open", "io_error", "corrupt"})
 
 Record = tuple[dict[str, Any], Bodies | None]
+Owned = tuple[str, str, int, str, float]  # an owners row: id, node, translated, sidecar, time
 
 
 class Journal:
@@ -56,6 +57,9 @@ class Journal:
         self.queue: deque[Record] = deque()
         self.limit = QUEUE
         self.pending: list[Record] = []  # a batch that failed, tried again first
+        self.owned: deque[Owned] = deque()  # stateful ids nodes made (nodes/owners.py), written with the rows
+        self.pending_owned: list[Owned] = []
+        self.keep_owners: int | None = None  # how many of them the file keeps (set by whoever reads them back)
         self.dropped_queue: dict[str, int] = {}  # by the event loop's thread only
         self.dropped_writer: dict[str, int] = {}  # by the writer's thread only
         self.trouble: Trouble | None = None  # the episode under way
@@ -103,6 +107,13 @@ class Journal:
                 self.path, len(queue), "the writer is failing" if trouble else "the writer is behind",
             )  # fmt: skip
 
+    def own(self, made: str, node: str, translated: bool) -> None:
+        """A stateful id a node made: kept so that it still finds its node after a restart."""
+        if len(self.owned) < self.limit:
+            self.owned.append((made, node, int(translated), self.sidecar, time.time()))
+        else:
+            self.dropped_queue["queue_full"] = self.dropped_queue.get("queue_full", 0) + 1
+
     def dropped(self) -> dict[str, int]:
         queue, writer = dict(self.dropped_queue), dict(self.dropped_writer)
         return {k: queue.get(k, 0) + writer.get(k, 0) for k in queue.keys() | writer.keys()}
@@ -112,7 +123,7 @@ class Journal:
         self.stop_event.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
-        left = len(self.queue) + len(self.pending)
+        left = len(self.queue) + len(self.pending) + len(self.owned) + len(self.pending_owned)
         if self.thread.is_alive() or left:
             log.warning("journal %s: stopped with %d records not written", self.path, left)
 
@@ -139,7 +150,8 @@ class Journal:
         """Write what is queued, a batch at a time; on trouble keep the batch and stop until next time."""
         for _ in range(QUEUE // BATCH + 2):  # all a full queue holds, then maintenance gets its turn
             batch = self.pending or self.take()
-            if not batch:
+            owned = self.pending_owned or self.take_owned()
+            if not batch and not owned:
                 if self.overflowing:
                     self.overflowing = False
                     log.info("journal %s: the writer caught up", self.path)
@@ -149,17 +161,23 @@ class Journal:
                 if self.store.db is None:
                     self.open_store()
                 rows, bodies = self.rows(batch)
-                self.store.write(rows, bodies)
+                self.store.write(rows, bodies, owned)
             except Trouble as exc:
+                self.pending_owned = owned if exc.kind in KEEP_FOR_RETRY else []
                 self.failed(exc, batch)
                 return
             finally:
                 self.write_seconds += time.thread_time() - began
             self.pending = []
+            self.pending_owned = []
             self.written += len(batch)
             self.desk.written += sum(kept.held for _, kept in batch if kept is not None)
             if self.trouble is not None:
                 self.recovered()
+
+    def take_owned(self) -> list[Owned]:
+        take = self.owned.popleft
+        return [take() for _ in range(min(BATCH, len(self.owned)))]
 
     def rows(self, batch: list[Record]) -> tuple[list[tuple[Any, ...]], list[tuple[int, Packed]]]:
         sidecar, keys = self.sidecar, self.keys
@@ -211,7 +229,7 @@ class Journal:
         began = time.thread_time()
         try:
             cutoff = time.time() - self.config.retention_days * 86400
-            deleted = self.store.prune(cutoff, self.config.max_bytes)
+            deleted = self.store.prune(cutoff, self.config.max_bytes, self.keep_owners)
         except Trouble as exc:
             with contextlib.suppress(Exception):
                 self.begin(exc)

@@ -23,6 +23,7 @@ from sidecar.journal.bodies import keys_of
 from sidecar.journal.paths import journal_path
 from sidecar.journal.writer import Journal
 from sidecar.nodes.budget import resets
+from sidecar.nodes.owners import Owner, Owners
 from sidecar.nodes.runtime import Runtime
 from sidecar.observe.shapes import SpendJSON
 
@@ -188,7 +189,8 @@ class SpendRecorder:
 
 
 def start(runtime: Runtime) -> SpendRecorder:
-    """Open the journal (when on), read this month's spend back from it, and record from now on."""
+    """Open the journal (when on), read this month's spend and the stateful ids' owners back from it, and
+    record from now on."""
     config = runtime.config
     journal = None
     if config.journal.enabled:
@@ -199,6 +201,24 @@ def start(runtime: Runtime) -> SpendRecorder:
     recorder.restore()
     recorder.attach()
     if journal is not None:
+        keep_owners(journal, runtime.upstream.owners)
+    if journal is not None:
         journal.start()
         log.info("journal %s%s", journal.path, " (with bodies)" if config.journal.bodies else "")
     return recorder
+
+
+def keep_owners(journal: Journal, owners: Owners) -> None:
+    """Stateful ids live at the providers, past a restart: read back the ones nodes made, and keep new ones."""
+    journal.keep_owners = owners.capacity
+    if journal.store.db is not None:
+        try:
+            kept = journal.store.owners(journal.sidecar, owners.capacity)
+        except Exception as exc:  # the journal's trouble is not the traffic's
+            log.warning("journal %s: stateful ids not read back (%s)", journal.path, exc)
+        else:
+            owners.restore((made, Owner(node, translated)) for made, node, translated in kept)
+            if kept:
+                log.info("journal %s: %d stateful ids read back (a request naming one goes to its node)",
+                         journal.path, len(kept))  # fmt: skip
+    owners.sink = lambda made, owner: journal.own(made, owner.node, owner.translated)
