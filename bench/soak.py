@@ -359,9 +359,24 @@ def main() -> int:
             problems = report(args, figures, elapsed, stats, sidecar.poll() is None, log)
             if problems:
                 print("sidecar log, last lines:\n  " + "\n  ".join(log.splitlines()[-15:]))
+                print("\n".join(journaled_5xx(Path(tmp) / "ctl.journal.db")))
             return 1 if problems else 0
         finally:
             procs.stop()  # SIGTERM, then SIGKILL after 10 s
+
+
+def journaled_5xx(path: Path, wait: float = 2.0) -> list[str]:
+    """What the journal kept of each 5xx answer (its attempts and reasons): what a failed soak needs to be read."""
+    import sqlite3
+
+    time.sleep(wait)  # the writer writes every 0.5 s
+    if not path.exists():
+        return ["journal: no file"]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT id, status, stream, node, attempts, total_ms, error, detail FROM requests WHERE status >= 500"
+        ).fetchall()
+    return ["5xx answers in the journal:", *(f"  {row}" for row in rows)]
 
 
 if __name__ == "__main__":
