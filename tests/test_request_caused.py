@@ -4,6 +4,7 @@ counts it added are taken back. In-process on the mock transport."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -171,3 +172,42 @@ async def warm_with(h: Harness, state: dict[str, bool]) -> None:
     blip, state["blip"] = state["blip"], False
     await warm(h)
     state["blip"] = blip
+
+
+async def test_two_nodes_that_start_hanging_together_are_no_culprit_and_the_next_node_answers() -> None:
+    """Both nodes a request timed out on served others when it reached them, but they failed other requests
+    in flight meanwhile too: an outage of both, not the request's fault. It goes on to the third node."""
+    from sidecar.config.load import parse
+
+    hanging = {"primary", "second"}
+    state = {"hang": False}
+
+    def handler(node: str, request: Request) -> Script:
+        if state["hang"] and node in hanging:
+            return Script(200, SSE, [chunk(role=True), 30.0])
+        return Script(200, SSE, stream(f"from {node}"))
+
+    nodes = [
+        {"name": "primary", "url": "http://primary.invalid", "priority": 0},
+        {"name": "second", "url": "http://second.invalid", "priority": -1},
+        {"name": "steady", "url": "http://steady.invalid", "priority": -2},
+    ]
+    timeout = {"connect": 0.05, "send": 1, "read": 5, "first_token": 0.2}
+    upstream = {"timeout": timeout, "checks": {"passive": {}}, "retry": {"same_node": 0}, "nodes": nodes}
+    h = Harness(handler, parse({"upstream": upstream}, "<test>", env={}))
+    for name in ("primary", "second"):  # both serve others
+        for other in hanging - {name}:
+            h.runtime.upstream.set_manual(h.node(other), True)
+        assert (await h.request({**ASK, "stream": True})).headers["x-llm-sidecar-node"] == name
+        for other in hanging - {name}:
+            h.runtime.upstream.set_manual(h.node(other), False)
+    state["hang"] = True
+    first, later = {**ASK, "stream": True}, {**ASK, "stream": True, "messages": [{"role": "user", "content": "b"}]}
+    answers = await asyncio.gather(h.request(first), h.request(later))
+    for answer in answers:  # each timed out on the primary and the second node, then the steady one answered
+        assert answer.status == 200 and answer.headers["x-llm-sidecar-node"] == "steady", answer.headers
+        assert "from steady" in text_of(answer.body)
+    events = [e for e in h.runtime.events.recent if e["type"] == "request"][-2:]
+    assert all(e["request_caused"] is None for e in events), events
+    assert counts(h, "primary")["timeouts"] >= 1  # counted against the node, as an outage should be
+    h.assert_nothing_held()

@@ -45,6 +45,7 @@ class NodeState:
     # for a failure the request caused (proxy/poison.py).
     last_ok: float = float("-inf")
     last_failed: float = float("-inf")  # when an attempt last failed here (its own fault or not)
+    failed_attempts: int = 0  # attempts that failed here, ever: whether others failed while a request waited
 
     @property
     def name(self) -> str:

@@ -181,6 +181,7 @@ class Upstream:
                 node.health.end_trial()
             return None
         failed_before, node.last_failed = node.last_failed, now
+        node.failed_attempts += 1
         by_model = self._model_failure(node, model, failure, now, spec, failed_before) if model is not None else False
         if by_model is not False:
             if trial:

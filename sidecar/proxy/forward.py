@@ -263,7 +263,7 @@ async def forward(
             return None  # a hedge goes only where the request needs no translation (nothing spent, nothing counted)
         hedges.spent(now)
         plan.start(choice.index, now)
-        culprit.reached(choice.index, node.last_ok, node.last_failed, now)
+        culprit.reached(choice.index, node, now)
         request = trip.request(node, trip.rewriter.for_node(node))
         first = elsewhere(choice.index)
         ex.hedged.append({"node": node.name, "over": upstream.nodes[index].name, "won": False})
@@ -354,7 +354,7 @@ async def forward(
                 await bad_body(send, ex, exc)
                 return
             plan.start(choice.index, upstream.clock())
-            culprit.reached(choice.index, node.last_ok, node.last_failed, upstream.clock())
+            culprit.reached(choice.index, node, upstream.clock())
             hedge: Hedge | None = None
             try:
                 with upstream.attempt(choice, route.model, probe) as attempt:

@@ -4,9 +4,12 @@ A body that makes every provider answer 5xx (a malformed tool schema some backen
 one of them cannot parse) or time out would otherwise count against each node it is sent to, and three
 such requests eject them all. So each failure is tagged by the request's fingerprint (its path and body,
 the model left out: each node gets its own) and the way it failed (timeout, or the status). When one
-request fails the same way on two nodes that both served other requests when it reached them (their
-last outcome a success, within the last minute), the request caused it: the client gets the original
-error, no further node is tried, and the health counts it added are taken back. A fingerprint found so
+request fails the same way on two nodes that both kept serving other requests — their last outcome a
+success (within the last minute) when it reached them, and no other request failed there while it was
+there — the request caused it: the client gets the original error, no further node is tried, and the
+health counts it added are taken back. Two providers that break at once (a shared outage, or two nodes
+that start hanging together) fail the other requests in flight too, so they are not taken for the
+request's fault and the request goes on to the next node. A fingerprint found so
 is remembered for a while, only to spare it same-node retries when sent again: it still needs two nodes
 to be judged so, since a node that went down meanwhile must not be taken for the request's fault. A node
 that fails other requests too is not cleared this way: a dead node is ejected as ever.
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar.nodes.health import Failure
-from sidecar.nodes.node import Blame
+from sidecar.nodes.node import Blame, NodeState
 from sidecar.nodes.transport import UpstreamError
 
 SERVING_WITHIN = 60.0  # seconds: a node that answered another request this recently is serving
@@ -80,7 +83,7 @@ class Suspects:
 class Culprit:
     """One request's failures that it could have caused, and the verdict: did it?"""
 
-    __slots__ = ("failures", "key", "repeat", "serving", "suspects")
+    __slots__ = ("failures", "key", "own", "reached_at", "repeat", "serving", "suspects")
 
     def __init__(self, suspects: Suspects) -> None:
         self.suspects = suspects
@@ -90,13 +93,25 @@ class Culprit:
         # success, within SERVING_WITHIN. Taken before the attempt, so this request's own failures do not
         # count, and a node failing everyone's requests (a dead one) never serves.
         self.serving: dict[int, bool] = {}
+        # Each node reached: the node, and its count of failed attempts when this request reached it, so that
+        # failures of other requests there meanwhile can be told from this request's own (`own`, by node).
+        self.reached_at: dict[int, tuple[NodeState, int]] = {}
+        self.own: dict[int, int] = {}
         # (way, node index, error, what it was blamed for, its entry in the request's failed attempts)
         self.failures: list[tuple[str, int, UpstreamError, Blame | None, dict[str, Any]]] = []
 
-    def reached(self, index: int, last_ok: float, last_failed: float, now: float) -> None:
+    def reached(self, index: int, node: NodeState, now: float) -> None:
         """An attempt on node `index` starts (its figures as they are before it)."""
         if index not in self.serving:
-            self.serving[index] = last_ok >= last_failed and now - last_ok <= SERVING_WITHIN
+            self.serving[index] = node.last_ok >= node.last_failed and now - node.last_ok <= SERVING_WITHIN
+            self.reached_at[index] = (node, node.failed_attempts)
+
+    def kept_serving(self, index: int) -> bool:
+        """The node served others when this request reached it, and failed no other request since."""
+        if not self.serving.get(index, False):
+            return False
+        node, before = self.reached_at[index]
+        return node.failed_attempts - before <= self.own.get(index, 0)
 
     def failed(
         self,
@@ -108,7 +123,9 @@ class Culprit:
         now: float,
     ) -> str | None:
         """Record a failure; the way the request caused it when it did (it failed so on two nodes that both
-        served others when it reached them; then answer with `acquit`), else None."""
+        kept serving others: then answer with `acquit`), else None."""
+        if error.kind is not None and not error.moved:  # counted in the node's failed attempts
+            self.own[index] = self.own.get(index, 0) + 1
         how = way(error)
         if how is None:
             return None
@@ -116,7 +133,7 @@ class Culprit:
         if self.key is None:
             self.key = key()
             self.repeat = self.suspects.known(self.key, now)
-        nodes = {i for w, i, *_ in self.failures if w == how and self.serving.get(i, False)}
+        nodes = {i for w, i, *_ in self.failures if w == how and self.kept_serving(i)}
         if len(nodes) >= 2:
             self.suspects.mark(self.key, how, now)
             return how
