@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sidecar.proxy.app import read_body
+from sidecar.proxy.inbound import read_body
 
 UPSTREAM = URL(f"http://127.0.0.1:{sys.argv[2]}", encoded=True)
 session: aiohttp.ClientSession | None = None

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from sidecar.proxy.app import read_body
+from sidecar.proxy.inbound import read_body
 
 COMPLETION = json.dumps(
     {

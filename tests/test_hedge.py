@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.metrics import attach
+from sidecar.metrics import attach, exposition
 from sidecar.nodes.health import Source
 from sidecar.nodes.mock import Script
 from sidecar.nodes.transport import Request
@@ -45,7 +45,7 @@ async def test_the_hedge_wins_when_the_first_node_is_slow_and_the_loser_gets_no_
     h = Harness(timed({"primary": 3.0, "backup": 0.0}), cfg(read=10, hedge=HEDGE))
     metrics = attach(h.runtime)
     answer = await h.request(STREAM)
-    text = metrics.exposition()[0].decode()
+    text = exposition(metrics)[0].decode()
     assert 'llm_sidecar_hedges_total{node="backup",over="primary",result="won"} 1.0' in text
     assert answer.status == 200 and text_of(answer.body) == "from backup"
     assert h.last_event()["hedged"] == [{"node": "backup", "over": "primary", "won": True}]

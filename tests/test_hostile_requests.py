@@ -18,8 +18,8 @@ import pytest
 from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.nodes.mock import Script
 from sidecar.nodes.transport import Request
-from sidecar.proxy.app import REQUEST_DROP, path_is_safe, request_drop
 from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.inbound import REQUEST_DROP, path_is_safe, request_drop
 
 from .conftest import chat, two_node_config
 from .inproc import Answer, Harness, config

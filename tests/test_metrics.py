@@ -113,7 +113,7 @@ def request_event(**fields: Any) -> dict[str, Any]:
 
 
 def scraped(m: Metrics) -> Samples:
-    body, content_type = m.exposition()
+    body, content_type = metrics.exposition(m)
     assert content_type == CONTENT_TYPE_LATEST
     return samples(body.decode())
 
@@ -133,7 +133,7 @@ def test_a_thousand_client_model_names_make_a_bounded_set_of_model_labels() -> N
     assert labels == {"gpt-4o", "other", "none", *seen}
     assert get(found, "llm_sidecar_requests_total", model="other") == 1000 - MAX_SEEN_MODELS
     assert get(found, "llm_sidecar_tokens_total", model="other", type="input") == 7 * (1000 - MAX_SEEN_MODELS)
-    assert f"client-model-{MAX_SEEN_MODELS}" not in m.exposition()[0].decode()
+    assert f"client-model-{MAX_SEEN_MODELS}" not in metrics.exposition(m)[0].decode()
 
 
 async def test_the_models_of_a_setup_without_models_tables_are_labelled_as_seen() -> None:
@@ -206,7 +206,7 @@ def test_histograms_use_llm_buckets_inclusive_upper_bounds_and_plus_inf() -> Non
 def test_each_runtime_has_its_own_registry_and_probes_count_by_hub() -> None:
     one, two = runtime(), runtime()
     m1, m2 = metrics.attach(one), metrics.attach(two)
-    assert metrics.attach(one) is m1 and m1.collector_registry() is not m2.collector_registry()
+    assert metrics.attach(one) is m1 and metrics.registry_of(m1) is not metrics.registry_of(m2)
     one.events.publish("request", **request_event())
     two.events.note("probe", node="a", ok=True, seconds=0.02)  # how the checker counts a probe
     two.events.note("probe", node="a", ok=False, seconds=2.0)

@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from sidecar.formats.probe import RESPONSES_MIN_OUTPUT, probe_body
-from sidecar.metrics import attach
+from sidecar.metrics import attach, exposition
 from sidecar.nodes.mock import MockTransport, Script
 from sidecar.nodes.prober import RecoveryProber
 from sidecar.nodes.recovery import FIRST, MAX_INTERVAL, ProbeSpec, Recovery
@@ -119,7 +119,7 @@ async def test_an_ejected_node_is_probed_not_tried_and_the_first_success_restore
     await task
     assert primary.health.state == "healthy" and primary.health.reason == "recovered (probe gpt-4o ok)"
     assert primary.recovery is None and primary.stats.probes == 3
-    text = metrics.exposition()[0].decode()
+    text = exposition(metrics)[0].decode()
     assert 'llm_sidecar_recovery_probes_total{node="primary",result="fail"} 2.0' in text
     assert 'llm_sidecar_recovery_probes_total{node="primary",result="ok"} 1.0' in text
     probe = state["bodies"][-1]

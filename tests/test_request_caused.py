@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.metrics import attach
+from sidecar.metrics import attach, exposition
 from sidecar.nodes.health import Source
 from sidecar.nodes.mock import Script
 from sidecar.nodes.transport import Request
@@ -132,7 +132,7 @@ async def test_the_metrics_count_request_caused_failures_apart(stream_: bool) ->
     metrics = attach(h.runtime)
     await warm(h)
     await h.request(poison(stream_))
-    text = metrics.exposition()[0].decode()
+    text = exposition(metrics)[0].decode()
     assert 'reason="request_caused"' in text
 
 

@@ -150,7 +150,7 @@ class ControlServer:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus metrics, the same as the proxy listener's metrics_path (which may be off); no key."""
-        body, content_type = metrics.attach(self.runtime).exposition()
+        body, content_type = metrics.exposition(metrics.attach(self.runtime))
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def events(self, request: web.Request) -> web.StreamResponse:

@@ -54,7 +54,7 @@ class EventHub:
         self.recent: deque[Event] = deque(maxlen=replay)
         self.queue_size = queue_size
         self.drop_after = drop_after
-        # Called with every event as it is published, in the publisher (sidecar/metrics.py counts this way): unlike a
+        # Called with every event as it is published, in the publisher (sidecar/metrics/ counts this way): unlike a
         # subscriber, never dropped for falling behind. Each must be cheap and must not raise.
         self.observers: list[Callable[[Event], None]] = []
         self.subscribers: set[Subscription] = set()
@@ -69,7 +69,7 @@ class EventHub:
         return self.emit({"type": type_, **fields})
 
     def note(self, type_: str, **fields: Any) -> None:
-        """Tell the observers only (sidecar/metrics.py counts each probe this way): what is counted but not
+        """Tell the observers only (sidecar/metrics/ counts each probe this way): what is counted but not
         streamed, so a probe every few seconds per node does not crowd the monitor's replay."""
         event = {"type": type_, **fields}
         for observe in self.observers:

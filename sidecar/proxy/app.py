@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import json
 import logging
-import re
 import secrets
 import time
 from typing import Any, TypeVar
@@ -22,11 +20,10 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from sidecar import metrics
-from sidecar.formats.dialect import ANTHROPIC, OPENAI, VERSION_HEADER, api_of, stream_error
+from sidecar.formats.dialect import OPENAI, VERSION_HEADER, api_of, stream_error
 from sidecar.formats.errors import Send, send_error, send_json
 from sidecar.formats.translate.ir import form_of
 from sidecar.nodes.runtime import Runtime
-from sidecar.nodes.upstream import Upstream
 from sidecar.telemetry.context import Tracing
 
 from . import estimate
@@ -35,110 +32,29 @@ from .capture import Capture
 from .exchange import STREAM_RE, Exchange, model_of
 from .forward import forward
 from .hedge import HedgeBudget
+from .inbound import (
+    ALLOW_HEADER,
+    ALLOWED_METHODS,
+    PATH_TRICK,
+    ClientGone,
+    client_key_ok,
+    client_request_id,
+    path_is_safe,
+    read_body,
+    request_drop,
+    streams,
+)  # fmt: skip
 from .interrupt import Interrupt, Reason
 from .poison import Suspects
+from .refusals import doubled_v1, refuse_over_budget
 
 access_log = logging.getLogger("llm_sidecar.access")
 log = logging.getLogger("llm_sidecar")
 
-# Never forwarded upstream: hop-by-hop headers, and the client's own credentials. Cookies too: a client
-# keeps what one node's CDN set (`__cf_bm`), and its next request may go to another provider.
-REQUEST_DROP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
-        b"upgrade", b"host", b"content-length", b"expect", b"authorization", b"proxy-authorization",
-        b"x-api-key", b"api-key", b"x-request-id", b"cookie",
-    }
-)  # fmt: skip
-# The OpenAI API uses no other method. TRACE to an echoing upstream handed the node's key to the
-# client; OPTIONS would answer browsers' CORS preflights with the node's CORS policy; HEAD and PUT/PATCH
-# serve nothing an SDK calls.
-ALLOWED_METHODS = frozenset({"GET", "POST", "DELETE"})
-ALLOW_HEADER = (b"allow", b"GET, POST, DELETE")
-# What a node (or a server in front of it) may resolve into another path than the one checked here:
-# dot segments, raw or percent-encoded in any case (and `..;`, which Tomcat reads as `..`),
-# encoded slashes and backslashes. The decoded path is checked too, in case the server's differs.
-RAW_PATH_TRICK = re.compile(rb"\\|%2f|%5c|(?:^|/)(?:\.|%2e){1,2}(?:[/;]|\Z)", re.IGNORECASE)
-PATH_TRICK = re.compile(r"\\|(?:^|/)\.{1,2}(?:[/;]|\Z)")
-# A client's X-Request-Id is logged, echoed and sent upstream: printable ASCII without blanks,
-# quotes or backslashes, at most MAX_REQUEST_ID long, else a generated one is used.
-MAX_REQUEST_ID = 128
-REQUEST_ID = re.compile(rb"[!#-&(-\[\]-~]+")
-NOT_HEADERS = frozenset({b"", b"close", b"keep-alive"})  # Connection tokens naming no header to drop
 URL_CACHE_SIZE = 1024
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
 DOUBLED_V1 = "/v1/v1/"  # a base URL with /v1 under a client that adds /v1: no API has this path
-
-
-class ClientGone(Exception):
-    pass
-
-
-def streams(body: bytes) -> bool:
-    """Whether a body that mentions `"stream": true` asks for a stream: the mention may sit anywhere
-    (a JSON schema's property), and a stream gets the first-token limit. Parsed only then."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return True  # not JSON: the node will say what it makes of it
-    return not isinstance(parsed, dict) or parsed.get("stream") is True
-
-
-def path_is_safe(path: str, raw: bytes) -> bool:
-    """False for a path a node could resolve elsewhere (see RAW_PATH_TRICK).
-
-    Normal paths carry no ".", "%" or backslash: they skip the regular expressions.
-    """
-    if b"." not in raw and b"%" not in raw and b"\\" not in raw and "." not in path and "\\" not in path:
-        return True
-    return RAW_PATH_TRICK.search(raw) is None and PATH_TRICK.search(path) is None
-
-
-def client_key_ok(key: bytes, authorization: bytes, x_api_key: bytes | None) -> bool:
-    """The client sent the sidecar's key: as a bearer token (OpenAI's SDKs, Claude Code's
-    ANTHROPIC_AUTH_TOKEN) or as `x-api-key` (Anthropic's SDKs, ANTHROPIC_API_KEY)."""
-    if x_api_key is not None and hmac.compare_digest(x_api_key, key):
-        return True
-    scheme, _, token = authorization.partition(b" ")
-    # Auth schemes are case-insensitive (RFC 9110 11.1), and one or more spaces may follow the scheme.
-    return scheme.lower() == b"bearer" and hmac.compare_digest(token.lstrip(b" "), key)
-
-
-def client_request_id(value: bytes) -> str | None:
-    """The client's X-Request-Id capped at MAX_REQUEST_ID, or None when it is not in the safe charset."""
-    value = value[:MAX_REQUEST_ID]
-    return value.decode("ascii") if REQUEST_ID.fullmatch(value) else None
-
-
-def request_drop(connection: list[bytes]) -> frozenset[bytes]:
-    """The headers not forwarded upstream: the fixed set, plus those the client's Connection names.
-
-    A header named in Connection is hop-by-hop (RFC 9110 7.6.1): `Connection: close, X-Secret` means
-    X-Secret was for the sidecar, not for the node. Usually it names only keep-alive or close.
-    """
-    if not connection or (len(connection) == 1 and connection[0].lower() in NOT_HEADERS):
-        return REQUEST_DROP  # what HTTP clients send: nothing, or `keep-alive` (already dropped) or `close`
-    tokens = {token.strip().lower() for value in connection for token in value.split(b",")}
-    extra = tokens - REQUEST_DROP - NOT_HEADERS
-    return REQUEST_DROP | extra if extra else REQUEST_DROP
-
-
-async def read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole request body, or None when it exceeds `limit`."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class ProxyApp:
@@ -152,7 +68,7 @@ class ProxyApp:
         self.inflight: set[Interrupt] = set()
         self.suspects = Suspects()  # request fingerprints found to cause their own failures (poison.py)
         self.hedges = HedgeBudget()  # hedged first tokens over the last minute (hedge.py)
-        self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (sidecar/metrics.py)
+        self.metrics = metrics.attach(runtime)  # counts from the event hub from now on (sidecar/metrics/)
 
     def next_id(self) -> str:
         return f"{self.id_prefix}{next(self.id_counter):08x}"
@@ -197,7 +113,7 @@ class ProxyApp:
             await self.healthz(send)
             return
         if not path.startswith("/v1/"):
-            if path == self.runtime.config.server.metrics_path and path:  # off when "" (see sidecar/metrics.py)
+            if path == self.runtime.config.server.metrics_path and path:  # off when "" (see sidecar/metrics/)
                 await metrics.answer(self.runtime, scope, send, self.authorized(scope))
                 return
             await send_error(
@@ -291,7 +207,7 @@ class ProxyApp:
         if self.tracing is not None:
             ex.trace = self.tracing.begin(scope["headers"], ex.started, body)
         if path.startswith(DOUBLED_V1):
-            await self.doubled_v1(send, ex, rid_header, anthropic_client)
+            await doubled_v1(send, ex, rid_header, anthropic_client, self.runtime.config.server.listen)
             self.finish(ex)  # logged and shown: Claude Code itself shows only a generic 404 message
             return
         interrupt = Interrupt(send)
@@ -340,22 +256,6 @@ class ProxyApp:
             interrupt.close()
             self.inflight.discard(interrupt)
             self.finish(ex, capture)
-
-    async def doubled_v1(self, send: Send, ex: Exchange, rid_header: tuple[bytes, bytes], anthropic: bool) -> None:
-        """A base URL that ends in /v1 under a client that adds /v1 itself (Anthropic's SDKs and Claude Code
-        do; an OpenAI client given .../v1/v1): answered here, saying which base URL to set, rather than sent on
-        for the provider's bare 404."""
-        ex.api = api_of(ex.path[len("/v1") :], anthropic)
-        base = f"http://{self.runtime.config.server.listen}"
-        if ex.api == ANTHROPIC:
-            fix = f"set ANTHROPIC_BASE_URL (or the SDK's base_url) to {base}, without /v1: the client adds it"
-        else:
-            fix = f"set OPENAI_BASE_URL (or the SDK's base_url) to {base}/v1, with /v1 once"
-        ex.status, ex.error = 404, "the client's base URL ends in /v1 and it added /v1 again"
-        await send_error(
-            send, 404, f"unknown path {ex.path[:200]!r}: {ex.error}; {fix}", "invalid_request_error", "wrong_base_url",
-            [rid_header], ex.api,
-        )  # fmt: skip
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         """The request carries the sidecar's own key (bearer or x-api-key), or none is set."""
@@ -423,23 +323,3 @@ class ProxyApp:
                 desk.clear()
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"access": record})
-
-
-async def refuse_over_budget(upstream: Upstream, ex: Exchange, send: Send) -> bool:
-    """429 in the client's format when the sidecar's budget is spent, or every node that takes the request's
-    format (natively or translated) is out for its own; True when it answered."""
-    now = time.time()
-    if ex.form is not None:  # the nodes that take its format, natively or translated
-        names = [n.name for i, n in enumerate(upstream.nodes) if i not in upstream.unable[ex.form]]
-    else:
-        names = [n.name for n in upstream.nodes if n.config.api == ex.api]
-    out = upstream.budgets.refusal(names, now)
-    if out is None:
-        return False
-    ex.status, ex.error = 429, out.message(now)
-    headers = [
-        (b"x-request-id", ex.rid.encode("latin-1")),
-        (b"retry-after", str(max(1, int(out.until - now))).encode()),
-    ]
-    await send_error(send, 429, f"llm-sidecar: {ex.error}", "insufficient_quota", "budget_exceeded", headers, ex.api)
-    return True
