@@ -30,7 +30,8 @@ def exposition(metrics: Metrics) -> tuple[bytes, str]:
 
 def registry_of(metrics: Metrics) -> CollectorRegistry:
     """The metrics' own registry (never the global one: several sidecars in one process, tests)."""
-    if metrics.registry is None:
+    kept: CollectorRegistry | None = metrics.registry
+    if kept is None:
         from prometheus_client import CollectorRegistry
         from prometheus_client.process_collector import ProcessCollector
 
@@ -42,8 +43,8 @@ def registry_of(metrics: Metrics) -> CollectorRegistry:
 
         registry.register(Collector())
         ProcessCollector(registry=registry)  # process_* (CPU, memory, open fds), as exporters have
-        metrics.registry = registry
-    return metrics.registry
+        metrics.registry = kept = registry
+    return kept
 
 
 def families(metrics: Metrics) -> Iterator[Metric]:

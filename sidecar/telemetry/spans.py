@@ -165,11 +165,13 @@ def spans_of(trace: Trace, event: dict[str, Any], content: bool, cache: dict[str
         if error is not None:
             answered_badly = attrs["llm_sidecar.outcome"] == "answered" and status >= 400
             attrs["error.type"] = str(status) if answered_badly else error_type(error)
-        end = max(step.start, (following.start if following is not None else trace.ended) - wait)
-        spans.append(Span(_name(op, sent), "client", step.span_id, ns(step.start), ns(end), attrs, error))
+        # In whole ns, the wait taken off the next start: rounding each end apart would make 50 ms 49.999999.
+        waited = round(wait * 1e9)
+        end = max(ns(step.start), ns(following.start if following is not None else trace.ended) - waited)
+        spans.append(Span(_name(op, sent), "client", step.span_id, ns(step.start), end, attrs, error))
         if wait:
             after: Attributes = {"llm_sidecar.node": step.node.name, "llm_sidecar.wait_ms": round(wait * 1000)}
-            spans.append(Span("wait", "internal", new_span_id(), ns(end), ns(end + wait), after))
+            spans.append(Span("wait", "internal", new_span_id(), end, end + waited, after))
 
     request: Attributes = {
         **common,
