@@ -26,6 +26,7 @@ from sidecar.config.load import parse
 from sidecar.config.schema import Config
 from sidecar.fakes.openai import FakeProvider
 from sidecar.fakes.serve import start
+from sidecar.journal.paths import default_path
 from sidecar.listener.bind import bind_tcp
 from sidecar.observe.display import why_changed
 
@@ -62,9 +63,15 @@ class Outage:
     recovered_how: str = ""
 
 
+def demo_journal() -> Path:
+    """The demo's journal: beside the real one, never in it (its fake spend is no one's)."""
+    return default_path().with_name("demo-journal.db")
+
+
 def demo_config(primary: int, backup: int, port: int, socket: Path) -> Config:
     data = {
         "server": {"listen": f"127.0.0.1:{port}", "control_socket": str(socket)},
+        "journal": {"path": str(demo_journal())},
         "upstream": {
             "retries": 1,
             "timeout": {"connect": 1, "send": 5, "read": 5},
@@ -301,6 +308,7 @@ class Demo:
         for at, node, manual in self.by_hand:
             did = "drained (out of rotation)" if manual == "down" else "given back to automatic health"
             lines.append(f"    t={at:.1f}s {node} {did}")
+        lines.append(f"  each request, kept: llm-sidecar log --journal {demo_journal()}")
         return "\n".join(lines)
 
 

@@ -30,10 +30,17 @@ def test_a_short_run_prints_a_readable_summary_and_leaves_no_temp_dir(tmp_path: 
     tmp.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "demo", "--no-tui", "--duration", "3"],
-        capture_output=True, text=True, timeout=60, env=cli_env(TMPDIR=str(tmp)),
+        capture_output=True, text=True, timeout=60, env=cli_env(TMPDIR=str(tmp), XDG_STATE_HOME=str(tmp_path / "st")),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    # Its requests are journaled apart from the user's own (no journal.db), and the summary says where.
+    demo_journal = tmp_path / "st" / "llm-sidecar" / "demo-journal.db"
+    assert f"each request, kept: llm-sidecar log --journal {demo_journal}" in out
+    assert not (tmp_path / "st" / "llm-sidecar" / "journal.db").exists()
+    kept = subprocess.run([sys.executable, "-m", "sidecar", "log", "--json", "--journal", str(demo_journal)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert kept.returncode == 0 and kept.stdout.count('"node":"openai-fake"') >= 1, kept
     assert str(tmp) in out  # the control socket was in our TMPDIR...
     assert list(tmp.iterdir()) == []  # ...and its directory is gone
     assert "note: --duration 3 ends before the primary's outage (t=8s); about 36 s shows the whole story" in out
@@ -150,7 +157,7 @@ async def test_the_summary_tells_a_failover_by_hand(tmp_path: Path, monkeypatch:
     summary = demo.summary()
     assert "  by hand (f, d, a in the monitor, or the failover and node commands):" in summary
     assert re.search(r"\n    t=\d+\.\ds openai-fake drained \(out of rotation\)\n", summary), summary
-    assert re.search(r"\n    t=\d+\.\ds openai-fake given back to automatic health$", summary), summary
+    assert re.search(r"\n    t=\d+\.\ds openai-fake given back to automatic health\n", summary), summary
     assert "outage: none yet" in summary  # a drain by hand is no outage the sidecar detected
 
 

@@ -4,6 +4,7 @@ seen as one warning while `put` goes on and never raises."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -90,7 +91,9 @@ def test_a_request_is_a_row_and_reads_back_as_it_was(tmp_path: Path) -> None:
     assert plain is not None and plain[1]["failed"] == [] and plain[1]["cost_usd"] == pytest.approx(0.000225)
     j.put(event(2, id="another-00000000"))
     j.flush()
-    assert reader.find(db, "00000000") is None  # two ids end so: not unique
+    with pytest.raises(reader.Ambiguous) as ambiguous:  # two ids end so: not unique, and each is named
+        reader.find(db, "00000000")
+    assert ambiguous.value.ids == ["another-00000000", "req00000000"]  # newest first
     assert reader.find(db, "req00000000") is not None  # a whole id always is
 
 
@@ -450,4 +453,22 @@ def test_stateful_ids_wait_out_a_locked_file_and_are_written_after(tmp_path: Pat
     blocker.close()
     j.flush()
     assert j.trouble is None and j.store.owners("127.0.0.1:8787", 10) == [("file_1", "a", False)]
+    j.close()
+
+
+def test_a_file_deleted_under_the_writer_is_noticed_at_the_next_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "j.db"
+    j = journal(path)
+    j.put(event(0))
+    j.flush()
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+    with caplog.at_level(logging.WARNING, logger="llm_sidecar"):
+        j.put(event(1))
+        j.flush()
+    assert any("moved or deleted; a new one is started" in w for w in warnings(caplog))
+    assert rows(path) == 1  # the record went to the new file, not to the deleted one
     j.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -71,6 +72,8 @@ async def test_log_show_stats_and_replay_through_the_real_cli(
     assert len(log_cli(car, "log", "--node", "backup", "--json").stdout.splitlines()) == 1
     assert len(log_cli(car, "log", "--status", "4xx", "--since", "1h", "--json").stdout.splitlines()) == 1
     assert log_cli(car, "log", "--since", "yesterday-ish").returncode == 2
+    assert log_cli(car, "log", "--status", "422").stdout.splitlines()[1] == "(no request matches these filters)"
+    assert log_cli(car, "log", "--status", "4x").returncode == 2
 
     shown = log_cli(car, "log", "show", failover.headers["x-request-id"])
     assert shown.returncode == 0, shown.stderr
@@ -101,10 +104,13 @@ async def test_log_show_stats_and_replay_through_the_real_cli(
     replayed = await asyncio.to_thread(cli, *replay, env=car.env)
     assert replayed.returncode == 0, replayed.stderr
     assert json.loads(replayed.stdout)["choices"][0]["message"]["content"].startswith("Hello from primary")
-    assert "200 from primary; request id replay-client-id-0001" in replayed.stderr
+    replay_id = re.search(r"200 from primary; request id (replay-[0-9a-f]{6}-client-id-0001)", replayed.stderr)
+    assert replay_id, replayed.stderr  # its own id: replayed twice, each row is found by its id
     assert await journaled(car.journal, 5)
-    again = log_cli(car, "log", "show", "replay-client-id-0001")
+    again = log_cli(car, "log", "show", replay_id[1])
     assert again.returncode == 0 and "the key [redacted] must not be kept" in again.stdout
+    both = log_cli(car, "log", "show", "client-id-0001"[-6:])  # the original's ending is now the replay's too
+    assert both.returncode == 1 and "ends 2 request ids" in both.stderr and replay_id[1] in both.stderr
     no_body = cli("replay", failover.headers["x-request-id"], "--journal", str(car.journal), "--url", car.url)
     assert no_body.returncode == 1 and "[redacted]" not in no_body.stderr
 

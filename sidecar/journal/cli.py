@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import sys
 import time
 import tomllib
@@ -62,7 +63,9 @@ def when(text: str | None, now: float) -> float | None:
     try:
         return datetime.fromisoformat(text.strip()).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected 7d, 3h, 30m, 90s, 2w, or a date like 2026-06-01") from None
+        raise click.BadParameter(
+            f"{text!r}: expected 7d, 3h, 30m, 90s, 2w, or a date like 2026-06-01 or 2026-06-01T12:00"
+        ) from None
 
 
 def opened(journal: str | None, config_path: str | None) -> Any:
@@ -75,10 +78,26 @@ def opened(journal: str | None, config_path: str | None) -> Any:
         fail(str(exc))
 
 
+def found_in(db: Any, rid: str) -> Any:
+    """The request `rid` names, or None; a clear failure when its ending names several."""
+    from . import reader
+
+    try:
+        return reader.find(db, rid)
+    except reader.Ambiguous as exc:
+        shown = ", ".join(exc.ids[:5]) + (", ..." if len(exc.ids) > 5 else "")
+        fail(f"{rid!r} ends {len(exc.ids)}{'+' if len(exc.ids) >= 50 else ''} request ids ({shown}): give more of it")
+
+
 CONFIG_OPTION = click.option("-c", "--config", "config_path", metavar="PATH", help="Config whose [journal] to read.")
 JOURNAL_OPTION = click.option("--journal", metavar="PATH", help="The journal file (default: from the config).")
-STATUS = click.Choice(["2xx", "3xx", "4xx", "5xx", *(str(s) for s in (200, 400, 401, 403, 404, 408, 413, 429, 499,
-                                                                       500, 502, 503, 504, 529))])  # fmt: skip
+
+
+def status_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A status (100-599) or a class (2xx ... 5xx)."""
+    if value is None or re.fullmatch(r"[1-5](?:xx|\d\d)", value.strip().lower()):
+        return None if value is None else value.strip().lower()
+    raise click.BadParameter(f"{value!r}: expected a status like 429 or a class like 5xx")
 
 
 def filter_options(f: Any) -> Any:
@@ -86,7 +105,7 @@ def filter_options(f: Any) -> Any:
         [
             click.option("--node", metavar="NAME", help="Only requests this node answered."),
             click.option("--model", metavar="NAME", help="Only this model (as asked or as sent to the node)."),
-            click.option("--status", type=STATUS, help="Only this status or class (429, 5xx, ...)."),
+            click.option("--status", callback=status_option, help="Only this status or class (429, 5xx, ...)."),
             click.option("--errors", is_flag=True, help="Only failed requests (status >= 400, or a broken stream)."),
             click.option("--since", metavar="WHEN", help="From WHEN: 7d, 3h, 30m, or a date (2026-06-01T12:00)."),
             click.option("--until", metavar="WHEN", help="Before WHEN (same forms)."),
@@ -148,6 +167,9 @@ def log(ctx: click.Context, config_path: str | None, journal: str | None, node: 
     except KeyboardInterrupt:  # how --follow ends
         return
     if not as_json:
+        if not last:
+            filtered = errors or any(v is not None for v in (node, model, status, since, until))
+            click.echo("(no request matches these filters)" if filtered else "(no request in the journal yet)")
         click.echo(render.LOG_LEGEND)
 
 
@@ -163,7 +185,7 @@ def show(rid: str, config_path: str | None, journal: str | None, as_json: bool) 
     from . import reader, render
 
     db = opened(journal, config_path)
-    found = reader.find(db, rid)
+    found = found_in(db, rid)
     if found is None:
         fail(f"no request {rid!r} in the journal (ids are matched whole, or by a unique ending)")
     rowid, record = found
@@ -214,7 +236,7 @@ def replay(rid: str, config_path: str | None, journal: str | None, url: str | No
     from . import reader
 
     db = opened(journal, config_path)
-    found = reader.find(db, rid)
+    found = found_in(db, rid)
     if found is None:
         fail(f"no request {rid!r} in the journal")
     rowid, record = found
@@ -228,7 +250,8 @@ def replay(rid: str, config_path: str | None, journal: str | None, url: str | No
     server = server if isinstance(server, dict) else {}
     base = url or f"http://{server.get('listen', DEFAULT_LISTEN)}"
     headers = {k: v for k, v in stored.headers.items() if k in ("content-type", "anthropic-version", "anthropic-beta")}
-    headers["x-request-id"] = f"replay-{record['id']}"[:128]
+    # Its own id: a request replayed twice is two rows, each found by its id.
+    headers["x-request-id"] = f"replay-{secrets.token_hex(3)}-{record['id']}"[:128]
     key = sidecar_key(server)
     if key:
         headers["authorization"] = f"Bearer {key}"

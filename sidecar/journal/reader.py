@@ -7,6 +7,7 @@ one that writes; the control API uses `find` for a request its event replay no l
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,15 +29,41 @@ class NoJournal(Exception):
     """There is no journal at the path (yet), or it cannot be read."""
 
 
+class Ambiguous(Exception):
+    """An id's ending names more than one request (each run numbers its requests from 1)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
 def connect(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise NoJournal(f"no journal at {path} (a sidecar writes one while it runs with [journal] enabled)")
+    if not os.access(path, os.R_OK):
+        raise NoJournal(f"cannot read the journal at {path}: permission denied")
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
-        db.execute("SELECT 1 FROM requests LIMIT 1").fetchall()
+        db = open_read_only(path, "mode=ro")
     except sqlite3.Error as exc:
-        raise NoJournal(f"cannot read the journal at {path}: {exc}") from None
+        if os.access(path.parent, os.W_OK):
+            raise NoJournal(f"cannot read the journal at {path}: {exc}") from None
+        # A read-only directory: SQLite cannot make the WAL's index beside the file, so the file is read as
+        # it is (what the writer has checkpointed into it; the last few seconds may be missing).
+        try:
+            db = open_read_only(path, "immutable=1")
+        except sqlite3.Error as again:
+            raise NoJournal(f"cannot read the journal at {path}: {again}") from None
     db.row_factory = sqlite3.Row
+    return db
+
+
+def open_read_only(path: Path, how: str) -> sqlite3.Connection:
+    db = sqlite3.connect(f"file:{quote(str(path))}?{how}", uri=True, timeout=5)
+    try:
+        db.execute("SELECT 1 FROM requests LIMIT 1").fetchall()
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -154,11 +181,13 @@ def find(db: sqlite3.Connection, rid: str) -> tuple[int, dict[str, Any]] | None:
     row = db.execute("SELECT rowid, * FROM requests WHERE id = ? ORDER BY rowid DESC LIMIT 1", (rid,)).fetchone()
     if row is None and 4 <= len(rid) < 40:
         rows = db.execute(
-            "SELECT rowid, * FROM requests WHERE id LIKE ? ESCAPE '\\' ORDER BY rowid DESC LIMIT 2",
+            "SELECT rowid, * FROM requests WHERE id LIKE ? ESCAPE '\\' ORDER BY rowid DESC LIMIT 50",
             ("%" + rid.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"),),
         ).fetchall()
-        ids = {r["id"] for r in rows}
-        row = rows[0] if len(ids) == 1 else None
+        ids = list(dict.fromkeys(r["id"] for r in rows))  # newest first
+        if len(ids) > 1:
+            raise Ambiguous(ids)
+        row = rows[0] if rows else None
     return None if row is None else (row["rowid"], as_event(row))
 
 
@@ -166,7 +195,10 @@ def lookup(path: Path, rid: str) -> RequestJSON | None:
     """One request in detail from the file at `path` (the control API, in a thread)."""
     db = connect(path)
     try:
-        found = find(db, rid)
+        try:
+            found = find(db, rid)
+        except Ambiguous:
+            return None
         if found is None:
             return None
         rowid, record = found
@@ -291,7 +323,7 @@ def stats(db: sqlite3.Connection, where: Filter) -> list[Group]:
     for row in rows:
         groups[row["n"], row["m"]] = Group(
             row["n"], row["m"], row["requests"], row["errors"] or 0, row["failovers"] or 0, int(row["tin"]),
-            int(row["tout"]), row["cost"], row["priced"], row["unpriced"] or 0, [],
+            int(row["tout"]), round(row["cost"] or 0.0, 9), row["priced"], row["unpriced"] or 0, [],
         )  # fmt: skip
     for n, m, ttft in db.execute(
         "SELECT coalesce(node, '-'), coalesce(model_served, model, '-'), coalesce(ttft_ms, ttfb_ms) "

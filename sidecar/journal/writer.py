@@ -158,6 +158,9 @@ class Journal:
                 return
             began = time.thread_time()
             try:
+                if self.store.db is not None and self.store.replaced():  # one stat: rows never go to a lost file
+                    self.store.close()
+                    log.warning("journal %s: the file was moved or deleted; a new one is started", self.path)
                 if self.store.db is None:
                     self.open_store()
                 rows, bodies = self.rows(batch)
@@ -217,15 +220,12 @@ class Journal:
         self.trouble = None
 
     def maintain(self) -> None:
-        """Now and then: follow a file replaced under us, prune by age and size."""
+        """Now and then: prune by age and size."""
         now = time.monotonic()
         due = self.started + PRUNE_FIRST if self.pruned_at is None else self.pruned_at + PRUNE_EVERY
         if now < due or self.store.db is None:
             return
         self.pruned_at = now
-        if self.store.replaced():  # moved aside by another sidecar, or deleted: start a new file
-            self.store.close()
-            return
         began = time.thread_time()
         try:
             cutoff = time.time() - self.config.retention_days * 86400
