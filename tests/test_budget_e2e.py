@@ -55,7 +55,8 @@ async def test_a_node_past_its_budget_is_out_and_traffic_fails_over(
     log = car.log()
     assert "node primary: healthy -> budget (node primary's daily budget of $0.0500" in log
     table = (await asyncio.to_thread(cli, "status", "--control-socket", str(car.socket))).stdout
-    assert "budget spent" in next(line for line in table.splitlines() if line.startswith("primary"))
+    row = next(line for line in table.splitlines() if line.startswith("primary"))
+    assert "budget spent" in row and row.split().count("budget") == 2 and "healthy" not in row  # STATE says why
     assert f"spend {spend['day']}: $0.0960 today, $0.0960 this month" in table
     spent = table[table.index("spend ") :].splitlines()
     assert max(map(len, spent)) <= 80  # a long line wraps, indented
@@ -159,6 +160,7 @@ async def test_spend_survives_a_restart(fakes: Any, sidecar: Any, client: httpx.
     after = (await again.status())["spend"]
     assert after["today_usd"] == pytest.approx(before["today_usd"]) and after["over"] is not None
     assert after["nodes"] == before["nodes"]
+    assert after["models"] == before["models"] and after["models"][0]["requests"] == 3  # a sum with its count
     assert (await client.post(f"{again.url}/v1/chat/completions", json=chat())).status_code == 429
     assert "spend read back from the journal: $0.0360 today" in again.log()
     # Another sidecar (another listen address) sharing the journal file has spent nothing of its own.

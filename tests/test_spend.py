@@ -147,9 +147,10 @@ def test_spend_adds_up_by_node_and_model_and_resets_at_local_midnight() -> None:
 def test_a_monthly_budget_outlasts_the_day() -> None:
     ledger = Ledger(Budget(monthly_usd=2.0), {}, JUNE_3_NOON)
     ledger.restore("a", "gpt-4o", 1.5, today=False)  # read back from the journal: earlier this month
-    ledger.restore("a", "gpt-4o", 0.25, today=True)
+    ledger.restore("a", "gpt-4o", 0.25, today=True, requests=2)
     assert ledger.total_today == pytest.approx(0.25) and ledger.total_month == pytest.approx(1.75)
     ledger.add("a", "gpt-4o", 0.25, JUNE_3_NOON)
+    assert ledger.requests[("a", "gpt-4o")] == 3  # today's two read back, and this one
     over = ledger.sidecar_over()
     assert over is not None and over.period == "monthly" and over.until == month_bounds(JUNE_3_NOON)[1]
     ledger.configure(Budget(monthly_usd=10.0), {})  # raised on reload: no longer spent, the spend stays

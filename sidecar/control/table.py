@@ -53,7 +53,7 @@ def node_row(n: NodeJSON, now: float) -> tuple[str, ...]:
         n.get("api", "openai"),
         str(n["priority"]),
         str(n["weight"]),
-        n["state"],
+        "budget" if n.get("budget") else n["state"],  # out for its budget, whatever its health
         n["manual"],
         str(t["requests"]),
         str(t["errors"]),

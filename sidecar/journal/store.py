@@ -248,18 +248,18 @@ class Store:
 
     def spend_since(
         self, month_start: float, day_start: float, sidecar: str
-    ) -> list[tuple[str, str | None, float, bool]]:
-        """(node, model served, USD, today) since `month_start`, of the rows `sidecar` wrote."""
+    ) -> list[tuple[str, str | None, float, bool, int]]:
+        """(node, model served, USD, today, priced requests) since `month_start`, of the rows `sidecar` wrote."""
         db = self.db
         assert db is not None
         with named_trouble():
             rows = db.execute(
-                "SELECT node, model_served, time >= ?, sum(cost_usd) FROM requests "
+                "SELECT node, model_served, time >= ?, sum(cost_usd), count(*) FROM requests "
                 "WHERE rowid >= ? AND time >= ? AND sidecar = ? AND cost_usd IS NOT NULL AND node IS NOT NULL "
                 "GROUP BY node, model_served, time >= ?",
                 (day_start, rowid_at(db, month_start), month_start, sidecar, day_start),
             ).fetchall()
-        return [(node, model, float(cost), bool(today)) for node, model, today, cost in rows]
+        return [(node, model, float(cost), bool(today), int(n)) for node, model, today, cost, n in rows]
 
     # ------------------------------------------------------------------ reading stateful ids back
 

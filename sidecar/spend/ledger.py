@@ -118,14 +118,16 @@ class Ledger:
             self.roll(when)
         self.unpriced += 1
 
-    def restore(self, node: str, model: str | None, cost: float, today: bool) -> None:
-        """Spend read back from the journal at start: this month's, and whether it was today."""
+    def restore(self, node: str, model: str | None, cost: float, today: bool, requests: int = 0) -> None:
+        """Spend read back from the journal at start: this month's, whether it was today, and of how many
+        priced requests (so that today's figures pair a sum with its count after a restart)."""
         self.node_month[node] = self.node_month.get(node, 0.0) + cost
         self.total_month += cost
         if today:
             key = (node, model or "")
             self.today[key] = self.today.get(key, 0.0) + cost
             self.total_today += cost
+            self.requests[key] = self.requests.get(key, 0) + requests
 
     def _verdict(self, scope: str, budget: Budget, today: float, month: float) -> Verdict | None:
         if budget.monthly_usd is not None and month >= budget.monthly_usd:

@@ -77,8 +77,8 @@ class SpendRecorder:
         except Exception as exc:  # the journal's trouble is not the traffic's
             log.warning("journal %s: spend not read back (%s); budgets count from zero", journal.path, exc)
             return
-        for node, model, usd, today in rows:
-            self.ledger.restore(node, model, usd, today)
+        for node, model, usd, today, requests in rows:
+            self.ledger.restore(node, model, usd, today, requests)
         if rows:
             log.info(
                 "spend read back from the journal: %s today, %s this month",
