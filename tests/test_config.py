@@ -105,6 +105,11 @@ def test_init_template_parses_to_the_same_plan_as_the_repo_file() -> None:
     assert from_template.server == from_repo.server
 
 
+def test_the_repo_file_is_what_init_writes() -> None:
+    """The file a user of a clone edits documents every section `init` does (journal, budget, telemetry)."""
+    assert (REPO / "llm-sidecar.toml").read_text() == render()
+
+
 def test_node_checks_override_upstream_checks() -> None:
     data = minimal(checks={"passive": {"unhealthy": {"http_failures": 7}}})
     data["upstream"]["checks"] = {"active": {"interval": 3}, "passive": {}}

@@ -78,15 +78,19 @@ def opened(journal: str | None, config_path: str | None) -> Any:
         fail(str(exc))
 
 
-def found_in(db: Any, rid: str) -> Any:
-    """The request `rid` names, or None; a clear failure when its ending names several."""
+def found_in(db: Any, rid: str) -> tuple[int, dict[str, Any]]:
+    """The request `rid` names (its rowid and record); a clear failure when none does, or when its ending
+    names several."""
     from . import reader
 
     try:
-        return reader.find(db, rid)
+        found = reader.find(db, rid)
     except reader.Ambiguous as exc:
         shown = ", ".join(exc.ids[:5]) + (", ..." if len(exc.ids) > 5 else "")
         fail(f"{rid!r} ends {len(exc.ids)}{'+' if len(exc.ids) >= 50 else ''} request ids ({shown}): give more of it")
+    if found is None:
+        fail(f"no request {rid!r} in the journal (ids are matched whole, or by a unique ending)")
+    return found
 
 
 CONFIG_OPTION = click.option("-c", "--config", "config_path", metavar="PATH", help="Config whose [journal] to read.")
@@ -185,10 +189,7 @@ def show(rid: str, config_path: str | None, journal: str | None, as_json: bool) 
     from . import reader, render
 
     db = opened(journal, config_path)
-    found = found_in(db, rid)
-    if found is None:
-        fail(f"no request {rid!r} in the journal (ids are matched whole, or by a unique ending)")
-    rowid, record = found
+    rowid, record = found_in(db, rid)
     stored = reader.bodies(db, rowid)
     detail = reader.detail(record, "journal", stored is not None)
     if as_json:
@@ -236,10 +237,7 @@ def replay(rid: str, config_path: str | None, journal: str | None, url: str | No
     from . import reader
 
     db = opened(journal, config_path)
-    found = found_in(db, rid)
-    if found is None:
-        fail(f"no request {rid!r} in the journal")
-    rowid, record = found
+    rowid, record = found_in(db, rid)
     stored = reader.bodies(db, rowid)
     if stored is None:
         fail(f"request {record['id']} has no stored body: replay needs [journal] bodies = true when it is sent")
